@@ -1,0 +1,5 @@
+// TEMPORARY stub until the kernel lands.
+#include "silu_mul.h"
+namespace kvf {
+Status silu_mul_cpu(const SiluMulArgs&) { return unsupported("silu_mul: not implemented yet"); }
+}  // namespace kvf

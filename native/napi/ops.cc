@@ -1,0 +1,288 @@
+// Op bindings: each takes input tensors, preallocated output tensors (shapes are computed and
+// validated in lib/ops.ts) and a plain params object, checks that every buffer is exactly as
+// large as the params say (so a bug above can never make a kernel read out of bounds), and
+// enqueues the op on the device's queue. Results are read later through tensor.read().
+#include "ops.h"
+
+#include "errors.h"
+#include "tensor.h"
+
+namespace kvf::napi {
+namespace {
+
+struct Params {
+  Napi::Env env;
+  Napi::Object obj;
+  const char* op;
+
+  int64_t i64(const char* key) const {
+    Napi::Value v = obj.Get(key);
+    const double x = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (!(x >= 0 && x <= 9007199254740991.0) || static_cast<double>(static_cast<int64_t>(x)) != x)
+      throw_invalid(env, std::string(op) + ": param " + key + " must be a non-negative integer");
+    return static_cast<int64_t>(x);
+  }
+  float f32(const char* key, float fallback) const {
+    Napi::Value v = obj.Get(key);
+    if (v.IsUndefined()) return fallback;
+    if (!v.IsNumber()) throw_invalid(env, std::string(op) + ": param " + key + " must be a number");
+    return v.As<Napi::Number>().FloatValue();
+  }
+  bool flag(const char* key) const { return obj.Get(key).ToBoolean().Value(); }
+  RopeLayout layout() const {
+    Napi::Value v = obj.Get("layout");
+    const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+    if (s == "half") return RopeLayout::half;
+    if (s == "adjacent") return RopeLayout::adjacent;
+    throw_invalid(env, std::string(op) + ": param layout must be 'half' or 'adjacent'");
+  }
+};
+
+Params params(const Napi::CallbackInfo& info, size_t index, const char* op) {
+  if (!info[index].IsObject()) throw_invalid(info.Env(), std::string(op) + ": expected a params object");
+  return Params{info.Env(), info[index].As<Napi::Object>(), op};
+}
+
+// An argument tensor with its expected element count and (optionally) dtype checked.
+NativeTensor* arg(const Napi::CallbackInfo& info, size_t index, const char* op, const char* name, int64_t numel) {
+  std::string what = std::string(op) + ": " + name;
+  NativeTensor* t = NativeTensor::unwrap(info[index], what.c_str());
+  if (t->numel() != numel)
+    throw_invalid(info.Env(), what + " has " + std::to_string(t->numel()) + " elements, expected " + std::to_string(numel));
+  return t;
+}
+
+void require_dtype(Napi::Env env, NativeTensor* t, DType want, const char* op, const char* name) {
+  if (t->dtype() != want)
+    throw_invalid(env, std::string(op) + ": " + name + " must be " + dtype_name(want) + ", got " + dtype_name(t->dtype()));
+}
+
+Device* same_device(Napi::Env env, const char* op, std::initializer_list<NativeTensor*> ts) {
+  Device* d = (*ts.begin())->device();
+  for (NativeTensor* t : ts) {
+    if (t->device() != d)
+      throw_invalid(env, std::string(op) + ": all tensors must be on one device (" + d->name() + " and " + t->device()->name() + ")");
+  }
+  return d;
+}
+
+Napi::Value matmul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 3, "matmul");
+  MatmulArgs a;
+  a.batch = p.i64("batch");
+  a.m = p.i64("m");
+  a.n = p.i64("n");
+  a.k = p.i64("k");
+  a.trans_b = p.flag("transB");
+  a.broadcast_b = p.flag("broadcastB");
+  NativeTensor* ta = arg(info, 0, "matmul", "a", a.batch * a.m * a.k);
+  NativeTensor* tb = arg(info, 1, "matmul", "b", (a.broadcast_b ? 1 : a.batch) * a.k * a.n);
+  NativeTensor* tc = arg(info, 2, "matmul", "out", a.batch * a.m * a.n);
+  Device* d = same_device(env, "matmul", {ta, tb, tc});
+  a.a = ta->buffer()->data();
+  a.a_dtype = ta->dtype();
+  a.b = tb->buffer()->data();
+  a.b_dtype = tb->dtype();
+  a.c = tc->buffer()->data();
+  a.c_dtype = tc->dtype();
+  enqueue_op(d, {ta->buffer(), tb->buffer()}, {tc->buffer()}, [a](Backend& be) { return be.matmul(a); });
+  return env.Undefined();
+}
+
+Napi::Value rmsnorm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 3, "rmsnorm");
+  RmsNormArgs a;
+  a.rows = p.i64("rows");
+  a.dim = p.i64("dim");
+  a.eps = p.f32("eps", 1e-6f);
+  NativeTensor* tx = arg(info, 0, "rmsnorm", "x", a.rows * a.dim);
+  NativeTensor* tw = arg(info, 1, "rmsnorm", "weight", a.dim);
+  NativeTensor* ty = arg(info, 2, "rmsnorm", "out", a.rows * a.dim);
+  require_dtype(env, ty, tx->dtype(), "rmsnorm", "out");
+  Device* d = same_device(env, "rmsnorm", {tx, tw, ty});
+  a.x = tx->buffer()->data();
+  a.y = ty->buffer()->data();
+  a.dtype = tx->dtype();
+  a.weight = tw->buffer()->data();
+  a.weight_dtype = tw->dtype();
+  enqueue_op(d, {tx->buffer(), tw->buffer()}, {ty->buffer()}, [a](Backend& be) { return be.rmsnorm(a); });
+  return env.Undefined();
+}
+
+// rope(x, positions, invFreq, out, params) and rerotate(x, from, to, invFreq, out, params).
+Napi::Value rope(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 4, "rope");
+  RopeArgs a;
+  a.tokens = p.i64("tokens");
+  a.heads = p.i64("heads");
+  a.head_dim = p.i64("headDim");
+  a.layout = p.layout();
+  a.attn_factor = p.f32("attnFactor", 1.0f);
+  if (a.head_dim % 2 != 0) throw_invalid(env, "rope: headDim must be even");
+  NativeTensor* tx = arg(info, 0, "rope", "x", a.tokens * a.heads * a.head_dim);
+  NativeTensor* tp = arg(info, 1, "rope", "positions", a.tokens);
+  NativeTensor* tf = arg(info, 2, "rope", "invFreq", a.head_dim / 2);
+  NativeTensor* to = arg(info, 3, "rope", "out", a.tokens * a.heads * a.head_dim);
+  require_dtype(env, tp, DType::i32, "rope", "positions");
+  require_dtype(env, tf, DType::f32, "rope", "invFreq");
+  require_dtype(env, to, tx->dtype(), "rope", "out");
+  Device* d = same_device(env, "rope", {tx, tp, tf, to});
+  a.in = tx->buffer()->data();
+  a.out = to->buffer()->data();
+  a.dtype = tx->dtype();
+  a.positions = static_cast<const int32_t*>(tp->buffer()->data());
+  a.inv_freq = static_cast<const float*>(tf->buffer()->data());
+  enqueue_op(d, {tx->buffer(), tp->buffer(), tf->buffer()}, {to->buffer()}, [a](Backend& be) { return be.rope(a); });
+  return env.Undefined();
+}
+
+Napi::Value rerotate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 5, "rerotate");
+  RerotateArgs a;
+  a.tokens = p.i64("tokens");
+  a.heads = p.i64("heads");
+  a.head_dim = p.i64("headDim");
+  a.layout = p.layout();
+  if (a.head_dim % 2 != 0) throw_invalid(env, "rerotate: headDim must be even");
+  NativeTensor* tx = arg(info, 0, "rerotate", "keys", a.tokens * a.heads * a.head_dim);
+  NativeTensor* tfrom = arg(info, 1, "rerotate", "from", a.tokens);
+  NativeTensor* tto = arg(info, 2, "rerotate", "to", a.tokens);
+  NativeTensor* tf = arg(info, 3, "rerotate", "invFreq", a.head_dim / 2);
+  NativeTensor* to = arg(info, 4, "rerotate", "out", a.tokens * a.heads * a.head_dim);
+  require_dtype(env, tfrom, DType::i32, "rerotate", "from");
+  require_dtype(env, tto, DType::i32, "rerotate", "to");
+  require_dtype(env, tf, DType::f32, "rerotate", "invFreq");
+  require_dtype(env, to, tx->dtype(), "rerotate", "out");
+  Device* d = same_device(env, "rerotate", {tx, tfrom, tto, tf, to});
+  a.in = tx->buffer()->data();
+  a.out = to->buffer()->data();
+  a.dtype = tx->dtype();
+  a.from_pos = static_cast<const int32_t*>(tfrom->buffer()->data());
+  a.to_pos = static_cast<const int32_t*>(tto->buffer()->data());
+  a.inv_freq = static_cast<const float*>(tf->buffer()->data());
+  enqueue_op(d, {tx->buffer(), tfrom->buffer(), tto->buffer(), tf->buffer()}, {to->buffer()},
+             [a](Backend& be) { return be.rerotate(a); });
+  return env.Undefined();
+}
+
+Napi::Value softmax(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 2, "softmax");
+  SoftmaxArgs a;
+  a.rows = p.i64("rows");
+  a.cols = p.i64("cols");
+  a.scale = p.f32("scale", 1.0f);
+  NativeTensor* tx = arg(info, 0, "softmax", "x", a.rows * a.cols);
+  NativeTensor* ty = arg(info, 1, "softmax", "out", a.rows * a.cols);
+  require_dtype(env, ty, tx->dtype(), "softmax", "out");
+  Device* d = same_device(env, "softmax", {tx, ty});
+  a.x = tx->buffer()->data();
+  a.y = ty->buffer()->data();
+  a.dtype = tx->dtype();
+  enqueue_op(d, {tx->buffer()}, {ty->buffer()}, [a](Backend& be) { return be.softmax(a); });
+  return env.Undefined();
+}
+
+Napi::Value silu_mul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 3, "siluMul");
+  SiluMulArgs a;
+  a.n = p.i64("n");
+  NativeTensor* tg = arg(info, 0, "siluMul", "gate", a.n);
+  NativeTensor* tu = arg(info, 1, "siluMul", "up", a.n);
+  NativeTensor* to = arg(info, 2, "siluMul", "out", a.n);
+  require_dtype(env, tu, tg->dtype(), "siluMul", "up");
+  require_dtype(env, to, tg->dtype(), "siluMul", "out");
+  Device* d = same_device(env, "siluMul", {tg, tu, to});
+  a.gate = tg->buffer()->data();
+  a.up = tu->buffer()->data();
+  a.out = to->buffer()->data();
+  a.dtype = tg->dtype();
+  enqueue_op(d, {tg->buffer(), tu->buffer()}, {to->buffer()}, [a](Backend& be) { return be.silu_mul(a); });
+  return env.Undefined();
+}
+
+Napi::Value embedding(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 3, "embedding");
+  EmbeddingArgs a;
+  a.tokens = p.i64("tokens");
+  a.vocab = p.i64("vocab");
+  a.dim = p.i64("dim");
+  NativeTensor* tt = arg(info, 0, "embedding", "table", a.vocab * a.dim);
+  NativeTensor* ti = arg(info, 1, "embedding", "ids", a.tokens);
+  NativeTensor* to = arg(info, 2, "embedding", "out", a.tokens * a.dim);
+  require_dtype(env, ti, DType::i32, "embedding", "ids");
+  Device* d = same_device(env, "embedding", {tt, ti, to});
+  a.table = tt->buffer()->data();
+  a.table_dtype = tt->dtype();
+  a.ids = static_cast<const int32_t*>(ti->buffer()->data());
+  a.out = to->buffer()->data();
+  a.out_dtype = to->dtype();
+  enqueue_op(d, {tt->buffer(), ti->buffer()}, {to->buffer()}, [a](Backend& be) { return be.embedding(a); });
+  return env.Undefined();
+}
+
+Napi::Value topk(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 3, "topk");
+  TopKArgs a;
+  a.rows = p.i64("rows");
+  a.cols = p.i64("cols");
+  a.k = p.i64("k");
+  if (a.k < 1 || a.k > a.cols) throw_invalid(env, "topk: k must be in [1, cols]");
+  NativeTensor* tx = arg(info, 0, "topk", "x", a.rows * a.cols);
+  NativeTensor* tv = arg(info, 1, "topk", "values", a.rows * a.k);
+  NativeTensor* ti = arg(info, 2, "topk", "indices", a.rows * a.k);
+  require_dtype(env, tv, DType::f32, "topk", "values");
+  require_dtype(env, ti, DType::i32, "topk", "indices");
+  Device* d = same_device(env, "topk", {tx, tv, ti});
+  a.x = tx->buffer()->data();
+  a.dtype = tx->dtype();
+  a.values = static_cast<float*>(tv->buffer()->data());
+  a.indices = static_cast<int32_t*>(ti->buffer()->data());
+  enqueue_op(d, {tx->buffer()}, {tv->buffer(), ti->buffer()}, [a](Backend& be) { return be.topk(a); });
+  return env.Undefined();
+}
+
+Napi::Value cast(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  NativeTensor* ti = NativeTensor::unwrap(info[0], "cast: x");
+  NativeTensor* to = arg(info, 1, "cast", "out", ti->numel());
+  Device* d = same_device(env, "cast", {ti, to});
+  CastArgs a;
+  a.in = ti->buffer()->data();
+  a.in_dtype = ti->dtype();
+  a.out = to->buffer()->data();
+  a.out_dtype = to->dtype();
+  a.n = ti->numel();
+  enqueue_op(d, {ti->buffer()}, {to->buffer()}, [a](Backend& be) { return be.cast(a); });
+  return env.Undefined();
+}
+
+template <Napi::Value (*Fn)(const Napi::CallbackInfo&)>
+Napi::Value guard(const Napi::CallbackInfo& info) {
+  return guarded(info, Fn);
+}
+
+}  // namespace
+
+void register_ops(Napi::Env env, Napi::Object exports) {
+  Napi::Object ops = Napi::Object::New(env);
+  ops.Set("matmul", Napi::Function::New<guard<matmul>>(env, "matmul"));
+  ops.Set("rmsnorm", Napi::Function::New<guard<rmsnorm>>(env, "rmsnorm"));
+  ops.Set("rope", Napi::Function::New<guard<rope>>(env, "rope"));
+  ops.Set("rerotate", Napi::Function::New<guard<rerotate>>(env, "rerotate"));
+  ops.Set("softmax", Napi::Function::New<guard<softmax>>(env, "softmax"));
+  ops.Set("siluMul", Napi::Function::New<guard<silu_mul>>(env, "siluMul"));
+  ops.Set("embedding", Napi::Function::New<guard<embedding>>(env, "embedding"));
+  ops.Set("topk", Napi::Function::New<guard<topk>>(env, "topk"));
+  ops.Set("cast", Napi::Function::New<guard<cast>>(env, "cast"));
+  exports.Set("ops", ops);
+}
+
+}  // namespace kvf::napi

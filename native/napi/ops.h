@@ -1,0 +1,7 @@
+#pragma once
+#include <napi.h>
+
+namespace kvf::napi {
+// Adds `ops` (matmul, rmsnorm, rope, rerotate, softmax, siluMul, embedding, topk, cast).
+void register_ops(Napi::Env env, Napi::Object exports);
+}  // namespace kvf::napi
