@@ -1,0 +1,51 @@
+// The typed shape of the native module (native/napi). Only lib/ talks to it; everything here
+// trusts lib/ to have validated arguments, but native code re-checks sizes anyway.
+
+export type DType = 'f32' | 'f16' | 'bf16' | 'i32' | 'u8';
+export type DeviceName = 'cpu' | 'cuda' | `cuda:${number}`;
+
+export interface NativeTensor {
+  read(): Promise<ArrayBuffer>;
+  copyTo(device: DeviceName): NativeTensor;
+  view(shape: number[]): NativeTensor;
+  release(): void;
+  readonly byteLength: number;
+  readonly released: boolean;
+}
+
+export interface NativeDeviceInfo {
+  name: string;
+  memoryBytes: number;
+  computeCapability: string;
+}
+
+export interface NativeBuildInfo {
+  version: string;
+  cuda: boolean;
+  devices: NativeDeviceInfo[];
+  cudaUnavailableReason: string;
+  cpuThreads: number;
+}
+
+type T = NativeTensor;
+export interface NativeOps {
+  matmul(a: T, b: T, out: T, p: { batch: number; m: number; n: number; k: number; transB: boolean; broadcastB: boolean }): void;
+  rmsnorm(x: T, weight: T, out: T, p: { rows: number; dim: number; eps: number }): void;
+  rope(x: T, positions: T, invFreq: T, out: T, p: { tokens: number; heads: number; headDim: number; layout: RopeLayout; attnFactor: number }): void;
+  rerotate(keys: T, from: T, to: T, invFreq: T, out: T, p: { tokens: number; heads: number; headDim: number; layout: RopeLayout }): void;
+  softmax(x: T, out: T, p: { rows: number; cols: number; scale: number }): void;
+  siluMul(gate: T, up: T, out: T, p: { n: number }): void;
+  embedding(table: T, ids: T, out: T, p: { tokens: number; vocab: number; dim: number }): void;
+  topk(x: T, values: T, indices: T, p: { rows: number; cols: number; k: number }): void;
+  cast(x: T, out: T): void;
+}
+
+export type RopeLayout = 'half' | 'adjacent';
+
+export interface BindingModule {
+  buildInfo(): NativeBuildInfo;
+  setErrorFactory(factory: (code: number, message: string) => Error): void;
+  empty(device: DeviceName, dtype: DType, shape: number[], zero: boolean): NativeTensor;
+  fromBytes(device: DeviceName, dtype: DType, shape: number[], data: ArrayBufferView | ArrayBuffer): NativeTensor;
+  ops: NativeOps;
+}

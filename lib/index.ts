@@ -1,0 +1,45 @@
+// kvfocus: long-context LLM inference for Node.js over a C++/CUDA core.
+import type { DeviceName, NativeDeviceInfo } from './binding.js';
+import { addon } from './loader.js';
+
+export * from './errors.js';
+export { ops, ropeInvFreq, type RopeLayout } from './ops.js';
+export { Tensor, type DType, type DeviceName, type FloatDType, type TensorData, type TensorValues, dtypeBytes } from './tensor.js';
+
+export interface BuildInfo {
+  /** Package version the binary was built from. */
+  version: string;
+  /** Whether the loaded binary has the CUDA backend compiled in. */
+  cuda: boolean;
+  /** CUDA devices this process can use (empty without a GPU or driver). */
+  devices: { name: string; memoryBytes: number; computeCapability: string }[];
+  /** The backend new work goes to by default: 'cuda' when a device is usable. */
+  backend: 'cpu' | 'cuda';
+  /** Path of the loaded .node binary. */
+  binary: string;
+  /** Why CUDA is not in use, when it is not. */
+  cudaUnavailableReason: string | undefined;
+  /** Threads of the CPU backend (KVFOCUS_THREADS). */
+  cpuThreads: number;
+}
+
+/** What was built and loaded, and which devices this process can use. */
+export function buildInfo(): BuildInfo {
+  const { binding, path, fallbackReason } = addon();
+  const info = binding.buildInfo();
+  const devices = info.devices.map((d: NativeDeviceInfo) => ({ ...d }));
+  return {
+    version: info.version,
+    cuda: info.cuda,
+    devices,
+    backend: devices.length > 0 ? 'cuda' : 'cpu',
+    binary: path,
+    cudaUnavailableReason: devices.length > 0 ? undefined : (fallbackReason ?? info.cudaUnavailableReason),
+    cpuThreads: info.cpuThreads,
+  };
+}
+
+/** The default device: 'cuda' when a GPU is usable, else 'cpu'. */
+export function defaultDevice(): DeviceName {
+  return buildInfo().backend;
+}

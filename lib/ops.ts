@@ -1,0 +1,302 @@
+// ops: the kernels as tensor functions, for tests, harnesses and the engine. Each validates its
+// arguments (naming the argument and what was expected), allocates the output on the inputs'
+// device, and queues the kernel; nothing here waits for the device.
+import type { DeviceName, RopeLayout } from './binding.js';
+import { InvalidArgumentError } from './errors.js';
+import { native } from './loader.js';
+import { describe, type DType, type FloatDType, isFloat, Tensor } from './tensor.js';
+
+export type { RopeLayout } from './binding.js';
+
+function requireTensor(v: unknown, what: string): Tensor {
+  if (!(v instanceof Tensor)) throw new InvalidArgumentError(`${what}: expected a Tensor but received ${describe(v)}`, what);
+  v.handle(what); // throws DisposedError when disposed
+  return v;
+}
+
+function requireFloat(t: Tensor, what: string): FloatDType {
+  if (!isFloat(t.dtype)) throw new InvalidArgumentError(`${what}: expected dtype f32, f16 or bf16 but received ${t.dtype}`, what);
+  return t.dtype;
+}
+
+function requireRank(t: Tensor, ranks: number[], what: string): void {
+  if (!ranks.includes(t.shape.length)) {
+    throw new InvalidArgumentError(`${what}: expected rank ${ranks.join(' or ')} but received shape [${t.shape.join(', ')}]`, what);
+  }
+}
+
+function requireSameDevice(op: string, ...ts: [string, Tensor][]): DeviceName {
+  const first = ts[0]!;
+  for (const [name, t] of ts) {
+    if (t.device !== first[1].device) {
+      throw new InvalidArgumentError(`${op}: ${name} is on ${t.device} but ${first[0]} is on ${first[1].device}`, name);
+    }
+  }
+  return first[1].device;
+}
+
+function outDType(value: unknown, fallback: FloatDType, what: string): FloatDType {
+  if (value === undefined) return fallback;
+  if (value === 'f32' || value === 'f16' || value === 'bf16') return value;
+  throw new InvalidArgumentError(`${what}: expected 'f32', 'f16' or 'bf16' but received ${describe(value)}`, what);
+}
+
+function optNumber(value: unknown, fallback: number, what: string, check: (x: number) => boolean, expect: string): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || !check(value)) {
+    throw new InvalidArgumentError(`${what}: expected ${expect} but received ${describe(value)}`, what);
+  }
+  return value;
+}
+
+/** An i32 tensor on `device` from a Tensor or an Int32Array/number[] (a temporary, disposed by the caller). */
+function indexTensor(v: unknown, device: DeviceName, what: string): { t: Tensor; temporary: boolean } {
+  if (v instanceof Tensor) {
+    requireTensor(v, what);
+    if (v.dtype !== 'i32') throw new InvalidArgumentError(`${what}: expected dtype i32 but received ${v.dtype}`, what);
+    if (v.device !== device) throw new InvalidArgumentError(`${what}: is on ${v.device}, expected ${device}`, what);
+    return { t: v, temporary: false };
+  }
+  if (v instanceof Int32Array) return { t: Tensor.from(v, { device }), temporary: true };
+  if (Array.isArray(v) && v.every((x) => Number.isInteger(x) && x >= -(2 ** 31) && x < 2 ** 31)) {
+    return { t: Tensor.from(Int32Array.from(v as number[]), { device }), temporary: true };
+  }
+  throw new InvalidArgumentError(`${what}: expected an i32 Tensor, an Int32Array or an array of 32-bit integers but received ${describe(v)}`, what);
+}
+
+// Temporaries may be disposed right after queueing: queued jobs hold their own references.
+function disposeTemps(...xs: { t: Tensor; temporary: boolean }[]): void {
+  for (const x of xs) if (x.temporary) x.t.dispose();
+}
+
+/**
+ * RoPE inverse frequencies without scaling: inv_freq[i] = base^(-2i/d), computed in float64
+ * and rounded once to f32.
+ */
+export function ropeInvFreq(headDim: number, base: number): Float32Array {
+  const out = new Float32Array(headDim / 2);
+  for (let i = 0; i < out.length; i++) out[i] = 1 / Math.pow(base, (2 * i) / headDim);
+  return out;
+}
+
+interface RopeFrequencies {
+  /** Inverse frequencies, length headDim/2 (rope scaling folded in). Default: from `base`. */
+  invFreq?: Float32Array | Tensor;
+  /** RoPE base (theta) used when invFreq is not given. Default 10000. */
+  base?: number;
+  /** Pair layout: 'half' (HF rotate_half, default) or 'adjacent' (GPT-J / llama.cpp NORM). */
+  layout?: RopeLayout;
+}
+
+function ropeSetup(op: string, x: Tensor, opts: RopeFrequencies) {
+  requireRank(x, [3], `${op}: x`);
+  const [tokens, heads, headDim] = x.shape as [number, number, number];
+  if (headDim % 2 !== 0) throw new InvalidArgumentError(`${op}: head size (x.shape[2] = ${headDim}) must be even`, 'x');
+  const layout = opts.layout ?? 'half';
+  if (layout !== 'half' && layout !== 'adjacent') {
+    throw new InvalidArgumentError(`${op}: layout: expected 'half' or 'adjacent' but received ${describe(layout)}`, 'layout');
+  }
+  let freq: { t: Tensor; temporary: boolean };
+  if (opts.invFreq instanceof Tensor) {
+    requireTensor(opts.invFreq, `${op}: invFreq`);
+    if (opts.invFreq.dtype !== 'f32' || opts.invFreq.size !== headDim / 2 || opts.invFreq.device !== x.device) {
+      throw new InvalidArgumentError(`${op}: invFreq: expected an f32 tensor of ${headDim / 2} values on ${x.device}`, 'invFreq');
+    }
+    freq = { t: opts.invFreq, temporary: false };
+  } else if (opts.invFreq instanceof Float32Array) {
+    if (opts.invFreq.length !== headDim / 2) {
+      throw new InvalidArgumentError(`${op}: invFreq: expected ${headDim / 2} values (head size / 2) but received ${opts.invFreq.length}`, 'invFreq');
+    }
+    freq = { t: Tensor.from(opts.invFreq, { device: x.device }), temporary: true };
+  } else if (opts.invFreq === undefined) {
+    const base = optNumber(opts.base, 10000, `${op}: base`, (b) => b > 1, 'a number > 1');
+    freq = { t: Tensor.from(ropeInvFreq(headDim, base), { device: x.device }), temporary: true };
+  } else {
+    throw new InvalidArgumentError(`${op}: invFreq: expected a Float32Array or Tensor but received ${describe(opts.invFreq)}`, 'invFreq');
+  }
+  return { tokens, heads, headDim, layout, freq };
+}
+
+export const ops = {
+  /**
+   * C = A @ B (or A @ Bᵀ with transposeB, for [out, in] weights), f32 accumulation.
+   * a: [m, k] or [batch, m, k]; b: [k, n] / [n, k], or batched with the same batch.
+   * The output dtype defaults to a's.
+   */
+  matmul(a: Tensor, b: Tensor, options: { transposeB?: boolean; dtype?: FloatDType } = {}): Tensor {
+    requireTensor(a, 'matmul: a');
+    requireTensor(b, 'matmul: b');
+    requireFloat(a, 'matmul: a');
+    requireFloat(b, 'matmul: b');
+    requireRank(a, [2, 3], 'matmul: a');
+    requireRank(b, [2, 3], 'matmul: b');
+    const device = requireSameDevice('matmul', ['a', a], ['b', b]);
+    const transB = options.transposeB ?? false;
+    const batch = a.shape.length === 3 ? a.shape[0]! : 1;
+    const [m, k] = a.shape.slice(-2) as [number, number];
+    if (b.shape.length === 3 && (a.shape.length !== 3 || b.shape[0] !== batch)) {
+      throw new InvalidArgumentError(
+        `matmul: a batched b [${b.shape.join(', ')}] needs a of shape [${b.shape[0]}, m, k] but a is [${a.shape.join(', ')}]`,
+        'b',
+      );
+    }
+    const [b0, b1] = b.shape.slice(-2) as [number, number];
+    const bk = transB ? b1 : b0;
+    const n = transB ? b0 : b1;
+    if (bk !== k) {
+      const dim = transB ? 'b.shape[-1]' : 'b.shape[-2]';
+      throw new InvalidArgumentError(`matmul: ${dim} (${bk}) must equal a.shape[-1] (${k})${transB ? ' (transposeB)' : ''}`, 'b');
+    }
+    const dtype = outDType(options.dtype, a.dtype as FloatDType, 'matmul: dtype');
+    const shape = a.shape.length === 3 ? [batch, m, n] : [m, n];
+    const out = Tensor.empty(shape, { dtype, device });
+    native().ops.matmul(a.handle(), b.handle(), out.handle(), { batch, m, n, k, transB, broadcastB: b.shape.length === 2 });
+    return out;
+  },
+
+  /** y = x / sqrt(mean(x²) + eps) · weight over the last axis. */
+  rmsnorm(x: Tensor, weight: Tensor, options: { eps?: number } = {}): Tensor {
+    requireTensor(x, 'rmsnorm: x');
+    requireTensor(weight, 'rmsnorm: weight');
+    requireFloat(x, 'rmsnorm: x');
+    requireFloat(weight, 'rmsnorm: weight');
+    const device = requireSameDevice('rmsnorm', ['x', x], ['weight', weight]);
+    if (x.shape.length < 1) throw new InvalidArgumentError('rmsnorm: x must have at least one dimension', 'x');
+    const dim = x.shape[x.shape.length - 1]!;
+    if (weight.shape.length !== 1 || weight.shape[0] !== dim) {
+      throw new InvalidArgumentError(`rmsnorm: weight must have shape [${dim}] but has [${weight.shape.join(', ')}]`, 'weight');
+    }
+    const eps = optNumber(options.eps, 1e-6, 'rmsnorm: eps', (e) => e >= 0, 'a non-negative number');
+    const out = Tensor.empty(x.shape, { dtype: x.dtype, device });
+    native().ops.rmsnorm(x.handle(), weight.handle(), out.handle(), { rows: dim === 0 ? 0 : x.size / dim, dim, eps });
+    return out;
+  },
+
+  /** Rotary embedding of x [tokens, heads, headDim] at positions [tokens]. */
+  rope(x: Tensor, positions: Tensor | Int32Array | number[], options: RopeFrequencies & { attnFactor?: number } = {}): Tensor {
+    requireTensor(x, 'rope: x');
+    requireFloat(x, 'rope: x');
+    const { tokens, heads, headDim, layout, freq } = ropeSetup('rope', x, options);
+    const pos = indexTensor(positions, x.device, 'rope: positions');
+    try {
+      if (pos.t.size !== tokens) {
+        throw new InvalidArgumentError(`rope: positions has ${pos.t.size} entries but x has ${tokens} tokens`, 'positions');
+      }
+      const attnFactor = optNumber(options.attnFactor, 1, 'rope: attnFactor', (f) => f > 0, 'a positive number');
+      const out = Tensor.empty(x.shape, { dtype: x.dtype, device: x.device });
+      native().ops.rope(x.handle(), pos.t.handle(), freq.t.handle(), out.handle(), { tokens, heads, headDim, layout, attnFactor });
+      return out;
+    } finally {
+      disposeTemps(pos, freq);
+    }
+  },
+
+  /**
+   * Moves cached keys [tokens, heads, headDim], rotated at positions `from`, to positions `to`
+   * (one rotation by the difference; values never need this). With `inPlace` the keys tensor
+   * itself is rewritten and returned.
+   */
+  rerotate(
+    keys: Tensor,
+    from: Tensor | Int32Array | number[],
+    to: Tensor | Int32Array | number[],
+    options: RopeFrequencies & { inPlace?: boolean } = {},
+  ): Tensor {
+    requireTensor(keys, 'rerotate: keys');
+    requireFloat(keys, 'rerotate: keys');
+    const { tokens, heads, headDim, layout, freq } = ropeSetup('rerotate', keys, options);
+    const f = indexTensor(from, keys.device, 'rerotate: from');
+    const t = indexTensor(to, keys.device, 'rerotate: to');
+    try {
+      for (const [name, p] of [['from', f], ['to', t]] as const) {
+        if (p.t.size !== tokens) {
+          throw new InvalidArgumentError(`rerotate: ${name} has ${p.t.size} entries but keys has ${tokens} tokens`, name);
+        }
+      }
+      const out = options.inPlace ? keys : Tensor.empty(keys.shape, { dtype: keys.dtype, device: keys.device });
+      native().ops.rerotate(keys.handle(), f.t.handle(), t.t.handle(), freq.t.handle(), out.handle(), { tokens, heads, headDim, layout });
+      return out;
+    } finally {
+      disposeTemps(f, t, freq);
+    }
+  },
+
+  /** softmax(scale · x) over the last axis; fully masked (-inf) rows give zeros. */
+  softmax(x: Tensor, options: { scale?: number } = {}): Tensor {
+    requireTensor(x, 'softmax: x');
+    requireFloat(x, 'softmax: x');
+    if (x.shape.length < 1) throw new InvalidArgumentError('softmax: x must have at least one dimension', 'x');
+    const cols = x.shape[x.shape.length - 1]!;
+    const scale = optNumber(options.scale, 1, 'softmax: scale', () => true, 'a finite number');
+    const out = Tensor.empty(x.shape, { dtype: x.dtype, device: x.device });
+    native().ops.softmax(x.handle(), out.handle(), { rows: cols === 0 ? 0 : x.size / cols, cols, scale });
+    return out;
+  },
+
+  /** silu(gate) · up, elementwise (the SwiGLU gate). */
+  siluMul(gate: Tensor, up: Tensor): Tensor {
+    requireTensor(gate, 'siluMul: gate');
+    requireTensor(up, 'siluMul: up');
+    requireFloat(gate, 'siluMul: gate');
+    const device = requireSameDevice('siluMul', ['gate', gate], ['up', up]);
+    if (up.dtype !== gate.dtype) throw new InvalidArgumentError(`siluMul: up is ${up.dtype} but gate is ${gate.dtype}`, 'up');
+    if (up.shape.join() !== gate.shape.join()) {
+      throw new InvalidArgumentError(`siluMul: up [${up.shape.join(', ')}] must have gate's shape [${gate.shape.join(', ')}]`, 'up');
+    }
+    const out = Tensor.empty(gate.shape, { dtype: gate.dtype, device });
+    native().ops.siluMul(gate.handle(), up.handle(), out.handle(), { n: gate.size });
+    return out;
+  },
+
+  /** Rows of table [vocab, dim] for ids [tokens] → [tokens, dim]. An id out of range rejects at read. */
+  embedding(table: Tensor, ids: Tensor | Int32Array | number[], options: { dtype?: FloatDType } = {}): Tensor {
+    requireTensor(table, 'embedding: table');
+    requireFloat(table, 'embedding: table');
+    requireRank(table, [2], 'embedding: table');
+    const [vocab, dim] = table.shape as [number, number];
+    if (Array.isArray(ids) || ids instanceof Int32Array) {
+      const bad = Array.from(ids).findIndex((id) => !(id >= 0 && id < vocab));
+      if (bad >= 0) throw new InvalidArgumentError(`embedding: ids[${bad}] = ${ids[bad]} is outside the vocabulary [0, ${vocab})`, 'ids');
+    }
+    const idt = indexTensor(ids, table.device, 'embedding: ids');
+    try {
+      const tokens = idt.t.size;
+      const dtype = outDType(options.dtype, table.dtype as FloatDType, 'embedding: dtype');
+      const out = Tensor.empty([tokens, dim], { dtype, device: table.device });
+      native().ops.embedding(table.handle(), idt.t.handle(), out.handle(), { tokens, vocab, dim });
+      return out;
+    } finally {
+      disposeTemps(idt);
+    }
+  },
+
+  /** The k largest values per row (last axis), descending, with their indices (ties: lower index first). */
+  topk(x: Tensor, k: number): { values: Tensor; indices: Tensor } {
+    requireTensor(x, 'topk: x');
+    requireFloat(x, 'topk: x');
+    if (x.shape.length < 1) throw new InvalidArgumentError('topk: x must have at least one dimension', 'x');
+    const cols = x.shape[x.shape.length - 1]!;
+    if (!Number.isInteger(k) || k < 1 || k > cols) {
+      throw new InvalidArgumentError(`topk: k must be an integer in [1, ${cols}] but received ${describe(k)}`, 'k');
+    }
+    const rows = x.size / cols;
+    const shape = [...x.shape.slice(0, -1), k];
+    const values = Tensor.empty(shape, { dtype: 'f32', device: x.device });
+    const indices = Tensor.empty(shape, { dtype: 'i32', device: x.device });
+    native().ops.topk(x.handle(), values.handle(), indices.handle(), { rows, cols, k });
+    return { values, indices };
+  },
+
+  /** Index of the largest value per row (last axis); ties pick the lower index. */
+  argmax(x: Tensor): Tensor {
+    const { values, indices } = ops.topk(x, 1);
+    values.dispose();
+    const shape = x.shape.slice(0, -1);
+    const out = indices.reshape(shape.length === 0 ? [1] : shape);
+    indices.dispose();
+    return out;
+  },
+};
+
+export type Ops = typeof ops;
+export type { DType };
