@@ -1,0 +1,405 @@
+// A float64 reference forward pass for the Llama family (Llama 2/3, Mistral, Qwen2) as
+// Hugging Face transformers defines it, reading an HF model directory (config.json +
+// safetensors). It is the readable specification of what the engine computes: one token at a
+// time, one head at a time, no caching, no batching, no cleverness. Slow on purpose.
+//
+// Per layer l, for the hidden states x (one row per token):
+//   h  = RMSNorm(x) * input_layernorm
+//   q  = h Wq^T + bq,  k = h Wk^T + bk,  v = h Wv^T + bv          (biases: Qwen2 only)
+//   q, k rotated by RoPE at each token's position (rotate_half convention)
+//   a  = softmax(q k^T / sqrt(head_dim) + causal mask) v          (GQA: kv head = head / group)
+//   x += a Wo^T
+//   h  = RMSNorm(x) * post_attention_layernorm
+//   x += (silu(h Wgate^T) * (h Wup^T)) Wdown^T
+// logits = (RMSNorm(x) * norm) Wlm^T, where Wlm is the embedding matrix if tied.
+
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** A tensor with its PyTorch shape, widened to float64. */
+export interface Tensor {
+  shape: number[];
+  data: Float64Array;
+}
+
+// ---------------------------------------------------------------------------------------------
+// safetensors
+// ---------------------------------------------------------------------------------------------
+
+function halfToFloat(bits: number): number {
+  const sign = bits & 0x8000 ? -1 : 1;
+  const exponent = (bits >> 10) & 0x1f;
+  const fraction = bits & 0x3ff;
+  if (exponent === 0) return sign * 2 ** -14 * (fraction / 1024);
+  if (exponent === 0x1f) return fraction ? NaN : sign * Infinity;
+  return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
+}
+
+/**
+ * Reads a .safetensors file: u64 LE header length, JSON header, then raw little-endian data at
+ * data_offsets relative to the end of the header. Supports F32, F16 and BF16.
+ */
+export function readSafetensors(path: string): Map<string, Tensor> {
+  const file = readFileSync(path);
+  const headerLength = Number(file.readBigUInt64LE(0));
+  const header = JSON.parse(file.toString('utf8', 8, 8 + headerLength)) as Record<
+    string,
+    { dtype: string; shape: number[]; data_offsets: [number, number] }
+  >;
+  const dataStart = 8 + headerLength;
+  const tensors = new Map<string, Tensor>();
+  for (const [name, info] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const [begin, end] = info.data_offsets;
+    const count = info.shape.reduce((a, b) => a * b, 1);
+    const bytes = file.subarray(dataStart + begin, dataStart + end);
+    const data = new Float64Array(count);
+    switch (info.dtype) {
+      case 'F32':
+        for (let i = 0; i < count; i++) data[i] = bytes.readFloatLE(4 * i);
+        break;
+      case 'BF16': {
+        // bfloat16 is the upper half of a float32.
+        const word = Buffer.alloc(4);
+        for (let i = 0; i < count; i++) {
+          word.writeUInt32LE(bytes.readUInt16LE(2 * i) << 16 >>> 0);
+          data[i] = word.readFloatLE(0);
+        }
+        break;
+      }
+      case 'F16':
+        for (let i = 0; i < count; i++) data[i] = halfToFloat(bytes.readUInt16LE(2 * i));
+        break;
+      default:
+        throw new Error(`${path}: tensor ${name} has unsupported dtype ${info.dtype}`);
+    }
+    if (bytes.length !== count * (info.dtype === 'F32' ? 4 : 2)) {
+      throw new Error(`${path}: tensor ${name} has ${bytes.length} bytes for shape [${info.shape}]`);
+    }
+    tensors.set(name, { shape: info.shape, data });
+  }
+  return tensors;
+}
+
+/** All tensors of an HF checkpoint: model.safetensors, or the shards named by its index. */
+export function readCheckpoint(dir: string): Map<string, Tensor> {
+  const indexPath = join(dir, 'model.safetensors.index.json');
+  if (!existsSync(indexPath)) return readSafetensors(join(dir, 'model.safetensors'));
+  const index = JSON.parse(readFileSync(indexPath, 'utf8')) as { weight_map: Record<string, string> };
+  const tensors = new Map<string, Tensor>();
+  for (const shard of new Set(Object.values(index.weight_map))) {
+    for (const [name, tensor] of readSafetensors(join(dir, shard))) tensors.set(name, tensor);
+  }
+  return tensors;
+}
+
+// ---------------------------------------------------------------------------------------------
+// config.json
+// ---------------------------------------------------------------------------------------------
+
+/** HF rope_scaling of type "llama3" (Llama 3.1+). */
+export interface Llama3RopeScaling {
+  ropeType: 'llama3';
+  factor: number;
+  lowFreqFactor: number;
+  highFreqFactor: number;
+  originalMaxPositionEmbeddings: number;
+}
+
+export interface LlamaFamilyConfig {
+  modelType: 'llama' | 'mistral' | 'qwen2';
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeScaling: Llama3RopeScaling | null;
+  /** Keys further back than this are masked (Mistral); null for none. */
+  slidingWindow: number | null;
+  tieWordEmbeddings: boolean;
+}
+
+/** The fields of an HF config.json that define the forward pass, with HF's defaults. */
+export function parseConfig(json: Record<string, unknown>): LlamaFamilyConfig {
+  const modelType = json.model_type;
+  if (modelType !== 'llama' && modelType !== 'mistral' && modelType !== 'qwen2') {
+    throw new Error(`reference supports model_type llama, mistral, qwen2; got ${String(modelType)}`);
+  }
+  const int = (key: string, fallback?: number): number => {
+    const value = json[key] ?? fallback;
+    if (typeof value !== 'number' || !Number.isInteger(value)) throw new Error(`config.${key} must be an integer`);
+    return value;
+  };
+  const num = (key: string, fallback?: number): number => {
+    const value = json[key] ?? fallback;
+    if (typeof value !== 'number') throw new Error(`config.${key} must be a number`);
+    return value;
+  };
+  const hiddenSize = int('hidden_size');
+  const numHeads = int('num_attention_heads');
+
+  let ropeScaling: Llama3RopeScaling | null = null;
+  const scaling = json.rope_scaling as Record<string, number | string> | null | undefined;
+  if (scaling) {
+    const type = scaling.rope_type ?? scaling.type;
+    if (type !== 'llama3') throw new Error(`reference supports rope_scaling type llama3 only; got ${String(type)}`);
+    ropeScaling = {
+      ropeType: 'llama3',
+      factor: Number(scaling.factor),
+      lowFreqFactor: Number(scaling.low_freq_factor),
+      highFreqFactor: Number(scaling.high_freq_factor),
+      originalMaxPositionEmbeddings: Number(scaling.original_max_position_embeddings),
+    };
+  }
+
+  let slidingWindow: number | null = null;
+  if (modelType === 'mistral' && typeof json.sliding_window === 'number') slidingWindow = json.sliding_window;
+  if (modelType === 'qwen2' && json.use_sliding_window === true) {
+    throw new Error('reference does not implement Qwen2 use_sliding_window');
+  }
+
+  return {
+    modelType,
+    vocabSize: int('vocab_size'),
+    hiddenSize,
+    intermediateSize: int('intermediate_size'),
+    numLayers: int('num_hidden_layers'),
+    numHeads,
+    numKvHeads: int('num_key_value_heads', numHeads),
+    // head_dim is explicit in newer Llama/Mistral configs; Qwen2 always derives it.
+    headDim: typeof json.head_dim === 'number' ? json.head_dim : hiddenSize / numHeads,
+    rmsNormEps: num('rms_norm_eps'),
+    ropeTheta: num('rope_theta', 10000),
+    ropeScaling,
+    slidingWindow,
+    tieWordEmbeddings: json.tie_word_embeddings === true,
+  };
+}
+
+/**
+ * RoPE inverse frequencies theta^(-2i/d), i < d/2, with Llama 3's scaling as transformers'
+ * _compute_llama3_parameters applies it: wavelengths longer than the original context / low
+ * factor are slowed down by `factor`, shorter than original / high factor kept, and the band
+ * in between interpolated.
+ */
+export function ropeInverseFrequencies(config: LlamaFamilyConfig): Float64Array {
+  const half = config.headDim / 2;
+  const inverse = new Float64Array(half);
+  for (let i = 0; i < half; i++) inverse[i] = 1 / config.ropeTheta ** ((2 * i) / config.headDim);
+  const scaling = config.ropeScaling;
+  if (!scaling) return inverse;
+  const lowFreqWavelength = scaling.originalMaxPositionEmbeddings / scaling.lowFreqFactor;
+  const highFreqWavelength = scaling.originalMaxPositionEmbeddings / scaling.highFreqFactor;
+  for (let i = 0; i < half; i++) {
+    const freq = inverse[i]!;
+    const wavelength = (2 * Math.PI) / freq;
+    if (wavelength > lowFreqWavelength) {
+      inverse[i] = freq / scaling.factor;
+    } else if (wavelength >= highFreqWavelength) {
+      const smooth = (scaling.originalMaxPositionEmbeddings / wavelength - scaling.lowFreqFactor) /
+        (scaling.highFreqFactor - scaling.lowFreqFactor);
+      inverse[i] = (1 - smooth) * (freq / scaling.factor) + smooth * freq;
+    }
+  }
+  return inverse;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building blocks
+// ---------------------------------------------------------------------------------------------
+
+/** y = W x + b for W of shape [out, in] (PyTorch's Linear layout). */
+function linear(x: Float64Array, weight: Tensor, bias?: Tensor): Float64Array {
+  const [outFeatures, inFeatures] = weight.shape as [number, number];
+  const y = new Float64Array(outFeatures);
+  for (let o = 0; o < outFeatures; o++) {
+    let sum = bias ? bias.data[o]! : 0;
+    const row = o * inFeatures;
+    for (let i = 0; i < inFeatures; i++) sum += weight.data[row + i]! * x[i]!;
+    y[o] = sum;
+  }
+  return y;
+}
+
+/** x / sqrt(mean(x^2) + eps) * weight. */
+function rmsNorm(x: Float64Array, weight: Tensor, eps: number): Float64Array {
+  let sumSquares = 0;
+  for (const value of x) sumSquares += value * value;
+  const scale = 1 / Math.sqrt(sumSquares / x.length + eps);
+  return x.map((value, i) => value * scale * weight.data[i]!);
+}
+
+const silu = (x: number): number => x / (1 + Math.exp(-x));
+
+/**
+ * Rotates each head of `x` (numHeads * headDim values) in place to `position`, the HF way:
+ * element i of a head pairs with element i + headDim/2 ("rotate_half"), both at frequency i:
+ *   x'[i]        = x[i] cos - x[i + d/2] sin
+ *   x'[i + d/2]  = x[i + d/2] cos + x[i] sin
+ */
+function applyRope(x: Float64Array, numHeads: number, headDim: number, position: number, inverseFrequencies: Float64Array): void {
+  const half = headDim / 2;
+  for (let h = 0; h < numHeads; h++) {
+    const base = h * headDim;
+    for (let i = 0; i < half; i++) {
+      const angle = position * inverseFrequencies[i]!;
+      const cos = Math.cos(angle);
+      const sin = Math.sin(angle);
+      const first = x[base + i]!;
+      const second = x[base + i + half]!;
+      x[base + i] = first * cos - second * sin;
+      x[base + i + half] = second * cos + first * sin;
+    }
+  }
+}
+
+function addInPlace(target: Float64Array, delta: Float64Array): void {
+  for (let i = 0; i < target.length; i++) target[i] = target[i]! + delta[i]!;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model
+// ---------------------------------------------------------------------------------------------
+
+interface LayerWeights {
+  inputNorm: Tensor;
+  qProj: Tensor;
+  kProj: Tensor;
+  vProj: Tensor;
+  qBias?: Tensor;
+  kBias?: Tensor;
+  vBias?: Tensor;
+  oProj: Tensor;
+  postAttentionNorm: Tensor;
+  gateProj: Tensor;
+  upProj: Tensor;
+  downProj: Tensor;
+}
+
+export class ReferenceLlama {
+  readonly config: LlamaFamilyConfig;
+  private readonly embedTokens: Tensor; // (vocab, hidden)
+  private readonly layers: LayerWeights[];
+  private readonly finalNorm: Tensor; // (hidden)
+  private readonly lmHead: Tensor; // (vocab, hidden); the embedding when tied
+  private readonly inverseFrequencies: Float64Array; // (head_dim / 2)
+
+  constructor(config: LlamaFamilyConfig, tensors: Map<string, Tensor>) {
+    this.config = config;
+    const { hiddenSize: H, intermediateSize: I, numHeads, numKvHeads, headDim, vocabSize } = config;
+    const get = (name: string, shape: number[]): Tensor => {
+      const tensor = tensors.get(name);
+      if (!tensor) throw new Error(`checkpoint has no tensor ${name}`);
+      if (tensor.shape.join() !== shape.join()) {
+        throw new Error(`${name} has shape [${tensor.shape}], expected [${shape}]`);
+      }
+      return tensor;
+    };
+    const optional = (name: string, shape: number[]): Tensor | undefined =>
+      (tensors.has(name) ? get(name, shape) : undefined);
+
+    this.embedTokens = get('model.embed_tokens.weight', [vocabSize, H]);
+    this.layers = [];
+    for (let l = 0; l < config.numLayers; l++) {
+      const p = `model.layers.${l}`;
+      const layer: LayerWeights = {
+        inputNorm: get(`${p}.input_layernorm.weight`, [H]),
+        qProj: get(`${p}.self_attn.q_proj.weight`, [numHeads * headDim, H]),
+        kProj: get(`${p}.self_attn.k_proj.weight`, [numKvHeads * headDim, H]),
+        vProj: get(`${p}.self_attn.v_proj.weight`, [numKvHeads * headDim, H]),
+        oProj: get(`${p}.self_attn.o_proj.weight`, [H, numHeads * headDim]),
+        postAttentionNorm: get(`${p}.post_attention_layernorm.weight`, [H]),
+        gateProj: get(`${p}.mlp.gate_proj.weight`, [I, H]),
+        upProj: get(`${p}.mlp.up_proj.weight`, [I, H]),
+        downProj: get(`${p}.mlp.down_proj.weight`, [H, I]),
+      };
+      // Qwen2 always has q/k/v biases; Llama and Mistral have them only with attention_bias.
+      const qBias = optional(`${p}.self_attn.q_proj.bias`, [numHeads * headDim]);
+      const kBias = optional(`${p}.self_attn.k_proj.bias`, [numKvHeads * headDim]);
+      const vBias = optional(`${p}.self_attn.v_proj.bias`, [numKvHeads * headDim]);
+      if (config.modelType === 'qwen2' && !(qBias && kBias && vBias)) {
+        throw new Error(`Qwen2 checkpoint lacks the q/k/v biases of layer ${l}`);
+      }
+      if (qBias) layer.qBias = qBias;
+      if (kBias) layer.kBias = kBias;
+      if (vBias) layer.vBias = vBias;
+      this.layers.push(layer);
+    }
+    this.finalNorm = get('model.norm.weight', [H]);
+    this.lmHead = config.tieWordEmbeddings ? this.embedTokens : get('lm_head.weight', [vocabSize, H]);
+    this.inverseFrequencies = ropeInverseFrequencies(config);
+  }
+
+  /** Loads config.json and the safetensors weights of an HF model directory. */
+  static load(dir: string): ReferenceLlama {
+    const config = parseConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
+    return new ReferenceLlama(config, readCheckpoint(dir));
+  }
+
+  /**
+   * Next-token logits at every position of `tokens` (positions 0, 1, ...):
+   * result[i] are the logits after reading tokens[0..i].
+   */
+  forward(tokens: readonly number[]): Float64Array[] {
+    const { hiddenSize: H, numHeads, numKvHeads, headDim, rmsNormEps: eps, vocabSize } = this.config;
+    const groupSize = numHeads / numKvHeads; // query heads per key/value head
+    const scale = 1 / Math.sqrt(headDim);
+    const window = this.config.slidingWindow ?? Infinity;
+
+    // Residual stream, one row per token.
+    const x = tokens.map((token) => {
+      if (!Number.isInteger(token) || token < 0 || token >= vocabSize) throw new RangeError(`token ${token} out of range`);
+      return this.embedTokens.data.slice(token * H, (token + 1) * H);
+    });
+
+    for (const layer of this.layers) {
+      const h = x.map((row) => rmsNorm(row, layer.inputNorm, eps));
+      const q = h.map((row) => linear(row, layer.qProj, layer.qBias)); // (T, numHeads * headDim)
+      const k = h.map((row) => linear(row, layer.kProj, layer.kBias)); // (T, numKvHeads * headDim)
+      const v = h.map((row) => linear(row, layer.vProj, layer.vBias)); // (T, numKvHeads * headDim)
+      q.forEach((row, position) => applyRope(row, numHeads, headDim, position, this.inverseFrequencies));
+      k.forEach((row, position) => applyRope(row, numKvHeads, headDim, position, this.inverseFrequencies));
+
+      for (let t = 0; t < tokens.length; t++) {
+        const attended = new Float64Array(numHeads * headDim);
+        const first = Math.max(0, t - window + 1); // causal, and within the sliding window
+        for (let head = 0; head < numHeads; head++) {
+          const kvHead = Math.floor(head / groupSize);
+          const qOffset = head * headDim;
+          const kvOffset = kvHead * headDim;
+          const scores: number[] = [];
+          for (let s = first; s <= t; s++) {
+            let dot = 0;
+            for (let d = 0; d < headDim; d++) dot += q[t]![qOffset + d]! * k[s]![kvOffset + d]!;
+            scores.push(dot * scale);
+          }
+          const max = Math.max(...scores);
+          const weights = scores.map((score) => Math.exp(score - max));
+          const total = weights.reduce((a, b) => a + b, 0);
+          for (let s = first; s <= t; s++) {
+            const p = weights[s - first]! / total;
+            for (let d = 0; d < headDim; d++) attended[qOffset + d] = attended[qOffset + d]! + p * v[s]![kvOffset + d]!;
+          }
+        }
+        addInPlace(x[t]!, linear(attended, layer.oProj));
+
+        const normed = rmsNorm(x[t]!, layer.postAttentionNorm, eps);
+        const gate = linear(normed, layer.gateProj);
+        const up = linear(normed, layer.upProj);
+        addInPlace(x[t]!, linear(gate.map((g, i) => silu(g) * up[i]!), layer.downProj));
+      }
+    }
+    return x.map((row) => linear(rmsNorm(row, this.finalNorm, eps), this.lmHead));
+  }
+}
+
+/** Index of the largest value; ties go to the lowest index. */
+export function argmax(values: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i]! > values[best]!) best = i;
+  return best;
+}
