@@ -38,11 +38,77 @@ export interface NativeOps {
   embedding(table: T, ids: T, out: T, p: { tokens: number; vocab: number; dim: number }): void;
   topk(x: T, values: T, indices: T, p: { rows: number; cols: number; k: number }): void;
   cast(x: T, out: T): void;
+  add(a: T, b: T, out: T, p: { rows: number; cols: number; broadcastB: boolean }): void;
+  kvWrite(k: T, v: T, kPool: T, vPool: T, slots: T, p: { tokens: number; kvHeads: number; headDim: number; pageSize: number; numPages: number }): void;
+  pagedAttention(
+    q: T, kPool: T, vPool: T, out: T, qStart: T, kvLen: T, tableStart: T, pageTable: T, visible: T, attnSum: T | null,
+    p: { heads: number; kvHeads: number; headDim: number; pageSize: number; numPages: number; seqs: number; totalQ: number; maxKv: number; scale: number },
+  ): void;
 }
 
 export type RopeLayout = 'half' | 'adjacent';
 
+export interface NativeSequence {
+  readonly length: number;
+  layerLengths(): number[];
+  truncate(n: number): void;
+  clear(): void;
+  release(): void;
+}
+
+export interface SamplingSpec {
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  repetitionPenalty: number;
+  penaltyWindow: number;
+}
+
+export interface StepRequest {
+  seq: NativeSequence;
+  tokens: Int32Array;
+  positions: Int32Array;
+  logits: 'none' | 'last' | 'all';
+  sample?: SamplingSpec;
+}
+
+export interface NativeModel {
+  newSequence(seed?: number): NativeSequence;
+  step(requests: StepRequest[]): Promise<{ logits: (Float32Array | null)[]; tokens: Int32Array }>;
+  freePages(): number;
+  release(): void;
+}
+
+export interface ModelSpecNative {
+  vocab: number;
+  hidden: number;
+  intermediate: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  rmsEps: number;
+  ropeLayout: RopeLayout;
+  ropeAttnFactor: number;
+}
+
+type W = NativeTensor;
+export interface LayerWeightsNative {
+  attnNorm: W; wq: W; wk: W; wv: W; wo: W; bq?: W; bk?: W; bv?: W; ffnNorm: W; gate: W; up: W; down: W;
+}
+
+export interface ModelWeightsNative {
+  embed: W;
+  finalNorm: W;
+  lmHead: W;
+  invFreq: W;
+  layers: LayerWeightsNative[];
+}
+
 export interface BindingModule {
+  createModel(spec: ModelSpecNative, weights: ModelWeightsNative, kv: { numPages: number; pageSize: number; dtype: DType }): NativeModel;
+  mapTensors(path: string, entries: { offset: number; bytes: number; dtype: DType; shape: number[] }[], device: DeviceName): NativeTensor[];
   buildInfo(): NativeBuildInfo;
   setErrorFactory(factory: (code: number, message: string) => Error): void;
   empty(device: DeviceName, dtype: DType, shape: number[], zero: boolean): NativeTensor;

@@ -3,6 +3,10 @@ import type { DeviceName, NativeDeviceInfo } from './binding.js';
 import { addon } from './loader.js';
 
 export * from './errors.js';
+export { loadModel, Model, type LoadModelOptions, type Prompt } from './llm/model.js';
+export type { GenerateOptions, SamplingOptions } from './llm/options.js';
+export type { GenerationStream, GeneratedToken, GenerationResult, FinishReason } from './llm/scheduler.js';
+export * from './model/index.js';
 export { ops, ropeInvFreq, type RopeLayout } from './ops.js';
 export { Tensor, type DType, type DeviceName, type FloatDType, type TensorData, type TensorValues, dtypeBytes } from './tensor.js';
 

@@ -287,6 +287,152 @@ export const ops = {
     return { values, indices };
   },
 
+  /** a + b elementwise; b may also be one row ([cols]) added to every row of a (a bias). */
+  add(a: Tensor, b: Tensor): Tensor {
+    requireTensor(a, 'add: a');
+    requireTensor(b, 'add: b');
+    requireFloat(a, 'add: a');
+    requireFloat(b, 'add: b');
+    const device = requireSameDevice('add', ['a', a], ['b', b]);
+    const cols = a.shape.length === 0 ? 1 : a.shape[a.shape.length - 1]!;
+    const broadcastB = b.shape.length === 1 && a.shape.length > 1 && b.shape[0] === cols;
+    if (!broadcastB && b.shape.join() !== a.shape.join()) {
+      throw new InvalidArgumentError(`add: b [${b.shape.join(', ')}] must have a's shape [${a.shape.join(', ')}] or be one row [${cols}]`, 'b');
+    }
+    const out = Tensor.empty(a.shape, { dtype: a.dtype, device });
+    native().ops.add(a.handle(), b.handle(), out.handle(), { rows: cols === 0 ? 0 : a.size / cols, cols, broadcastB });
+    return out;
+  },
+
+  /**
+   * Writes keys and values [tokens, kvHeads, headDim] into paged pools
+   * [numPages, pageSize, kvHeads, headDim] at flat slots (page * pageSize + row), in place.
+   */
+  kvWrite(k: Tensor, v: Tensor, kPool: Tensor, vPool: Tensor, slots: Tensor | Int32Array | number[]): void {
+    for (const [name, t] of [['k', k], ['v', v], ['kPool', kPool], ['vPool', vPool]] as const) {
+      requireTensor(t, `kvWrite: ${name}`);
+      requireFloat(t, `kvWrite: ${name}`);
+    }
+    requireRank(k, [3], 'kvWrite: k');
+    requireRank(kPool, [4], 'kvWrite: kPool');
+    const device = requireSameDevice('kvWrite', ['k', k], ['v', v], ['kPool', kPool], ['vPool', vPool]);
+    const [tokens, kvHeads, headDim] = k.shape as [number, number, number];
+    const [numPages, pageSize] = kPool.shape as [number, number, number, number];
+    if (v.shape.join() !== k.shape.join() || v.dtype !== k.dtype) throw new InvalidArgumentError('kvWrite: v must match k in shape and dtype', 'v');
+    if (vPool.shape.join() !== kPool.shape.join() || vPool.dtype !== kPool.dtype) {
+      throw new InvalidArgumentError('kvWrite: vPool must match kPool in shape and dtype', 'vPool');
+    }
+    if (kPool.shape[2] !== kvHeads || kPool.shape[3] !== headDim) {
+      throw new InvalidArgumentError(`kvWrite: kPool [${kPool.shape.join(', ')}] must be [pages, pageSize, ${kvHeads}, ${headDim}]`, 'kPool');
+    }
+    if (Array.isArray(slots) || slots instanceof Int32Array) {
+      const seen = new Set<number>();
+      Array.from(slots).forEach((s, i) => {
+        if (!(Number.isInteger(s) && s >= 0 && s < numPages * pageSize)) {
+          throw new InvalidArgumentError(`kvWrite: slots[${i}] = ${s} is outside the pool [0, ${numPages * pageSize})`, 'slots');
+        }
+        if (seen.has(s)) throw new InvalidArgumentError(`kvWrite: slot ${s} appears twice`, 'slots');
+        seen.add(s);
+      });
+    }
+    const st = indexTensor(slots, device, 'kvWrite: slots');
+    try {
+      if (st.t.size !== tokens) throw new InvalidArgumentError(`kvWrite: slots has ${st.t.size} entries but k has ${tokens} tokens`, 'slots');
+      native().ops.kvWrite(k.handle(), v.handle(), kPool.handle(), vPool.handle(), st.t.handle(), { tokens, kvHeads, headDim, pageSize, numPages });
+    } finally {
+      disposeTemps(st);
+    }
+  },
+
+  /**
+   * Attention of query rows q [totalQ, heads, headDim] (already rotated) over paged KV pools
+   * [numPages, pageSize, kvHeads, headDim], for a batch of sequences whose query rows follow each
+   * other in q. Each query row sees the slots before `visible[row]` of its sequence's cache;
+   * by default the queries are the newest `queries` slots of the cache (causal prefill/decode).
+   * With `attnSum`, also returns the softmax probabilities summed over each sequence's query
+   * rows, f32 [seqs, heads, maxKv] (the per-token scores of score-based cache policies).
+   */
+  pagedAttention(
+    q: Tensor,
+    kPool: Tensor,
+    vPool: Tensor,
+    options: {
+      sequences: { queries: number; kvLength: number; pages: readonly number[] }[];
+      visible?: Int32Array | readonly number[];
+      scale?: number;
+      attnSum?: boolean;
+    },
+  ): { out: Tensor; attnSum: Tensor | undefined } {
+    for (const [name, t] of [['q', q], ['kPool', kPool], ['vPool', vPool]] as const) {
+      requireTensor(t, `pagedAttention: ${name}`);
+      requireFloat(t, `pagedAttention: ${name}`);
+    }
+    requireRank(q, [3], 'pagedAttention: q');
+    requireRank(kPool, [4], 'pagedAttention: kPool');
+    const device = requireSameDevice('pagedAttention', ['q', q], ['kPool', kPool], ['vPool', vPool]);
+    const [totalQ, heads, headDim] = q.shape as [number, number, number];
+    const [numPages, pageSize, kvHeads, poolDim] = kPool.shape as [number, number, number, number];
+    if (poolDim !== headDim) throw new InvalidArgumentError(`pagedAttention: kPool head size ${poolDim} differs from q's ${headDim}`, 'kPool');
+    if (kvHeads === 0 || heads % kvHeads !== 0) {
+      throw new InvalidArgumentError(`pagedAttention: kv heads (${kvHeads}) must divide query heads (${heads})`, 'kPool');
+    }
+    if (vPool.shape.join() !== kPool.shape.join() || vPool.dtype !== kPool.dtype) {
+      throw new InvalidArgumentError('pagedAttention: vPool must match kPool in shape and dtype', 'vPool');
+    }
+    const seqs = options.sequences;
+    if (!Array.isArray(seqs) || seqs.length === 0) throw new InvalidArgumentError('pagedAttention: sequences must be a non-empty array', 'sequences');
+    const qStart = new Int32Array(seqs.length + 1);
+    const tableStart = new Int32Array(seqs.length + 1);
+    const kvLen = new Int32Array(seqs.length);
+    const table: number[] = [];
+    const visible = new Int32Array(totalQ);
+    seqs.forEach((s, i) => {
+      const where = `pagedAttention: sequences[${i}]`;
+      if (!Number.isInteger(s.queries) || s.queries < 0) throw new InvalidArgumentError(`${where}.queries must be a non-negative integer`, 'sequences');
+      if (!Number.isInteger(s.kvLength) || s.kvLength < 0) throw new InvalidArgumentError(`${where}.kvLength must be a non-negative integer`, 'sequences');
+      if (s.kvLength > s.pages.length * pageSize) {
+        throw new InvalidArgumentError(`${where}: kvLength ${s.kvLength} needs ${Math.ceil(s.kvLength / pageSize)} pages but has ${s.pages.length}`, 'sequences');
+      }
+      s.pages.forEach((pg, j) => {
+        if (!(Number.isInteger(pg) && pg >= 0 && pg < numPages)) throw new InvalidArgumentError(`${where}.pages[${j}] = ${pg} is not a page of the pool [0, ${numPages})`, 'sequences');
+      });
+      qStart[i + 1] = qStart[i]! + s.queries;
+      tableStart[i + 1] = tableStart[i]! + s.pages.length;
+      kvLen[i] = s.kvLength;
+      table.push(...s.pages);
+      for (let r = 0; r < s.queries; r++) visible[qStart[i]! + r] = s.kvLength - s.queries + r + 1;
+    });
+    if (qStart[seqs.length] !== totalQ) {
+      throw new InvalidArgumentError(`pagedAttention: the sequences have ${qStart[seqs.length]} queries but q has ${totalQ} rows`, 'sequences');
+    }
+    if (options.visible !== undefined) {
+      if (options.visible.length !== totalQ) throw new InvalidArgumentError(`pagedAttention: visible needs ${totalQ} entries`, 'visible');
+      seqs.forEach((s, i) => {
+        for (let r = qStart[i]!; r < qStart[i + 1]!; r++) {
+          const v = options.visible![r]!;
+          if (!(Number.isInteger(v) && v >= 0 && v <= s.kvLength)) {
+            throw new InvalidArgumentError(`pagedAttention: visible[${r}] = ${v} is outside [0, ${s.kvLength}]`, 'visible');
+          }
+          visible[r] = v;
+        }
+      });
+    }
+    const scale = optNumber(options.scale, 1 / Math.sqrt(headDim), 'pagedAttention: scale', () => true, 'a finite number');
+    const maxKv = Math.max(0, ...kvLen);
+    const idx = [qStart, kvLen, tableStart, Int32Array.from(table.length ? table : [0]), visible].map((a) => Tensor.from(a, { device }));
+    const out = Tensor.empty(q.shape, { dtype: q.dtype, device });
+    const attnSum = options.attnSum ? Tensor.zeros([seqs.length, heads, maxKv], { dtype: 'f32', device }) : undefined;
+    try {
+      const [qs, kl, ts, pt, vis] = idx.map((t) => t.handle()) as [ReturnType<Tensor['handle']>, ...ReturnType<Tensor['handle']>[]];
+      native().ops.pagedAttention(q.handle(), kPool.handle(), vPool.handle(), out.handle(), qs, kl!, ts!, pt!, vis!, attnSum ? attnSum.handle() : null, {
+        heads, kvHeads, headDim, pageSize, numPages, seqs: seqs.length, totalQ, maxKv, scale,
+      });
+    } finally {
+      for (const t of idx) t.dispose();
+    }
+    return { out, attnSum };
+  },
+
   /** Index of the largest value per row (last axis); ties pick the lower index. */
   argmax(x: Tensor): Tensor {
     const { values, indices } = ops.topk(x, 1);

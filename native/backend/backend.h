@@ -8,9 +8,12 @@
 #include <string>
 #include <vector>
 
+#include "../kernels/add.h"
 #include "../kernels/cast.h"
 #include "../kernels/embedding.h"
+#include "../kernels/kv_write.h"
 #include "../kernels/matmul.h"
+#include "../kernels/paged_attention.h"
 #include "../kernels/rerotate.h"
 #include "../kernels/rmsnorm.h"
 #include "../kernels/rope.h"
@@ -56,6 +59,9 @@ class Backend {
   virtual Status embedding(const EmbeddingArgs& a) = 0;
   virtual Status topk(const TopKArgs& a) = 0;
   virtual Status cast(const CastArgs& a) = 0;
+  virtual Status add(const AddArgs& a) = 0;
+  virtual Status kv_write(const KvWriteArgs& a) = 0;
+  virtual Status paged_attention(const PagedAttentionArgs& a) = 0;
 };
 
 Backend& cpu_backend();

@@ -49,6 +49,9 @@ class CpuBackend final : public Backend {
   Status embedding(const EmbeddingArgs& a) override { return embedding_cpu(a); }
   Status topk(const TopKArgs& a) override { return topk_cpu(a); }
   Status cast(const CastArgs& a) override { return cast_cpu(a); }
+  Status add(const AddArgs& a) override { return add_cpu(a); }
+  Status kv_write(const KvWriteArgs& a) override { return kv_write_cpu(a); }
+  Status paged_attention(const PagedAttentionArgs& a) override { return paged_attention_cpu(a); }
 };
 
 }  // namespace

@@ -86,6 +86,9 @@ class CudaBackend final : public Backend {
   Status embedding(const EmbeddingArgs& a) override { return embedding_cuda(a, stream_); }
   Status topk(const TopKArgs& a) override { return topk_cuda(a, stream_); }
   Status cast(const CastArgs& a) override { return cast_cuda(a, stream_); }
+  Status add(const AddArgs& a) override { return add_cuda(a, stream_); }
+  Status kv_write(const KvWriteArgs& a) override { return kv_write_cuda(a, stream_); }
+  Status paged_attention(const PagedAttentionArgs& a) override { return paged_attention_cuda(a, stream_); }
 
   // Kernels launch asynchronously: a launch error is reported by the launcher, an execution
   // error at the next synchronisation (the read that waits for it).

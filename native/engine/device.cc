@@ -37,7 +37,15 @@ std::shared_ptr<Buffer> Buffer::create(Device* device, size_t bytes, Status* st)
   return std::shared_ptr<Buffer>(new Buffer(device, p, bytes));
 }
 
-Buffer::~Buffer() { device_->backend->free(data_); }
+std::shared_ptr<Buffer> Buffer::wrap(Device* device, void* data, size_t bytes, std::shared_ptr<void> owner) {
+  auto b = std::shared_ptr<Buffer>(new Buffer(device, data, bytes));
+  b->owner_ = std::move(owner);
+  return b;
+}
+
+Buffer::~Buffer() {
+  if (!owner_) device_->backend->free(data_);
+}
 
 Status Buffer::error() const {
   std::lock_guard<std::mutex> lock(mu_);

@@ -27,6 +27,9 @@ class Buffer {
  public:
   // Allocates `bytes` on `device`; on failure returns null and sets *st.
   static std::shared_ptr<Buffer> create(Device* device, size_t bytes, Status* st);
+  // Memory the buffer does not own (a memory-mapped weight file): `owner` keeps it valid and
+  // is dropped with the buffer; nothing is freed through the backend.
+  static std::shared_ptr<Buffer> wrap(Device* device, void* data, size_t bytes, std::shared_ptr<void> owner);
   ~Buffer();
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
@@ -45,6 +48,7 @@ class Buffer {
   Device* device_;
   void* data_;
   size_t bytes_;
+  std::shared_ptr<void> owner_;
   mutable std::mutex mu_;
   Status error_;
 };

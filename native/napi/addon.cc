@@ -6,8 +6,10 @@
 #include "../kernels/parallel.h"
 #include "errors.h"
 #include "instance.h"
+#include "model.h"
 #include "ops.h"
 #include "tensor.h"
+#include "weights.h"
 
 #ifndef KVFOCUS_VERSION
 #define KVFOCUS_VERSION "0.0.0"
@@ -125,6 +127,12 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorFactory", Napi::Function::New<guard<set_error_factory>>(env, "setErrorFactory"));
   exports.Set("empty", Napi::Function::New<guard<empty>>(env, "empty"));
   exports.Set("fromBytes", Napi::Function::New<guard<from_bytes>>(env, "fromBytes"));
+  Napi::Function model_ctor = NativeModel::define(env);
+  inst->model_ctor = Napi::Persistent(model_ctor);
+  Napi::Function sequence_ctor = NativeSequence::define(env);
+  inst->sequence_ctor = Napi::Persistent(sequence_ctor);
+  exports.Set("createModel", Napi::Function::New<guard<NativeModel::create>>(env, "createModel"));
+  exports.Set("mapTensors", Napi::Function::New<guard<map_tensors>>(env, "mapTensors"));
   register_ops(env, exports);
   return exports;
 }

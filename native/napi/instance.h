@@ -9,6 +9,8 @@ namespace kvf::napi {
 struct Instance {
   Napi::FunctionReference error_factory;  // (code, message) => KvfocusError subclass
   Napi::FunctionReference tensor_ctor;
+  Napi::FunctionReference model_ctor;
+  Napi::FunctionReference sequence_ctor;
 
   static Instance* get(Napi::Env env) { return env.GetInstanceData<Instance>(); }
 };

@@ -264,6 +264,114 @@ Napi::Value cast(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value add(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 3, "add");
+  AddArgs a;
+  a.rows = p.i64("rows");
+  a.cols = p.i64("cols");
+  a.broadcast_b = p.flag("broadcastB");
+  NativeTensor* ta = arg(info, 0, "add", "a", a.rows * a.cols);
+  NativeTensor* tb = arg(info, 1, "add", "b", a.broadcast_b ? a.cols : a.rows * a.cols);
+  NativeTensor* to = arg(info, 2, "add", "out", a.rows * a.cols);
+  require_dtype(env, to, ta->dtype(), "add", "out");
+  Device* d = same_device(env, "add", {ta, tb, to});
+  a.a = ta->buffer()->data();
+  a.out = to->buffer()->data();
+  a.dtype = ta->dtype();
+  a.b = tb->buffer()->data();
+  a.b_dtype = tb->dtype();
+  enqueue_op(d, {ta->buffer(), tb->buffer()}, {to->buffer()}, [a](Backend& be) { return be.add(a); });
+  return env.Undefined();
+}
+
+// kvWrite(k, v, kPool, vPool, slots, params): writes into the pools in place.
+Napi::Value kv_write(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 5, "kvWrite");
+  KvWriteArgs a;
+  a.tokens = p.i64("tokens");
+  a.kv_heads = p.i64("kvHeads");
+  a.head_dim = p.i64("headDim");
+  a.page_size = p.i64("pageSize");
+  a.num_pages = p.i64("numPages");
+  const int64_t row = a.kv_heads * a.head_dim;
+  NativeTensor* tk = arg(info, 0, "kvWrite", "k", a.tokens * row);
+  NativeTensor* tv = arg(info, 1, "kvWrite", "v", a.tokens * row);
+  NativeTensor* tkp = arg(info, 2, "kvWrite", "kPool", a.num_pages * a.page_size * row);
+  NativeTensor* tvp = arg(info, 3, "kvWrite", "vPool", a.num_pages * a.page_size * row);
+  NativeTensor* ts = arg(info, 4, "kvWrite", "slots", a.tokens);
+  require_dtype(env, tv, tk->dtype(), "kvWrite", "v");
+  require_dtype(env, tvp, tkp->dtype(), "kvWrite", "vPool");
+  require_dtype(env, ts, DType::i32, "kvWrite", "slots");
+  Device* d = same_device(env, "kvWrite", {tk, tv, tkp, tvp, ts});
+  a.k = tk->buffer()->data();
+  a.v = tv->buffer()->data();
+  a.src_dtype = tk->dtype();
+  a.k_pool = tkp->buffer()->data();
+  a.v_pool = tvp->buffer()->data();
+  a.pool_dtype = tkp->dtype();
+  a.slots = static_cast<const int32_t*>(ts->buffer()->data());
+  enqueue_op(d, {tk->buffer(), tv->buffer(), ts->buffer(), tkp->buffer(), tvp->buffer()}, {tkp->buffer(), tvp->buffer()},
+             [a](Backend& be) { return be.kv_write(a); });
+  return env.Undefined();
+}
+
+// pagedAttention(q, kPool, vPool, out, qStart, kvLen, tableStart, pageTable, visible, attnSum | null, params)
+Napi::Value paged_attention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "pagedAttention";
+  Params p = params(info, 10, op);
+  PagedAttentionArgs a;
+  a.heads = p.i64("heads");
+  a.kv_heads = p.i64("kvHeads");
+  a.head_dim = p.i64("headDim");
+  a.page_size = p.i64("pageSize");
+  a.num_pages = p.i64("numPages");
+  a.seqs = p.i64("seqs");
+  a.total_q = p.i64("totalQ");
+  a.max_kv = p.i64("maxKv");
+  a.scale = p.f32("scale", 1.0f);
+  if (a.kv_heads == 0 || a.heads % a.kv_heads != 0) throw_invalid(env, "pagedAttention: kvHeads must divide heads");
+  if (a.page_size <= 0) throw_invalid(env, "pagedAttention: pageSize must be positive");
+  NativeTensor* tq = arg(info, 0, op, "q", a.total_q * a.heads * a.head_dim);
+  NativeTensor* tkp = arg(info, 1, op, "kPool", a.num_pages * a.page_size * a.kv_heads * a.head_dim);
+  NativeTensor* tvp = arg(info, 2, op, "vPool", a.num_pages * a.page_size * a.kv_heads * a.head_dim);
+  NativeTensor* to = arg(info, 3, op, "out", a.total_q * a.heads * a.head_dim);
+  NativeTensor* tqs = arg(info, 4, op, "qStart", a.seqs + 1);
+  NativeTensor* tkl = arg(info, 5, op, "kvLen", a.seqs);
+  NativeTensor* tts = arg(info, 6, op, "tableStart", a.seqs + 1);
+  NativeTensor* tpt = NativeTensor::unwrap(info[7], "pagedAttention: pageTable");
+  NativeTensor* tvis = arg(info, 8, op, "visible", a.total_q);
+  for (NativeTensor* t : {tqs, tkl, tts, tpt, tvis}) require_dtype(env, t, DType::i32, op, "index arrays");
+  require_dtype(env, tvp, tkp->dtype(), op, "vPool");
+  Device* d = same_device(env, op, {tq, tkp, tvp, to, tqs, tkl, tts, tpt, tvis});
+  std::vector<BufferRef> outputs{to->buffer()};
+  if (!info[9].IsNull() && !info[9].IsUndefined()) {
+    NativeTensor* ts = arg(info, 9, op, "attnSum", a.seqs * a.heads * a.max_kv);
+    require_dtype(env, ts, DType::f32, op, "attnSum");
+    if (ts->device() != d) throw_invalid(env, "pagedAttention: attnSum must be on the same device");
+    a.attn_sum = static_cast<float*>(ts->buffer()->data());
+    outputs.push_back(ts->buffer());
+  }
+  a.q = tq->buffer()->data();
+  a.q_dtype = tq->dtype();
+  a.out = to->buffer()->data();
+  a.out_dtype = to->dtype();
+  a.k_pool = tkp->buffer()->data();
+  a.v_pool = tvp->buffer()->data();
+  a.kv_dtype = tkp->dtype();
+  a.q_start = static_cast<const int32_t*>(tqs->buffer()->data());
+  a.kv_len = static_cast<const int32_t*>(tkl->buffer()->data());
+  a.table_start = static_cast<const int32_t*>(tts->buffer()->data());
+  a.page_table = static_cast<const int32_t*>(tpt->buffer()->data());
+  a.visible = static_cast<const int32_t*>(tvis->buffer()->data());
+  std::vector<BufferRef> inputs{tq->buffer(), tkp->buffer(), tvp->buffer(), tqs->buffer(), tkl->buffer(),
+                                tts->buffer(), tpt->buffer(), tvis->buffer()};
+  enqueue_op(d, std::move(inputs), std::move(outputs), [a](Backend& be) { return be.paged_attention(a); });
+  return env.Undefined();
+}
+
 template <Napi::Value (*Fn)(const Napi::CallbackInfo&)>
 Napi::Value guard(const Napi::CallbackInfo& info) {
   return guarded(info, Fn);
@@ -282,6 +390,9 @@ void register_ops(Napi::Env env, Napi::Object exports) {
   ops.Set("embedding", Napi::Function::New<guard<embedding>>(env, "embedding"));
   ops.Set("topk", Napi::Function::New<guard<topk>>(env, "topk"));
   ops.Set("cast", Napi::Function::New<guard<cast>>(env, "cast"));
+  ops.Set("add", Napi::Function::New<guard<add>>(env, "add"));
+  ops.Set("kvWrite", Napi::Function::New<guard<kv_write>>(env, "kvWrite"));
+  ops.Set("pagedAttention", Napi::Function::New<guard<paged_attention>>(env, "pagedAttention"));
   exports.Set("ops", ops);
 }
 

@@ -2,6 +2,7 @@
 #include <napi.h>
 
 namespace kvf::napi {
-// Adds `ops` (matmul, rmsnorm, rope, rerotate, softmax, siluMul, embedding, topk, cast).
+// Adds `ops`: matmul, rmsnorm, rope, rerotate, softmax, siluMul, embedding, topk, cast, add,
+// kvWrite, pagedAttention.
 void register_ops(Napi::Env env, Napi::Object exports);
 }  // namespace kvf::napi

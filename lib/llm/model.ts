@@ -1,0 +1,283 @@
+// loadModel() and Model: a Hugging Face checkpoint on a device, with a tokenizer, a paged KV
+// pool, logits() for scoring and generate() for streaming generation.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import type { DeviceName, LayerWeightsNative, ModelWeightsNative, NativeModel } from '../binding.js';
+import { DisposedError, InvalidArgumentError, ModelFormatError } from '../errors.js';
+import { addon, native } from '../loader.js';
+import { checkCheckpointTensors, type ModelConfig, openSafetensors, readModelConfig, ropeParameters, Tokenizer, type TensorInfo } from '../model/index.js';
+import type { ChatMessage } from '../model/tokenizer.js';
+import { checkDevice, describe, type DType, type FloatDType, Tensor } from '../tensor.js';
+import { generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
+import { type GenerationStream, Scheduler } from './scheduler.js';
+
+export interface LoadModelOptions {
+  /** 'auto' (default): CUDA when a GPU is usable, else the CPU. */
+  device?: 'auto' | DeviceName;
+  /** Weight storage dtype; default: as stored in the checkpoint. Norms are always f32. */
+  dtype?: FloatDType;
+  /** KV cache capacity in tokens per layer, shared by all live sequences (default: the model's context, at most 8192). */
+  kvCacheTokens?: number;
+  /** Tokens per KV page (default 16). */
+  pageSize?: number;
+  /** KV storage dtype (default f32 on the CPU, bf16 on CUDA). */
+  kvDtype?: FloatDType;
+  /** Most prompt tokens one sequence feeds per forward step (default 512). */
+  prefillChunk?: number;
+}
+
+export type Prompt = string | { messages: ChatMessage[] } | readonly number[] | Int32Array;
+
+const ST_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+
+export class Model {
+  readonly config: ModelConfig;
+  readonly tokenizer: Tokenizer;
+  readonly device: DeviceName;
+  /** KV capacity in tokens per layer. */
+  readonly kvCacheTokens: number;
+  #native: NativeModel | null;
+  #scheduler: Scheduler;
+  #weights: Tensor[];
+  #eos: number[];
+  #prefillChunk: number;
+
+  /** @internal Use loadModel(). */
+  constructor(init: { config: ModelConfig; tokenizer: Tokenizer; device: DeviceName; native: NativeModel; weights: Tensor[]; eos: number[]; kvCacheTokens: number; prefillChunk: number }) {
+    this.config = init.config;
+    this.tokenizer = init.tokenizer;
+    this.device = init.device;
+    this.#native = init.native;
+    this.#weights = init.weights;
+    this.#eos = init.eos;
+    this.kvCacheTokens = init.kvCacheTokens;
+    this.#prefillChunk = init.prefillChunk;
+    this.#scheduler = new Scheduler(init.native, { prefillChunk: init.prefillChunk, stepTokens: Math.max(init.prefillChunk, 2048) });
+  }
+
+  #handle(what: string): NativeModel {
+    if (this.#native === null) throw new DisposedError(`${what}: the model has been disposed`);
+    return this.#native;
+  }
+
+  /** Prompt tokens: text is encoded with the tokenizer's special tokens, messages with the chat template. */
+  encode(prompt: Prompt): Int32Array {
+    if (typeof prompt === 'string') return Int32Array.from(this.tokenizer.encode(prompt));
+    if (prompt instanceof Int32Array) return Int32Array.from(prompt);
+    if (Array.isArray(prompt)) return Int32Array.from(prompt as number[]);
+    if (prompt && typeof prompt === 'object' && Array.isArray((prompt as { messages?: unknown }).messages)) {
+      return Int32Array.from(this.tokenizer.encodeChat((prompt as { messages: ChatMessage[] }).messages, { addGenerationPrompt: true }));
+    }
+    throw new InvalidArgumentError(`prompt: expected a string, { messages }, or token ids but received ${describe(prompt)}`, 'prompt');
+  }
+
+  #checkTokens(tokens: Int32Array, extra: number): void {
+    if (tokens.length === 0) throw new InvalidArgumentError('prompt: is empty', 'prompt');
+    const bad = tokens.findIndex((t) => !(t >= 0 && t < this.config.vocabSize));
+    if (bad >= 0) throw new InvalidArgumentError(`prompt: token ${tokens[bad]} at index ${bad} is outside the vocabulary [0, ${this.config.vocabSize})`, 'prompt');
+    if (tokens.length + extra > this.kvCacheTokens) {
+      throw new InvalidArgumentError(
+        `prompt: ${tokens.length} tokens${extra ? ` + ${extra} to generate` : ''} do not fit the KV cache (${this.kvCacheTokens} tokens; raise kvCacheTokens)`,
+        'prompt',
+      );
+    }
+  }
+
+  /**
+   * Logits of the last position (or of every position, with `all`) for a token sequence, as one
+   * Float32Array of rows x vocab. For scoring and evaluation harnesses.
+   */
+  async logits(prompt: Prompt, options: { all?: boolean } = {}): Promise<Float32Array> {
+    const m = this.#handle('logits');
+    const tokens = this.encode(prompt);
+    this.#checkTokens(tokens, 0);
+    const seq = m.newSequence();
+    try {
+      const rows: Float32Array[] = [];
+      for (let at = 0; at < tokens.length; at += this.#prefillChunk) {
+        const chunk = tokens.subarray(at, at + this.#prefillChunk);
+        const last = at + chunk.length >= tokens.length;
+        const mode = options.all ? 'all' : last ? 'last' : 'none';
+        const positions = Int32Array.from({ length: chunk.length }, (_, i) => at + i);
+        const out = await m.step([{ seq, tokens: Int32Array.from(chunk), positions, logits: mode }]);
+        if (out.logits[0]) rows.push(out.logits[0]);
+      }
+      if (rows.length === 1) return rows[0]!;
+      const all = new Float32Array(rows.reduce((n, r) => n + r.length, 0));
+      let o = 0;
+      for (const r of rows) {
+        all.set(r, o);
+        o += r.length;
+      }
+      return all;
+    } finally {
+      seq.release();
+    }
+  }
+
+  /**
+   * Streams generated tokens: `for await (const { token, text } of model.generate(...))`, and
+   * `await stream.result` for the text, counts, finish reason and timings. Concurrent calls are
+   * batched into shared forward steps.
+   */
+  generate(prompt: Prompt, options: GenerateOptions = {}): GenerationStream {
+    const m = this.#handle('generate');
+    const tokens = this.encode(prompt);
+    const limits = generationLimits(options);
+    this.#checkTokens(tokens, 0);
+    if (tokens.length + limits.maxTokens > this.config.maxPositionEmbeddings * 64) {
+      throw new InvalidArgumentError(`maxTokens: ${limits.maxTokens} is beyond any usable position range`, 'maxTokens');
+    }
+    const sampling = samplingSpec(options);
+    const seq = m.newSequence(seedOf(options));
+    return this.#scheduler.submit({
+      seq,
+      prompt: tokens,
+      sampling,
+      maxTokens: limits.maxTokens,
+      stop: limits.stop,
+      stopTokens: new Set([...this.#eos, ...limits.stopTokens]),
+      decoder: this.tokenizer.createStreamDecoder({ skipSpecialTokens: true }),
+      signal: options.signal,
+    });
+  }
+
+  /** Free KV pages right now (pages of live sequences are in use). */
+  get freeKvPages(): number {
+    return this.#handle('freeKvPages').freePages();
+  }
+
+  /** Frees the weights and the KV pool once queued work is done. Idempotent. */
+  dispose(): void {
+    if (this.#native === null) return;
+    this.#native.release();
+    this.#native = null;
+    for (const w of this.#weights) w.dispose();
+    this.#weights = [];
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** Loads a Llama / Mistral / Qwen2 checkpoint folder (config.json, *.safetensors, tokenizer.json). */
+export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<Model> {
+  if (typeof dir !== 'string' || dir.length === 0) throw new InvalidArgumentError(`dir: expected a model folder path but received ${describe(dir)}`, 'dir');
+  const device: DeviceName =
+    options.device === undefined || options.device === 'auto' ? (addon().binding.buildInfo().devices.length > 0 ? 'cuda' : 'cpu') : checkDevice(options.device, 'device');
+  const config = await readModelConfig(dir);
+  const index = await openSafetensors(dir);
+  checkCheckpointTensors(config, index, dir);
+  const tokenizer = await Tokenizer.load(dir);
+  const pageSize = options.pageSize ?? 16;
+  if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 1024) throw new InvalidArgumentError(`pageSize: expected an integer in [1, 1024] but received ${describe(pageSize)}`, 'pageSize');
+  const kvCacheTokens = options.kvCacheTokens ?? Math.min(config.maxPositionEmbeddings, 8192);
+  if (!Number.isInteger(kvCacheTokens) || kvCacheTokens < 1) throw new InvalidArgumentError(`kvCacheTokens: expected a positive integer but received ${describe(kvCacheTokens)}`, 'kvCacheTokens');
+  const prefillChunk = options.prefillChunk ?? 512;
+  if (!Number.isInteger(prefillChunk) || prefillChunk < 1) throw new InvalidArgumentError(`prefillChunk: expected a positive integer but received ${describe(prefillChunk)}`, 'prefillChunk');
+  for (const [name, v] of [['dtype', options.dtype], ['kvDtype', options.kvDtype]] as const) {
+    if (v !== undefined && v !== 'f32' && v !== 'f16' && v !== 'bf16') throw new InvalidArgumentError(`${name}: expected 'f32', 'f16' or 'bf16' but received ${describe(v)}`, name);
+  }
+  const kvDtype = options.kvDtype ?? (device === 'cpu' ? 'f32' : 'bf16');
+
+  // Map every weight file once; tensors are zero-copy views on the CPU when aligned.
+  const byFile = new Map<string, TensorInfo[]>();
+  for (const t of index) {
+    if (!(t.dtype in ST_DTYPE)) continue;
+    const list = byFile.get(t.file) ?? [];
+    list.push(t);
+    byFile.set(t.file, list);
+  }
+  const tensors = new Map<string, Tensor>();
+  const owned: Tensor[] = [];
+  const b = native();
+  for (const [file, infos] of byFile) {
+    const handles = b.mapTensors(
+      file,
+      infos.map((t) => ({ offset: t.byteOffset, bytes: t.byteLength, dtype: ST_DTYPE[t.dtype]!, shape: [...t.shape] })),
+      device,
+    );
+    infos.forEach((t, i) => {
+      const tensor = new Tensor(handles[i]!, ST_DTYPE[t.dtype]!, t.shape, device);
+      tensors.set(t.name, tensor);
+    });
+  }
+  const get = (name: string, dtype: FloatDType | undefined): Tensor => {
+    const t = tensors.get(name);
+    if (!t) throw new ModelFormatError(`${dir}: tensor ${name} is missing`, dir);
+    const out = dtype && dtype !== t.dtype ? t.cast(dtype) : t;
+    owned.push(out);
+    return out;
+  };
+  const wd = options.dtype;
+  const layers: LayerWeightsNative[] = [];
+  for (let l = 0; l < config.numLayers; l++) {
+    const p = `model.layers.${l}.`;
+    const lw: LayerWeightsNative = {
+      attnNorm: get(`${p}input_layernorm.weight`, 'f32').handle(),
+      wq: get(`${p}self_attn.q_proj.weight`, wd).handle(),
+      wk: get(`${p}self_attn.k_proj.weight`, wd).handle(),
+      wv: get(`${p}self_attn.v_proj.weight`, wd).handle(),
+      wo: get(`${p}self_attn.o_proj.weight`, wd).handle(),
+      ffnNorm: get(`${p}post_attention_layernorm.weight`, 'f32').handle(),
+      gate: get(`${p}mlp.gate_proj.weight`, wd).handle(),
+      up: get(`${p}mlp.up_proj.weight`, wd).handle(),
+      down: get(`${p}mlp.down_proj.weight`, wd).handle(),
+    };
+    if (config.qkvBias) {
+      lw.bq = get(`${p}self_attn.q_proj.bias`, 'f32').handle();
+      lw.bk = get(`${p}self_attn.k_proj.bias`, 'f32').handle();
+      lw.bv = get(`${p}self_attn.v_proj.bias`, 'f32').handle();
+    }
+    layers.push(lw);
+  }
+  const embed = get('model.embed_tokens.weight', wd);
+  const rope = ropeParameters(config);
+  const invFreq = Tensor.from(rope.invFreq, { device });
+  owned.push(invFreq);
+  const weights: ModelWeightsNative = {
+    embed: embed.handle(),
+    finalNorm: get('model.norm.weight', 'f32').handle(),
+    lmHead: config.tieWordEmbeddings ? embed.handle() : get('lm_head.weight', wd).handle(),
+    invFreq: invFreq.handle(),
+    layers,
+  };
+  const numPages = Math.ceil(kvCacheTokens / pageSize) * config.numLayers;
+  let nativeModel: NativeModel;
+  try {
+    nativeModel = b.createModel(
+      {
+        vocab: config.vocabSize,
+        hidden: config.hiddenSize,
+        intermediate: config.intermediateSize,
+        layers: config.numLayers,
+        heads: config.numHeads,
+        kvHeads: config.numKvHeads,
+        headDim: config.headDim,
+        rmsEps: config.rmsNormEps,
+        ropeLayout: 'half', // HF checkpoints of these families use rotate_half
+        ropeAttnFactor: rope.attentionScaling,
+      },
+      weights,
+      { numPages, pageSize, dtype: kvDtype },
+    );
+  } finally {
+    // The native model holds its own references; tensors that were only sources of a cast go.
+    for (const t of tensors.values()) if (!owned.includes(t)) t.dispose();
+  }
+  const eos = [...new Set([...config.eosTokenIds, ...(await generationEos(dir))])];
+  return new Model({ config, tokenizer, device, native: nativeModel, weights: owned, eos, kvCacheTokens, prefillChunk });
+}
+
+// generation_config.json may list more end-of-sequence ids than config.json (Llama 3).
+async function generationEos(dir: string): Promise<number[]> {
+  try {
+    const g = JSON.parse(await readFile(join(dir, 'generation_config.json'), 'utf8')) as { eos_token_id?: number | number[] };
+    const e = g.eos_token_id;
+    return e === undefined ? [] : (Array.isArray(e) ? e : [e]).filter((x) => Number.isInteger(x));
+  } catch {
+    return [];
+  }
+}

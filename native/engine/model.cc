@@ -1,0 +1,333 @@
+// The forward step. One job on the device queue per step: embeddings, then per layer
+// RMSNorm -> q/k/v projections (+bias) -> RoPE at the tokens' positions -> write k/v into the
+// layer's pages -> paged attention -> output projection + residual -> RMSNorm -> SwiGLU MLP +
+// residual; then the final norm and the LM head for the rows whose logits were asked for.
+// Every op goes through the Backend, so the same code drives the CPU and CUDA kernels.
+#include "model.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace kvf {
+namespace {
+
+// Host-side description of a step, built on the JS thread and moved into the job.
+struct StepPlan {
+  std::vector<StepRequest> batch;
+  int64_t total = 0;                       // query rows (tokens fed this step)
+  std::vector<int32_t> ints;               // every i32 array below, packed: one upload
+  size_t ids = 0, positions = 0, q_start = 0, kv_len = 0, visible = 0;
+  std::vector<size_t> slots, table_start, page_table;  // per layer offsets into ints
+  std::vector<int64_t> table_len;          // per layer page-table length
+  std::vector<int32_t> max_kv;             // per layer
+  std::vector<int32_t> logit_rows;         // rows of the final hidden state to project
+  std::vector<std::pair<int32_t, int32_t>> logit_range;  // per request [first, count) in logit_rows
+  std::vector<std::vector<int32_t>> histories;           // per request, for repetition penalties
+  std::vector<uint64_t*> rng;                             // per request (owned by the sequence)
+};
+
+size_t push(std::vector<int32_t>& v, const std::vector<int32_t>& xs) {
+  const size_t at = v.size();
+  v.insert(v.end(), xs.begin(), xs.end());
+  return at;
+}
+
+class Scratch {
+ public:
+  explicit Scratch(Device* d) : device_(d) {}
+  // Allocates n elements of dtype; on failure records the status and returns null.
+  void* get(int64_t n, DType t) {
+    if (!st_.ok()) return nullptr;
+    BufferRef b = Buffer::create(device_, static_cast<size_t>(n) * dtype_size(t), &st_);
+    if (!b) return nullptr;
+    held_.push_back(b);
+    return b->data();
+  }
+  const Status& status() const { return st_; }
+
+ private:
+  Device* device_;
+  Status st_;
+  std::vector<BufferRef> held_;
+};
+
+Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeights& w, const KvPool& pool, StepPlan& plan,
+                   StepResult* result) {
+  const int64_t T = plan.total;
+  const int64_t D = s.hidden, F = s.intermediate, H = s.heads, Hkv = s.kv_heads, hd = s.head_dim;
+  const DType act = s.act_dtype;
+  Scratch scratch(dev);
+  int32_t* ints = static_cast<int32_t*>(scratch.get(static_cast<int64_t>(plan.ints.size()), DType::i32));
+  void* x = scratch.get(T * D, act);
+  void* h = scratch.get(T * D, act);
+  void* q = scratch.get(T * H * hd, act);
+  void* k = scratch.get(T * Hkv * hd, act);
+  void* v = scratch.get(T * Hkv * hd, act);
+  void* attn = scratch.get(T * H * hd, act);
+  void* o = scratch.get(T * D, act);
+  void* g = scratch.get(T * F, act);
+  void* u = scratch.get(T * F, act);
+  KVF_RETURN_IF_ERROR(scratch.status());
+  KVF_RETURN_IF_ERROR(be.copy_from_host(ints, plan.ints.data(), plan.ints.size() * sizeof(int32_t)));
+
+  auto linear = [&](const void* in, const Weight& wt, void* out, int64_t n, int64_t kdim) {
+    MatmulArgs a;
+    a.a = in;
+    a.a_dtype = act;
+    a.b = wt.buf->data();
+    a.b_dtype = wt.dtype;
+    a.c = out;
+    a.c_dtype = act;
+    a.m = T;
+    a.n = n;
+    a.k = kdim;
+    a.trans_b = true;
+    return be.matmul(a);
+  };
+  auto add_into = [&](void* dst, const void* src, DType src_dtype, int64_t rows, int64_t cols, bool broadcast) {
+    AddArgs a;
+    a.a = dst;
+    a.out = dst;
+    a.dtype = act;
+    a.b = src;
+    a.b_dtype = src_dtype;
+    a.rows = rows;
+    a.cols = cols;
+    a.broadcast_b = broadcast;
+    return be.add(a);
+  };
+  auto rmsnorm = [&](const void* in, const Weight& wt, void* out, int64_t rows) {
+    RmsNormArgs a;
+    a.x = in;
+    a.y = out;
+    a.dtype = act;
+    a.weight = wt.buf->data();
+    a.weight_dtype = wt.dtype;
+    a.rows = rows;
+    a.dim = D;
+    a.eps = s.rms_eps;
+    return be.rmsnorm(a);
+  };
+  auto rope = [&](void* t, int64_t heads) {
+    RopeArgs a;
+    a.in = t;
+    a.out = t;
+    a.dtype = act;
+    a.tokens = T;
+    a.heads = heads;
+    a.head_dim = hd;
+    a.positions = ints + plan.positions;
+    a.inv_freq = static_cast<const float*>(w.inv_freq->data());
+    a.layout = s.rope_layout;
+    a.attn_factor = s.rope_attn_factor;
+    return be.rope(a);
+  };
+
+  {
+    EmbeddingArgs a;
+    a.table = w.embed.buf->data();
+    a.table_dtype = w.embed.dtype;
+    a.ids = ints + plan.ids;
+    a.out = x;
+    a.out_dtype = act;
+    a.tokens = T;
+    a.vocab = s.vocab;
+    a.dim = D;
+    KVF_RETURN_IF_ERROR(be.embedding(a));
+  }
+  const int64_t seqs = static_cast<int64_t>(plan.batch.size());
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const LayerWeights& lw = w.layers[static_cast<size_t>(l)];
+    KVF_RETURN_IF_ERROR(rmsnorm(x, lw.attn_norm, h, T));
+    KVF_RETURN_IF_ERROR(linear(h, lw.wq, q, H * hd, D));
+    KVF_RETURN_IF_ERROR(linear(h, lw.wk, k, Hkv * hd, D));
+    KVF_RETURN_IF_ERROR(linear(h, lw.wv, v, Hkv * hd, D));
+    if (lw.bq) KVF_RETURN_IF_ERROR(add_into(q, lw.bq.buf->data(), lw.bq.dtype, T, H * hd, true));
+    if (lw.bk) KVF_RETURN_IF_ERROR(add_into(k, lw.bk.buf->data(), lw.bk.dtype, T, Hkv * hd, true));
+    if (lw.bv) KVF_RETURN_IF_ERROR(add_into(v, lw.bv.buf->data(), lw.bv.dtype, T, Hkv * hd, true));
+    KVF_RETURN_IF_ERROR(rope(q, H));
+    KVF_RETURN_IF_ERROR(rope(k, Hkv));
+    {
+      KvWriteArgs a;
+      a.k = k;
+      a.v = v;
+      a.src_dtype = act;
+      a.k_pool = pool.k()->data();
+      a.v_pool = pool.v()->data();
+      a.pool_dtype = pool.spec().dtype;
+      a.tokens = T;
+      a.kv_heads = Hkv;
+      a.head_dim = hd;
+      a.page_size = pool.spec().page_size;
+      a.num_pages = pool.spec().num_pages;
+      a.slots = ints + plan.slots[static_cast<size_t>(l)];
+      KVF_RETURN_IF_ERROR(be.kv_write(a));
+    }
+    {
+      PagedAttentionArgs a;
+      a.q = q;
+      a.q_dtype = act;
+      a.out = attn;
+      a.out_dtype = act;
+      a.k_pool = pool.k()->data();
+      a.v_pool = pool.v()->data();
+      a.kv_dtype = pool.spec().dtype;
+      a.page_size = pool.spec().page_size;
+      a.num_pages = pool.spec().num_pages;
+      a.heads = H;
+      a.kv_heads = Hkv;
+      a.head_dim = hd;
+      a.seqs = seqs;
+      a.total_q = T;
+      a.q_start = ints + plan.q_start;
+      a.kv_len = ints + plan.kv_len + static_cast<size_t>(l * seqs);
+      a.table_start = ints + plan.table_start[static_cast<size_t>(l)];
+      a.page_table = ints + plan.page_table[static_cast<size_t>(l)];
+      a.visible = ints + plan.visible + static_cast<size_t>(l * T);
+      a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+      KVF_RETURN_IF_ERROR(be.paged_attention(a));
+    }
+    KVF_RETURN_IF_ERROR(linear(attn, lw.wo, o, D, H * hd));
+    KVF_RETURN_IF_ERROR(add_into(x, o, act, T, D, false));
+    KVF_RETURN_IF_ERROR(rmsnorm(x, lw.ffn_norm, h, T));
+    KVF_RETURN_IF_ERROR(linear(h, lw.gate, g, F, D));
+    KVF_RETURN_IF_ERROR(linear(h, lw.up, u, F, D));
+    {
+      SiluMulArgs a;
+      a.gate = g;
+      a.up = u;
+      a.out = g;  // elementwise: writing over the gate is safe
+      a.dtype = act;
+      a.n = T * F;
+      KVF_RETURN_IF_ERROR(be.silu_mul(a));
+    }
+    KVF_RETURN_IF_ERROR(linear(g, lw.down, o, D, F));
+    KVF_RETURN_IF_ERROR(add_into(x, o, act, T, D, false));
+  }
+
+  // Logits only for the rows asked for: gather them, final norm, LM head.
+  const int64_t R = static_cast<int64_t>(plan.logit_rows.size());
+  result->logits.assign(plan.batch.size(), {});
+  result->sampled.assign(plan.batch.size(), -1);
+  if (R == 0) return Status::Ok();
+  void* xr = scratch.get(R * D, act);
+  void* hr = scratch.get(R * D, act);
+  void* logits = scratch.get(R * s.vocab, DType::f32);
+  KVF_RETURN_IF_ERROR(scratch.status());
+  const size_t row_bytes = static_cast<size_t>(D) * dtype_size(act);
+  for (int64_t r = 0; r < R; ++r) {
+    KVF_RETURN_IF_ERROR(be.copy_on_device(static_cast<char*>(xr) + r * row_bytes,
+                                          static_cast<const char*>(x) + plan.logit_rows[r] * row_bytes, row_bytes));
+  }
+  KVF_RETURN_IF_ERROR(rmsnorm(xr, w.final_norm, hr, R));
+  {
+    MatmulArgs a;
+    a.a = hr;
+    a.a_dtype = act;
+    a.b = w.lm_head.buf->data();
+    a.b_dtype = w.lm_head.dtype;
+    a.c = logits;
+    a.c_dtype = DType::f32;
+    a.m = R;
+    a.n = s.vocab;
+    a.k = D;
+    a.trans_b = true;
+    KVF_RETURN_IF_ERROR(be.matmul(a));
+  }
+  std::vector<float> host(static_cast<size_t>(R * s.vocab));
+  KVF_RETURN_IF_ERROR(be.copy_to_host(host.data(), logits, host.size() * sizeof(float)));
+  for (size_t i = 0; i < plan.batch.size(); ++i) {
+    const auto [first, count] = plan.logit_range[i];
+    if (count == 0) continue;
+    const StepRequest& req = plan.batch[i];
+    std::vector<float> rows(host.begin() + static_cast<ptrdiff_t>(first) * s.vocab,
+                            host.begin() + static_cast<ptrdiff_t>(first + count) * s.vocab);
+    if (req.sample) {
+      std::vector<float> last(rows.end() - s.vocab, rows.end());
+      result->sampled[i] = sample_token(last, req.sampling, plan.histories[i], plan.rng[i]);
+    }
+    if (req.logits != StepRequest::Logits::none) result->logits[i] = std::move(rows);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(Status, StepResult)> done) {
+  auto plan = std::make_shared<StepPlan>();
+  const size_t S = batch.size();
+  const size_t L = static_cast<size_t>(spec_.layers);
+  // Reserve slots; undo this batch's reservations if the pool runs dry part way.
+  std::vector<std::vector<std::vector<int32_t>>> slots(S);
+  std::vector<std::vector<int64_t>> before(S);
+  for (size_t i = 0; i < S; ++i) {
+    StepRequest& r = batch[i];
+    for (const LayerKv& l : r.seq->layers()) before[i].push_back(l.length());
+    Status st = r.seq->append(r.positions, &slots[i]);
+    if (!st.ok()) {
+      for (size_t j = 0; j < i; ++j) batch[j].seq->truncate(static_cast<int64_t>(batch[j].tokens.size()));
+      return st;
+    }
+  }
+  std::vector<int32_t> ids, positions, q_start{0};
+  for (const StepRequest& r : batch) {
+    ids.insert(ids.end(), r.tokens.begin(), r.tokens.end());
+    positions.insert(positions.end(), r.positions.begin(), r.positions.end());
+    q_start.push_back(q_start.back() + static_cast<int32_t>(r.tokens.size()));
+  }
+  plan->total = static_cast<int64_t>(ids.size());
+  plan->ids = push(plan->ints, ids);
+  plan->positions = push(plan->ints, positions);
+  plan->q_start = push(plan->ints, q_start);
+  // Per layer: kv lengths, visibility (slot-ordered causal), slots, page tables.
+  std::vector<int32_t> kv_len, visible;
+  for (size_t l = 0; l < L; ++l) {
+    for (size_t i = 0; i < S; ++i) kv_len.push_back(static_cast<int32_t>(batch[i].seq->layers()[l].length()));
+    for (size_t i = 0; i < S; ++i) {
+      for (size_t t = 0; t < batch[i].tokens.size(); ++t) visible.push_back(static_cast<int32_t>(before[i][l] + t + 1));
+    }
+  }
+  plan->kv_len = push(plan->ints, kv_len);
+  plan->visible = push(plan->ints, visible);
+  for (size_t l = 0; l < L; ++l) {
+    std::vector<int32_t> layer_slots, table, table_start{0};
+    int32_t max_kv = 0;
+    for (size_t i = 0; i < S; ++i) {
+      const LayerKv& lk = batch[i].seq->layers()[l];
+      layer_slots.insert(layer_slots.end(), slots[i][l].begin(), slots[i][l].end());
+      table.insert(table.end(), lk.pages.begin(), lk.pages.end());
+      table_start.push_back(static_cast<int32_t>(table.size()));
+      max_kv = std::max(max_kv, static_cast<int32_t>(lk.length()));
+    }
+    plan->slots.push_back(push(plan->ints, layer_slots));
+    plan->table_start.push_back(push(plan->ints, table_start));
+    plan->page_table.push_back(push(plan->ints, table));
+    plan->table_len.push_back(static_cast<int64_t>(table.size()));
+    plan->max_kv.push_back(max_kv);
+  }
+  for (size_t i = 0; i < S; ++i) {
+    StepRequest& r = batch[i];
+    const int32_t first = static_cast<int32_t>(plan->logit_rows.size());
+    const int32_t n = static_cast<int32_t>(r.tokens.size());
+    if (r.logits == StepRequest::Logits::all) {
+      for (int32_t t = 0; t < n; ++t) plan->logit_rows.push_back(q_start[i] + t);
+    } else if ((r.logits == StepRequest::Logits::last || r.sample) && n > 0) {
+      plan->logit_rows.push_back(q_start[i] + n - 1);
+    }
+    plan->logit_range.emplace_back(first, static_cast<int32_t>(plan->logit_rows.size()) - first);
+    r.seq->history.insert(r.seq->history.end(), r.tokens.begin(), r.tokens.end());
+    plan->histories.push_back(r.sample && r.sampling.repetition_penalty != 1.0f ? r.seq->history : std::vector<int32_t>{});
+    plan->rng.push_back(&r.seq->rng_state);
+  }
+  plan->batch = std::move(batch);
+
+  // The job holds the model (weights, pool) and the plan (and through it every sequence).
+  device_->queue.push([self = shared_from_this(), plan, done = std::move(done)] {
+    StepResult result;
+    Status st = run_forward(*self->device_->backend, self->device_, self->spec_, self->w_, *self->pool_, *plan, &result);
+    done(st, std::move(result));
+  });
+  return Status::Ok();
+}
+
+}  // namespace kvf

@@ -1,0 +1,80 @@
+// A decoder-only transformer of the Llama family (Llama 2/3, Mistral, Qwen2) on one device,
+// and its forward step over a batch of sequences sharing the paged KV pool.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "kv_cache.h"
+#include "sampler.h"
+
+namespace kvf {
+
+// Validated in lib/ (config.json) before it reaches here.
+struct ModelSpec {
+  int64_t vocab = 0, hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  float rms_eps = 1e-6f;
+  RopeLayout rope_layout = RopeLayout::half;
+  float rope_attn_factor = 1.0f;  // YaRN's mscale, 1 otherwise
+  DType act_dtype = DType::f32;   // activations between ops
+};
+
+struct Weight {
+  BufferRef buf;  // null when absent (an optional bias)
+  DType dtype = DType::f32;
+  explicit operator bool() const { return static_cast<bool>(buf); }
+};
+
+struct LayerWeights {
+  Weight attn_norm;             // (hidden)
+  Weight wq, wk, wv, wo;        // (heads*head_dim, hidden), (kv_heads*head_dim, hidden) x2, (hidden, heads*head_dim)
+  Weight bq, bk, bv;            // optional biases (Qwen2)
+  Weight ffn_norm;              // (hidden)
+  Weight gate, up, down;        // (intermediate, hidden) x2, (hidden, intermediate)
+};
+
+struct ModelWeights {
+  Weight embed;                 // (vocab, hidden)
+  std::vector<LayerWeights> layers;
+  Weight final_norm;            // (hidden)
+  Weight lm_head;               // (vocab, hidden); the embedding when tied
+  BufferRef inv_freq;           // (head_dim / 2) f32, rope scaling folded in
+};
+
+// One sequence's part of a forward step.
+struct StepRequest {
+  std::shared_ptr<Sequence> seq;
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> positions;  // one per token
+  enum class Logits { none, last, all } logits = Logits::last;
+  bool sample = false;
+  SamplingParams sampling;
+};
+
+struct StepResult {
+  std::vector<std::vector<float>> logits;  // per request: rows x vocab (empty for none)
+  std::vector<int32_t> sampled;            // per request: the sampled token, or -1
+};
+
+class Model : public std::enable_shared_from_this<Model> {
+ public:
+  Model(Device* device, ModelSpec spec, ModelWeights weights, std::shared_ptr<KvPool> pool)
+      : device_(device), spec_(spec), w_(std::move(weights)), pool_(std::move(pool)) {}
+
+  Device* device() const { return device_; }
+  const ModelSpec& spec() const { return spec_; }
+  const std::shared_ptr<KvPool>& pool() const { return pool_; }
+
+  // JS thread: reserve KV slots for each request (typed out-of-memory when the pool is full;
+  // then no sequence is changed) and build the job that runs the step on the device queue.
+  // The job's result is delivered to `done` on the queue thread. The job holds the model.
+  Status enqueue_step(std::vector<StepRequest> batch, std::function<void(Status, StepResult)> done);
+
+ private:
+  Device* device_;
+  ModelSpec spec_;
+  ModelWeights w_;
+  std::shared_ptr<KvPool> pool_;
+};
+
+}  // namespace kvf

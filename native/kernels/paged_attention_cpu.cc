@@ -1,0 +1,536 @@
+// CPU twin of paged_attention.cu (paged_attention.h has the contract).
+//
+// Validation first: everything that comes from data (q_start, table_start, kv_len, page ids,
+// visible) is checked before any slot is read, and a bad value is an invalid_argument status.
+//
+// Work item: (query row t, kv head g, chunk c). One item serves the `group` query heads that
+// share kv head g, so each key and value row is read (and, for 16-bit pools, widened to f32)
+// once per group. Slots are visited in blocks of kBlock: the block's scores for every head,
+// then a flash-attention update per head (new running max, one rescale of the accumulator per
+// block, p = exp(s - max), acc += p v). No scores buffer beyond one block.
+//
+// Decode (few rows x kv heads for the threads): the visible slots are also cut into chunks
+// (flash-decoding); each chunk leaves (max, sum, acc) per head and a merge combines them.
+//
+// attn_sum: a second pass, parallel over (sequence, kv head, block of kSumBlock slots), so each
+// item owns its slice of attn_sum and nothing races. It recomputes the scores with the same
+// arithmetic as the first pass (bitwise identical: every dot product has one fixed order) and
+// adds exp(s - max) / sum with the row's final (max, sum), rows in order: deterministic for any
+// thread count.
+//
+// Vector code: GCC vector extensions (8 x f32) inside always-inline helpers, compiled into the
+// KVF_CPU_CLONES functions for baseline x86-64, AVX2+FMA and AVX-512. Each dot product is one
+// 8-lane FMA chain over head_dim reduced in a fixed pairwise order, then the head_dim % 8 tail;
+// dot4 runs four such chains side by side (one query load per four FMAs).
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "paged_attention.h"
+#include "parallel.h"
+
+#define KVF_ALWAYS_INLINE inline __attribute__((always_inline))
+
+// Vector values only cross always-inlined helpers, never a real call.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace kvf {
+namespace {
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef uint16_t v8u16 __attribute__((vector_size(16)));
+typedef uint32_t v8u32 __attribute__((vector_size(32)));
+
+constexpr int64_t kBlock = 64;       // slots per online-softmax step
+constexpr int64_t kSumBlock = 256;   // slots of attn_sum owned by one second-pass item
+constexpr int64_t kMinChunk = 256;   // decode split: no chunk shorter than this
+
+// ---- Scalar helpers ------------------------------------------------------------------------
+
+// A float select written with bit masks: GCC's default -ftrapping-math will not if-convert
+// `c ? arithmetic : other` on floats, which would keep the whole loop scalar.
+inline uint32_t mask_if(bool c) { return 0u - static_cast<uint32_t>(c); }
+inline float select_f32(uint32_t mask, float a, float b) { return bits_f32((f32_bits(a) & mask) | (f32_bits(b) & ~mask)); }
+
+// exp(x) in f32, vectorisable, max error 1.01 ulp: the routine of softmax_cpu.cc and
+// silu_mul_cpu.cc (derivation there); keep the copies identical.
+inline float exp_f32(float x) {
+  const uint32_t ux = f32_bits(x);
+  const uint32_t nan = mask_if((ux & 0x7fffffffu) > 0x7f800000u);
+  const uint32_t overflow = mask_if(static_cast<int32_t>(ux) > 0x42b17217);  // x > 88.7228317f
+  const uint32_t underflow = mask_if(ux > 0xc2cff1b5u);                       // x < -103.972084f
+  const float xc = select_f32(overflow, 88.0f, select_f32(underflow, -104.0f, x));
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+  const float z = xc * 1.44269504088896341f + magic;
+  const int32_t n = static_cast<int32_t>(f32_bits(z) - f32_bits(magic));
+  const float nf = z - magic;
+  float r = xc - nf * 0.693359375f;
+  r = r - nf * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float er = p * (r * r) + r + 1.0f;
+  const int32_t n1 = n >> 1, n2 = n - n1;  // n in [-150, 128]: both halves are normal exponents
+  const float y = er * bits_f32(static_cast<uint32_t>(n1 + 127) << 23) * bits_f32(static_cast<uint32_t>(n2 + 127) << 23);
+  return select_f32(nan, x, select_f32(overflow, INFINITY, select_f32(underflow, 0.0f, y)));
+}
+
+// q and out are touched once per work item, so their dtype is a run-time switch rather than
+// more template instantiations.
+void load_row(const void* base, DType t, int64_t offset, int64_t n, float* dst) {
+  switch (t) {
+    case DType::f16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(static_cast<const f16_t*>(base)[offset + i]);
+      break;
+    case DType::bf16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(static_cast<const bf16_t*>(base)[offset + i]);
+      break;
+    default: std::memcpy(dst, static_cast<const float*>(base) + offset, static_cast<size_t>(n) * sizeof(float)); break;
+  }
+}
+
+// dst = src * mul, rounded once to the dtype (mul = 1 / sum, or 0 for a row that sees nothing).
+void store_row(void* base, DType t, int64_t offset, int64_t n, const float* src, float mul) {
+  switch (t) {
+    case DType::f16:
+      for (int64_t i = 0; i < n; ++i) static_cast<f16_t*>(base)[offset + i] = f32_to_f16(src[i] * mul);
+      break;
+    case DType::bf16:
+      for (int64_t i = 0; i < n; ++i) static_cast<bf16_t*>(base)[offset + i] = f32_to_bf16(src[i] * mul);
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) static_cast<float*>(base)[offset + i] = src[i] * mul;
+      break;
+  }
+}
+
+// ---- Vector helpers (always inlined into the cloned functions) ----------------------------
+
+template <typename V>
+KVF_ALWAYS_INLINE V loadu(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+KVF_ALWAYS_INLINE void storeu(float* p, const v8f& v) { __builtin_memcpy(p, &v, sizeof(v8f)); }
+
+// 8 consecutive pool elements widened to f32, bit-identical to to_f32.
+KVF_ALWAYS_INLINE v8f load8(const float* p) { return loadu<v8f>(p); }
+
+KVF_ALWAYS_INLINE v8f load8(const bf16_t* p) {
+  v8u16 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  return reinterpret_cast<v8f>(__builtin_convertvector(h, v8u32) << 16);
+}
+
+// f16 -> f32 on integer lanes (no F16C, so every clone shares it): exponent and mantissa moved
+// into place and rebiased; inf/NaN get the rest of the f32 exponent; zeros and subnormals are
+// renormalised exactly by subtracting 2^-14.
+KVF_ALWAYS_INLINE v8f load8(const f16_t* p) {
+  v8u16 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  const v8u32 u = __builtin_convertvector(h, v8u32);
+  const v8u32 sign = (u & 0x8000u) << 16;
+  v8u32 o = (u & 0x7fffu) << 13;
+  const v8u32 exp = o & 0x0f800000u;
+  o += (127u - 15u) << 23;
+  o = exp == 0x0f800000u ? o + ((128u - 16u) << 23) : o;
+  const v8f magic = reinterpret_cast<v8f>(v8u32{} + (113u << 23));  // 2^-14
+  const v8u32 renorm = reinterpret_cast<v8u32>(reinterpret_cast<v8f>(o + (1u << 23)) - magic);
+  o = exp == 0u ? renorm : o;
+  return reinterpret_cast<v8f>(o | sign);
+}
+
+template <typename T>
+KVF_ALWAYS_INLINE void widen_row(const T* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) storeu(dst + i, load8(src + i));
+  for (; i < n; ++i) dst[i] = to_f32(src[i]);
+}
+
+// Pairwise: (l0 + l4) + (l2 + l6) + ((l1 + l5) + (l3 + l7)).
+KVF_ALWAYS_INLINE float hsum(const v8f& v) {
+  const float a = (v[0] + v[4]) + (v[2] + v[6]);
+  const float b = (v[1] + v[5]) + (v[3] + v[7]);
+  return a + b;
+}
+
+KVF_ALWAYS_INLINE float dot1(const float* q, const float* k, int64_t d) {
+  v8f acc = {};
+  int64_t i = 0;
+  for (; i + 8 <= d; i += 8) acc += loadu<v8f>(q + i) * loadu<v8f>(k + i);
+  float s = hsum(acc);
+  for (; i < d; ++i) s += q[i] * k[i];
+  return s;
+}
+
+// Four dot products with four key rows; each is computed exactly as dot1 computes it.
+KVF_ALWAYS_INLINE void dot4(const float* q, const float* const* k, int64_t d, float* out) {
+  v8f a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t i = 0;
+  for (; i + 8 <= d; i += 8) {
+    const v8f qv = loadu<v8f>(q + i);
+    a0 += qv * loadu<v8f>(k[0] + i);
+    a1 += qv * loadu<v8f>(k[1] + i);
+    a2 += qv * loadu<v8f>(k[2] + i);
+    a3 += qv * loadu<v8f>(k[3] + i);
+  }
+  float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+  for (; i < d; ++i) {
+    s0 += q[i] * k[0][i];
+    s1 += q[i] * k[1][i];
+    s2 += q[i] * k[2][i];
+    s3 += q[i] * k[3][i];
+  }
+  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+// scores[j] = scale * (q . rows[j]) for j < n.
+KVF_ALWAYS_INLINE void block_scores(const float* q, const float* const* rows, int64_t n, int64_t d, float scale,
+                                    float* scores) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) dot4(q, rows + j, d, scores + j);
+  for (; j < n; ++j) scores[j] = dot1(q, rows[j], d);
+  for (j = 0; j < n; ++j) scores[j] *= scale;
+}
+
+// acc += sum_j p[j] * rows[j], four rows per pass over acc.
+KVF_ALWAYS_INLINE void accumulate(float* acc, const float* p, const float* const* rows, int64_t n, int64_t d) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const float p0 = p[j], p1 = p[j + 1], p2 = p[j + 2], p3 = p[j + 3];
+    const float *r0 = rows[j], *r1 = rows[j + 1], *r2 = rows[j + 2], *r3 = rows[j + 3];
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+      v8f a = loadu<v8f>(acc + i);
+      a += p0 * loadu<v8f>(r0 + i);
+      a += p1 * loadu<v8f>(r1 + i);
+      a += p2 * loadu<v8f>(r2 + i);
+      a += p3 * loadu<v8f>(r3 + i);
+      storeu(acc + i, a);
+    }
+    for (; i < d; ++i) acc[i] += p0 * r0[i] + p1 * r1[i] + p2 * r2[i] + p3 * r3[i];
+  }
+  for (; j < n; ++j) {
+    const float pj = p[j];
+    const float* r = rows[j];
+    for (int64_t i = 0; i < d; ++i) acc[i] += pj * r[i];
+  }
+}
+
+// ---- Layout --------------------------------------------------------------------------------
+
+struct Layout {
+  const PagedAttentionArgs& a;
+  int64_t group;            // query heads per kv head
+  int64_t row_stride;       // kv_heads * head_dim: one slot of the pool
+  std::vector<int32_t> row_seq;  // sequence of every query row
+};
+
+// Element offsets in the pools of slots j0 .. j0+n-1 of sequence s, kv head g: one division
+// per block, then the page walk.
+inline void slot_offsets(const Layout& L, int64_t s, int64_t j0, int64_t n, int64_t g, int64_t* offs) {
+  const PagedAttentionArgs& a = L.a;
+  const int32_t* pages = a.page_table + a.table_start[s];
+  int64_t p = j0 / a.page_size, r = j0 % a.page_size;
+  for (int64_t jj = 0; jj < n; ++jj) {
+    offs[jj] = (static_cast<int64_t>(pages[p]) * a.page_size + r) * L.row_stride + g * a.head_dim;
+    if (++r == a.page_size) r = 0, ++p;
+  }
+}
+
+// Per-thread scratch for one parallel_for chunk.
+struct Scratch {
+  std::vector<float> q, acc, m, l, scores, kbuf, vbuf;
+  std::vector<const float*> krows, vrows;
+  std::vector<int64_t> offs;
+  Scratch(int64_t group, int64_t d, int64_t block) {
+    q.resize(group * d);
+    acc.resize(group * d);
+    m.resize(group);
+    l.resize(group);
+    scores.resize(group * block);
+    kbuf.resize(block * d);
+    vbuf.resize(block * d);
+    krows.resize(block);
+    vrows.resize(block);
+    offs.resize(block);
+  }
+};
+
+// Pointers to n slots' rows as f32: into the pool for f32, else widened into buf.
+template <typename KV>
+KVF_ALWAYS_INLINE void gather_rows(const KV* pool, const int64_t* offs, int64_t n, int64_t d, float* buf,
+                                   const float** rows) {
+  for (int64_t jj = 0; jj < n; ++jj) {
+    const KV* src = pool + offs[jj];
+    if constexpr (std::is_same_v<KV, float>) {
+      rows[jj] = src;
+    } else {
+      widen_row(src, buf + jj * d, d);
+      rows[jj] = buf + jj * d;
+    }
+  }
+}
+
+// ---- Pass 1: attention ---------------------------------------------------------------------
+
+// Slots [j_begin, j_end) of row t for the heads of kv head g: leaves (m, l, acc) per head in
+// the scratch (m = -inf, l = 0, acc = 0 for an empty range). The q rows are in scratch.q.
+template <typename KV>
+KVF_ALWAYS_INLINE void attend_range(const Layout& L, int64_t s, int64_t g, int64_t j_begin, int64_t j_end, Scratch& w) {
+  const PagedAttentionArgs& a = L.a;
+  const int64_t d = a.head_dim, G = L.group;
+  const KV* kp = static_cast<const KV*>(a.k_pool);
+  const KV* vp = static_cast<const KV*>(a.v_pool);
+  std::fill(w.acc.begin(), w.acc.end(), 0.0f);
+  std::fill(w.m.begin(), w.m.end(), -INFINITY);
+  std::fill(w.l.begin(), w.l.end(), 0.0f);
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += kBlock) {
+    const int64_t n = std::min(kBlock, j_end - j0);
+    slot_offsets(L, s, j0, n, g, w.offs.data());
+    gather_rows(kp, w.offs.data(), n, d, w.kbuf.data(), w.krows.data());
+    for (int64_t hh = 0; hh < G; ++hh) block_scores(&w.q[hh * d], w.krows.data(), n, d, a.scale, &w.scores[hh * kBlock]);
+    gather_rows(vp, w.offs.data(), n, d, w.vbuf.data(), w.vrows.data());
+    for (int64_t hh = 0; hh < G; ++hh) {
+      float* sc = &w.scores[hh * kBlock];
+      float block_max = -INFINITY;
+      for (int64_t jj = 0; jj < n; ++jj) block_max = std::max(block_max, sc[jj]);
+      const float m_new = std::max(w.m[hh], block_max);
+      const float alpha = exp_f32(w.m[hh] - m_new);  // 0 on the first block (m = -inf)
+      for (int64_t jj = 0; jj < n; ++jj) sc[jj] = exp_f32(sc[jj] - m_new);
+      float sum = 0.0f;
+      for (int64_t jj = 0; jj < n; ++jj) sum += sc[jj];
+      float* acc = &w.acc[hh * d];
+      if (alpha != 1.0f) {
+        for (int64_t i = 0; i < d; ++i) acc[i] *= alpha;
+      }
+      accumulate(acc, sc, w.vrows.data(), n, d);
+      w.l[hh] = w.l[hh] * alpha + sum;
+      w.m[hh] = m_new;
+    }
+  }
+}
+
+// Per (row, kv head, chunk) partial state in the decode split: per head [m, l, acc[d]].
+struct Split {
+  int64_t chunks = 1;
+  int64_t chunk_len = 0;
+  std::vector<float> partial;  // (total_q, kv_heads, chunks, group, d + 2)
+};
+
+// Items [u0, u1) of (row, kv head, chunk). Without a split, each item writes its rows of out
+// (and the (max, sum) per head into stats when attn_sum needs them).
+template <typename KV>
+KVF_CPU_CLONES void attend_items(const Layout& L, Split& sp, float* stats, int64_t u0, int64_t u1) {
+  const PagedAttentionArgs& a = L.a;
+  const int64_t d = a.head_dim, G = L.group;
+  Scratch w(G, d, kBlock);
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t c = u % sp.chunks;
+    const int64_t tg = u / sp.chunks;
+    const int64_t g = tg % a.kv_heads, t = tg / a.kv_heads;
+    const int64_t s = L.row_seq[t];
+    const int64_t vis = a.visible[t];
+    const int64_t jb = std::min(vis, c * sp.chunk_len);
+    const int64_t je = sp.chunks == 1 ? vis : std::min(vis, jb + sp.chunk_len);
+    const int64_t h0 = g * G;
+    load_row(a.q, a.q_dtype, (t * a.heads + h0) * d, G * d, w.q.data());
+    attend_range<KV>(L, s, g, jb, je, w);
+    if (sp.chunks == 1) {
+      for (int64_t hh = 0; hh < G; ++hh) {
+        const float l = w.l[hh];
+        store_row(a.out, a.out_dtype, (t * a.heads + h0 + hh) * d, d, &w.acc[hh * d], l > 0.0f ? 1.0f / l : 0.0f);
+        if (stats != nullptr) {
+          stats[2 * (t * a.heads + h0 + hh)] = w.m[hh];
+          stats[2 * (t * a.heads + h0 + hh) + 1] = l;
+        }
+      }
+    } else {
+      float* dst = &sp.partial[u * G * (d + 2)];
+      for (int64_t hh = 0; hh < G; ++hh) {
+        dst[hh * (d + 2)] = w.m[hh];
+        dst[hh * (d + 2) + 1] = w.l[hh];
+        std::copy(&w.acc[hh * d], &w.acc[hh * d] + d, &dst[hh * (d + 2) + 2]);
+      }
+    }
+  }
+}
+
+// Decode split: merges the chunks of (row, kv head) items [v0, v1) into out (and stats).
+KVF_CPU_CLONES void merge_chunks(const Layout& L, const Split& sp, float* stats, int64_t v0, int64_t v1) {
+  const PagedAttentionArgs& a = L.a;
+  const int64_t d = a.head_dim, G = L.group;
+  std::vector<float> acc(d);
+  for (int64_t v = v0; v < v1; ++v) {
+    const int64_t g = v % a.kv_heads, t = v / a.kv_heads;
+    for (int64_t hh = 0; hh < G; ++hh) {
+      const float* part = &sp.partial[(v * sp.chunks) * G * (d + 2) + hh * (d + 2)];
+      const int64_t stride = G * (d + 2);  // from one chunk to the next
+      float m = -INFINITY;
+      for (int64_t c = 0; c < sp.chunks; ++c) m = std::max(m, part[c * stride]);
+      float l = 0.0f;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      if (m != -INFINITY) {
+        for (int64_t c = 0; c < sp.chunks; ++c) {
+          const float* p = part + c * stride;
+          const float wgt = exp_f32(p[0] - m);  // 0 for an empty chunk (m = -inf)
+          l += p[1] * wgt;
+          for (int64_t i = 0; i < d; ++i) acc[i] += p[2 + i] * wgt;
+        }
+      }
+      const int64_t h = g * G + hh;
+      store_row(a.out, a.out_dtype, (t * a.heads + h) * d, d, acc.data(), l > 0.0f ? 1.0f / l : 0.0f);
+      if (stats != nullptr) {
+        stats[2 * (t * a.heads + h)] = m;
+        stats[2 * (t * a.heads + h) + 1] = l;
+      }
+    }
+  }
+}
+
+// ---- Pass 2: attn_sum ----------------------------------------------------------------------
+
+struct SumItem {
+  int32_t seq;
+  int32_t block;  // slots [block * kSumBlock, ...)
+};
+
+template <typename KV>
+KVF_CPU_CLONES void attn_sum_items(const Layout& L, const std::vector<SumItem>& items, const float* stats, int64_t u0,
+                                   int64_t u1) {
+  const PagedAttentionArgs& a = L.a;
+  const int64_t d = a.head_dim, G = L.group;
+  const KV* kp = static_cast<const KV*>(a.k_pool);
+  std::vector<float> q(d), scores(kSumBlock), kbuf(kSumBlock * d);
+  std::vector<const float*> krows(kSumBlock);
+  std::vector<int64_t> offs(kSumBlock);
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t g = u % a.kv_heads;
+    const SumItem it = items[u / a.kv_heads];
+    const int64_t s = it.seq;
+    const int64_t j0 = it.block * kSumBlock;
+    const int64_t n = std::min<int64_t>(kSumBlock, a.kv_len[s] - j0);
+    slot_offsets(L, s, j0, n, g, offs.data());
+    gather_rows(kp, offs.data(), n, d, kbuf.data(), krows.data());
+    for (int64_t t = a.q_start[s]; t < a.q_start[s + 1]; ++t) {
+      const int64_t nt = std::min<int64_t>(n, a.visible[t] - j0);  // this row's slots in the block
+      if (nt <= 0) continue;
+      for (int64_t hh = 0; hh < G; ++hh) {
+        const int64_t h = g * G + hh;
+        const float m = stats[2 * (t * a.heads + h)];
+        const float inv_l = 1.0f / stats[2 * (t * a.heads + h) + 1];  // l >= 1: the row sees a slot
+        load_row(a.q, a.q_dtype, (t * a.heads + h) * d, d, q.data());
+        block_scores(q.data(), krows.data(), nt, d, a.scale, scores.data());
+        float* dst = a.attn_sum + (s * a.heads + h) * a.max_kv + j0;
+        for (int64_t jj = 0; jj < nt; ++jj) dst[jj] += exp_f32(scores[jj] - m) * inv_l;
+      }
+    }
+  }
+}
+
+// ---- Validation ----------------------------------------------------------------------------
+
+std::string at(const char* what, int64_t i) { return std::string(what) + "[" + std::to_string(i) + "]"; }
+
+Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_visible) {
+  const std::string op = "paged_attention: ";
+  if (a.heads < 0 || a.kv_heads <= 0 || a.heads % a.kv_heads != 0)
+    return invalid_argument(op + "kv_heads (" + std::to_string(a.kv_heads) + ") must divide heads (" + std::to_string(a.heads) + ")");
+  if (a.page_size <= 0) return invalid_argument(op + "page_size must be positive");
+  if (!is_float(a.q_dtype) || !is_float(a.out_dtype))
+    return unsupported(op + "q and out must be f32, f16 or bf16 (got " + dtype_name(a.q_dtype) + ", " + dtype_name(a.out_dtype) + ")");
+  if (a.head_dim < 0 || a.num_pages < 0 || a.seqs < 0 || a.total_q < 0 || a.max_kv < 0)
+    return invalid_argument(op + "negative size");
+  if (a.q_start[0] != 0) return invalid_argument(op + "q_start[0] must be 0, got " + std::to_string(a.q_start[0]));
+  if (a.table_start[0] < 0) return invalid_argument(op + "table_start[0] is negative");
+  L.row_seq.assign(a.total_q, 0);
+  *max_visible = 0;
+  for (int64_t s = 0; s < a.seqs; ++s) {
+    const int64_t q0 = a.q_start[s], q1 = a.q_start[s + 1];
+    if (q1 < q0 || q1 > a.total_q)
+      return invalid_argument(op + at("q_start", s + 1) + " = " + std::to_string(q1) + " is outside [" + std::to_string(q0) +
+                              ", " + std::to_string(a.total_q) + "]");
+    const int64_t t0 = a.table_start[s], t1 = a.table_start[s + 1];
+    if (t1 < t0) return invalid_argument(op + at("table_start", s + 1) + " is below " + at("table_start", s));
+    const int64_t kv = a.kv_len[s];
+    if (kv < 0 || kv > (t1 - t0) * a.page_size)
+      return invalid_argument(op + "sequence " + std::to_string(s) + ": kv_len " + std::to_string(kv) + " is outside its page table [0, " +
+                              std::to_string((t1 - t0) * a.page_size) + "] (" + std::to_string(t1 - t0) + " pages of " +
+                              std::to_string(a.page_size) + ")");
+    if (a.attn_sum != nullptr && kv > a.max_kv)
+      return invalid_argument(op + "sequence " + std::to_string(s) + ": kv_len " + std::to_string(kv) + " exceeds max_kv " +
+                              std::to_string(a.max_kv) + " of attn_sum");
+    const int64_t used_pages = (kv + a.page_size - 1) / a.page_size;
+    for (int64_t i = 0; i < used_pages; ++i) {
+      const int64_t page = a.page_table[t0 + i];
+      if (page < 0 || page >= a.num_pages)
+        return invalid_argument(op + "sequence " + std::to_string(s) + ": page " + std::to_string(i) + " is pool page " +
+                                std::to_string(page) + ", outside the pool [0, " + std::to_string(a.num_pages) + ")");
+    }
+    for (int64_t t = q0; t < q1; ++t) {
+      const int64_t v = a.visible[t];
+      if (v < 0 || v > kv)
+        return invalid_argument(op + at("visible", t) + " = " + std::to_string(v) + " is outside [0, " + std::to_string(kv) +
+                                "] (kv_len of sequence " + std::to_string(s) + ")");
+      L.row_seq[t] = static_cast<int32_t>(s);
+      *max_visible = std::max(*max_visible, v);
+    }
+  }
+  if (a.q_start[a.seqs] != a.total_q)
+    return invalid_argument(op + "the sequences cover " + std::to_string(a.q_start[a.seqs]) + " query rows but total_q is " +
+                            std::to_string(a.total_q));
+  return Status::Ok();
+}
+
+template <typename KV>
+Status run(const PagedAttentionArgs& a) {
+  Layout L{a, a.heads / a.kv_heads, a.kv_heads * a.head_dim, {}};
+  int64_t max_visible = 0;
+  KVF_RETURN_IF_ERROR(validate(a, L, &max_visible));
+  if (a.total_q == 0 || a.heads == 0 || a.head_dim == 0) return Status::Ok();
+
+  // Decode split: only when (row, kv head) items are too few to feed the threads.
+  Split sp;
+  const int64_t items = a.total_q * a.kv_heads;
+  const int64_t threads = cpu::num_threads();
+  if (items < threads && max_visible >= 2 * kMinChunk) {
+    sp.chunks = std::min((threads + items - 1) / items, max_visible / kMinChunk);
+  }
+  sp.chunk_len = (max_visible + sp.chunks - 1) / sp.chunks;
+  if (sp.chunks > 1) sp.partial.resize(items * sp.chunks * L.group * (a.head_dim + 2));
+
+  std::vector<float> stats(a.attn_sum != nullptr ? 2 * a.total_q * a.heads : 0);
+  float* st = a.attn_sum != nullptr ? stats.data() : nullptr;
+  // Grain: about 4K slot-rows of work per chunk so short rows don't drown in dispatch.
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, max_visible / sp.chunks));
+  cpu::parallel_for(items * sp.chunks, grain, [&](int64_t u0, int64_t u1) { attend_items<KV>(L, sp, st, u0, u1); });
+  if (sp.chunks > 1) {
+    cpu::parallel_for(items, 1, [&](int64_t v0, int64_t v1) { merge_chunks(L, sp, st, v0, v1); });
+  }
+
+  if (a.attn_sum != nullptr) {
+    std::vector<SumItem> sum_items;
+    for (int64_t s = 0; s < a.seqs; ++s) {
+      const int64_t blocks = (a.kv_len[s] + kSumBlock - 1) / kSumBlock;
+      for (int64_t b = 0; b < blocks; ++b) sum_items.push_back({static_cast<int32_t>(s), static_cast<int32_t>(b)});
+    }
+    const int64_t n = static_cast<int64_t>(sum_items.size()) * a.kv_heads;
+    cpu::parallel_for(n, 1, [&](int64_t u0, int64_t u1) { attn_sum_items<KV>(L, sum_items, st, u0, u1); });
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status paged_attention_cpu(const PagedAttentionArgs& a) {
+  return dispatch_float(a.kv_dtype, "paged_attention (kv pools)", [&](auto tag) { return run<decltype(tag)>(a); });
+}
+
+}  // namespace kvf

@@ -1,0 +1,290 @@
+// NativeModel and NativeSequence: the engine's handles. createModel takes validated weights
+// (NativeTensors) and a spec from lib/model.ts; step() queues one forward step for a batch of
+// sequences and resolves with their logits and sampled tokens.
+#include "model.h"
+
+#include <cstring>
+
+#include "async.h"
+#include "instance.h"
+#include "errors.h"
+#include "tensor.h"
+
+namespace kvf::napi {
+namespace {
+
+const napi_type_tag kModelTag = {0x6b76666f63757354ULL, 0x6d6f64656c000002ULL};
+const napi_type_tag kSequenceTag = {0x6b76666f63757354ULL, 0x7365710000000003ULL};
+
+int64_t get_int(Napi::Env env, Napi::Object o, const char* key, const char* what) {
+  Napi::Value v = o.Get(key);
+  const double x = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+  if (!(x >= 0 && x <= 9007199254740991.0) || static_cast<double>(static_cast<int64_t>(x)) != x)
+    throw_invalid(env, std::string(what) + "." + key + " must be a non-negative integer");
+  return static_cast<int64_t>(x);
+}
+
+float get_float(Napi::Env env, Napi::Object o, const char* key, float fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return fallback;
+  if (!v.IsNumber()) throw_invalid(env, std::string("sampling.") + key + " must be a number");
+  return v.As<Napi::Number>().FloatValue();
+}
+
+Weight weight(Napi::Env env, Napi::Object o, const char* key, Device* dev, int64_t numel, bool optional = false) {
+  Napi::Value v = o.Get(key);
+  if (optional && (v.IsUndefined() || v.IsNull())) return {};
+  const std::string what = std::string("createModel: weight ") + key;
+  NativeTensor* t = NativeTensor::unwrap(v, what.c_str());
+  if (t->device() != dev) throw_invalid(env, what + " is on " + t->device()->name() + ", expected " + dev->name());
+  if (!is_float(t->dtype())) throw_invalid(env, what + " must be f32, f16 or bf16");
+  if (numel >= 0 && t->numel() != numel)
+    throw_invalid(env, what + " has " + std::to_string(t->numel()) + " elements, expected " + std::to_string(numel));
+  return Weight{t->buffer(), t->dtype()};
+}
+
+std::vector<int32_t> int_array(Napi::Env env, Napi::Value v, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw_invalid(env, std::string(what) + " must be an Int32Array");
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+}  // namespace
+
+// ---- NativeSequence ----
+
+Napi::Function NativeSequence::define(Napi::Env env) {
+  return DefineClass(env, "NativeSequence",
+                     {
+                         InstanceAccessor<&NativeSequence::length>("length"),
+                         InstanceMethod<&NativeSequence::layer_lengths>("layerLengths"),
+                         InstanceMethod<&NativeSequence::truncate>("truncate"),
+                         InstanceMethod<&NativeSequence::clear>("clear"),
+                         InstanceMethod<&NativeSequence::release>("release"),
+                     });
+}
+
+NativeSequence::NativeSequence(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeSequence>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal()) throw_invalid(info.Env(), "NativeSequence cannot be constructed directly");
+  seq_ = *info[0].As<Napi::External<std::shared_ptr<Sequence>>>().Data();
+  info.This().As<Napi::Object>().TypeTag(&kSequenceTag);
+}
+
+NativeSequence* NativeSequence::unwrap(Napi::Value v, const char* what) {
+  Napi::Env env = v.Env();
+  if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&kSequenceTag))
+    throw_invalid(env, std::string(what) + ": expected a sequence (Illegal invocation)");
+  NativeSequence* s = NativeSequence::Unwrap(v.As<Napi::Object>());
+  if (s == nullptr || !s->seq_) throw_status(env, Status(StatusCode::disposed, std::string(what) + ": the sequence has been disposed"));
+  return s;
+}
+
+Napi::Value NativeSequence::length(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "length");
+  return Napi::Number::New(info.Env(), seq_->layers().empty() ? 0.0 : static_cast<double>(seq_->layers()[0].length()));
+}
+
+Napi::Value NativeSequence::layer_lengths(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "layerLengths");
+  Napi::Array out = Napi::Array::New(info.Env(), seq_->layers().size());
+  for (size_t i = 0; i < seq_->layers().size(); ++i) out.Set(static_cast<uint32_t>(i), static_cast<double>(seq_->layers()[i].length()));
+  return out;
+}
+
+Napi::Value NativeSequence::truncate(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "truncate");
+  if (!info[0].IsNumber()) throw_invalid(info.Env(), "truncate: n must be a number");
+  const int64_t n = info[0].As<Napi::Number>().Int64Value();
+  if (n < 0) throw_invalid(info.Env(), "truncate: n must be non-negative");
+  seq_->truncate(n);
+  const size_t keep = seq_->history.size() > static_cast<size_t>(n) ? seq_->history.size() - n : 0;
+  seq_->history.resize(keep);
+  return info.Env().Undefined();
+}
+
+Napi::Value NativeSequence::clear(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "clear");
+  seq_->clear();
+  return info.Env().Undefined();
+}
+
+Napi::Value NativeSequence::release(const Napi::CallbackInfo& info) {
+  seq_.reset();  // pages go back to the pool once queued steps holding the sequence are done
+  return info.Env().Undefined();
+}
+
+// ---- NativeModel ----
+
+Napi::Function NativeModel::define(Napi::Env env) {
+  return DefineClass(env, "NativeModel",
+                     {
+                         InstanceMethod<&NativeModel::new_sequence>("newSequence"),
+                         InstanceMethod<&NativeModel::step>("step"),
+                         InstanceMethod<&NativeModel::free_pages>("freePages"),
+                         InstanceMethod<&NativeModel::release>("release"),
+                     });
+}
+
+NativeModel::NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal()) throw_invalid(info.Env(), "NativeModel cannot be constructed directly; use loadModel()");
+  model_ = *info[0].As<Napi::External<std::shared_ptr<Model>>>().Data();
+  info.This().As<Napi::Object>().TypeTag(&kModelTag);
+}
+
+Model& NativeModel::get(const Napi::CallbackInfo& info, const char* what) {
+  Napi::Value self = info.This();
+  if (!self.IsObject() || !self.As<Napi::Object>().CheckTypeTag(&kModelTag))
+    throw_invalid(info.Env(), std::string(what) + ": Illegal invocation");
+  if (!model_) throw_status(info.Env(), Status(StatusCode::disposed, std::string(what) + ": the model has been disposed"));
+  return *model_;
+}
+
+// createModel(spec, weights, kv) -> NativeModel
+Napi::Value NativeModel::create(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject() || !info[1].IsObject() || !info[2].IsObject()) throw_invalid(env, "createModel: expected (spec, weights, kv)");
+  Napi::Object so = info[0].As<Napi::Object>(), wo = info[1].As<Napi::Object>(), ko = info[2].As<Napi::Object>();
+  ModelSpec s;
+  s.vocab = get_int(env, so, "vocab", "spec");
+  s.hidden = get_int(env, so, "hidden", "spec");
+  s.intermediate = get_int(env, so, "intermediate", "spec");
+  s.layers = get_int(env, so, "layers", "spec");
+  s.heads = get_int(env, so, "heads", "spec");
+  s.kv_heads = get_int(env, so, "kvHeads", "spec");
+  s.head_dim = get_int(env, so, "headDim", "spec");
+  s.rms_eps = get_float(env, so, "rmsEps", 1e-6f);
+  s.rope_attn_factor = get_float(env, so, "ropeAttnFactor", 1.0f);
+  const std::string layout = so.Get("ropeLayout").ToString().Utf8Value();
+  s.rope_layout = layout == "adjacent" ? RopeLayout::adjacent : RopeLayout::half;
+  if (s.kv_heads == 0 || s.heads % s.kv_heads != 0 || s.head_dim % 2 != 0 || s.layers == 0)
+    throw_invalid(env, "createModel: inconsistent spec (heads, kvHeads, headDim, layers)");
+
+  NativeTensor* embed = NativeTensor::unwrap(wo.Get("embed"), "createModel: weight embed");
+  Device* dev = embed->device();
+  const int64_t D = s.hidden, F = s.intermediate, qd = s.heads * s.head_dim, kd = s.kv_heads * s.head_dim;
+  ModelWeights w;
+  w.embed = weight(env, wo, "embed", dev, s.vocab * D);
+  w.final_norm = weight(env, wo, "finalNorm", dev, D);
+  w.lm_head = weight(env, wo, "lmHead", dev, s.vocab * D);
+  NativeTensor* inv = NativeTensor::unwrap(wo.Get("invFreq"), "createModel: invFreq");
+  if (inv->dtype() != DType::f32 || inv->numel() != s.head_dim / 2 || inv->device() != dev)
+    throw_invalid(env, "createModel: invFreq must be f32 [headDim / 2] on the model's device");
+  w.inv_freq = inv->buffer();
+  if (!wo.Get("layers").IsArray()) throw_invalid(env, "createModel: weights.layers must be an array");
+  Napi::Array layers = wo.Get("layers").As<Napi::Array>();
+  if (layers.Length() != static_cast<uint32_t>(s.layers)) throw_invalid(env, "createModel: weights.layers has the wrong length");
+  for (uint32_t i = 0; i < layers.Length(); ++i) {
+    Napi::Object lo = layers.Get(i).As<Napi::Object>();
+    LayerWeights lw;
+    lw.attn_norm = weight(env, lo, "attnNorm", dev, D);
+    lw.wq = weight(env, lo, "wq", dev, qd * D);
+    lw.wk = weight(env, lo, "wk", dev, kd * D);
+    lw.wv = weight(env, lo, "wv", dev, kd * D);
+    lw.wo = weight(env, lo, "wo", dev, D * qd);
+    lw.bq = weight(env, lo, "bq", dev, qd, true);
+    lw.bk = weight(env, lo, "bk", dev, kd, true);
+    lw.bv = weight(env, lo, "bv", dev, kd, true);
+    lw.ffn_norm = weight(env, lo, "ffnNorm", dev, D);
+    lw.gate = weight(env, lo, "gate", dev, F * D);
+    lw.up = weight(env, lo, "up", dev, F * D);
+    lw.down = weight(env, lo, "down", dev, D * F);
+    w.layers.push_back(std::move(lw));
+  }
+  KvPoolSpec ks;
+  ks.num_pages = get_int(env, ko, "numPages", "kv");
+  ks.page_size = get_int(env, ko, "pageSize", "kv");
+  ks.layers = s.layers;
+  ks.kv_heads = s.kv_heads;
+  ks.head_dim = s.head_dim;
+  ks.dtype = parse_dtype(env, ko.Get("dtype"), "kv.dtype");
+  if (ks.page_size == 0 || !is_float(ks.dtype)) throw_invalid(env, "createModel: kv.pageSize must be positive and kv.dtype a float type");
+  Status st;
+  std::shared_ptr<KvPool> pool = KvPool::create(dev, ks, &st);
+  if (!pool) throw_status(env, st);
+  auto model = std::make_shared<Model>(dev, s, std::move(w), std::move(pool));
+  return Instance::get(env)->model_ctor.New({Napi::External<std::shared_ptr<Model>>::New(env, &model)});
+}
+
+Napi::Value NativeModel::new_sequence(const Napi::CallbackInfo& info) {
+  Model& m = get(info, "newSequence");
+  auto seq = std::make_shared<Sequence>(m.pool());
+  if (info[0].IsNumber()) seq->rng_state = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()) ^ 0x853c49e6748fea9bULL;
+  return Instance::get(info.Env())->sequence_ctor.New({Napi::External<std::shared_ptr<Sequence>>::New(info.Env(), &seq)});
+}
+
+Napi::Value NativeModel::free_pages(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(get(info, "freePages").pool()->free_pages()));
+}
+
+Napi::Value NativeModel::release(const Napi::CallbackInfo& info) {
+  model_.reset();  // queued steps keep their own reference
+  return info.Env().Undefined();
+}
+
+// step([{ seq, tokens: Int32Array, positions: Int32Array, logits: 'none'|'last'|'all', sample?: {...} }])
+//   -> Promise<{ logits: (Float32Array | null)[], tokens: Int32Array }>
+Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
+  return guarded(info, [&](const Napi::CallbackInfo& info) -> Napi::Value {
+    Napi::Env env = info.Env();
+    Model& m = get(info, "step");
+    if (!info[0].IsArray()) throw_invalid(env, "step: expected an array of requests");
+    Napi::Array reqs = info[0].As<Napi::Array>();
+    std::vector<StepRequest> batch;
+    for (uint32_t i = 0; i < reqs.Length(); ++i) {
+      Napi::Object r = reqs.Get(i).As<Napi::Object>();
+      StepRequest sr;
+      sr.seq = NativeSequence::unwrap(r.Get("seq"), "step: seq")->sequence();
+      if (sr.seq->pool() != m.pool()) throw_invalid(env, "step: the sequence belongs to another model");
+      for (const StepRequest& other : batch)
+        if (other.seq == sr.seq) throw_invalid(env, "step: a sequence appears twice in one step");
+      sr.tokens = int_array(env, r.Get("tokens"), "step: tokens");
+      sr.positions = int_array(env, r.Get("positions"), "step: positions");
+      if (sr.positions.size() != sr.tokens.size()) throw_invalid(env, "step: positions must have one entry per token");
+      for (int32_t t : sr.tokens)
+        if (t < 0 || t >= m.spec().vocab) throw_invalid(env, "step: token id " + std::to_string(t) + " is outside the vocabulary");
+      const std::string lg = r.Get("logits").IsString() ? r.Get("logits").As<Napi::String>().Utf8Value() : "last";
+      sr.logits = lg == "all" ? StepRequest::Logits::all : lg == "none" ? StepRequest::Logits::none : StepRequest::Logits::last;
+      Napi::Value sv = r.Get("sample");
+      if (sv.IsObject()) {
+        Napi::Object so = sv.As<Napi::Object>();
+        sr.sample = true;
+        sr.sampling.temperature = get_float(env, so, "temperature", 0.0f);
+        sr.sampling.top_k = static_cast<int32_t>(get_float(env, so, "topK", 0.0f));
+        sr.sampling.top_p = get_float(env, so, "topP", 1.0f);
+        sr.sampling.min_p = get_float(env, so, "minP", 0.0f);
+        sr.sampling.repetition_penalty = get_float(env, so, "repetitionPenalty", 1.0f);
+        sr.sampling.penalty_window = static_cast<int32_t>(get_float(env, so, "penaltyWindow", 64.0f));
+      }
+      batch.push_back(std::move(sr));
+    }
+    auto completion = std::make_shared<Completion>(env, "kvfocus.step");
+    auto result = std::make_shared<StepResult>();
+    Status st = m.enqueue_step(std::move(batch), [completion, result](Status s, StepResult r) {
+      *result = std::move(r);
+      completion->finish(s, [result](Napi::Env env, Completion&) -> Napi::Value {
+        Napi::Object out = Napi::Object::New(env);
+        Napi::Array logits = Napi::Array::New(env, result->logits.size());
+        for (size_t i = 0; i < result->logits.size(); ++i) {
+          const auto& l = result->logits[i];
+          if (l.empty()) {
+            logits.Set(static_cast<uint32_t>(i), env.Null());
+            continue;
+          }
+          Napi::Float32Array a = Napi::Float32Array::New(env, l.size());
+          std::memcpy(a.Data(), l.data(), l.size() * sizeof(float));
+          logits.Set(static_cast<uint32_t>(i), a);
+        }
+        Napi::Int32Array tokens = Napi::Int32Array::New(env, result->sampled.size());
+        for (size_t i = 0; i < result->sampled.size(); ++i) tokens[i] = result->sampled[i];
+        out.Set("logits", logits);
+        out.Set("tokens", tokens);
+        return out;
+      });
+    });
+    if (!st.ok()) throw_status(env, st);
+    return completion->promise();
+  });
+}
+
+}  // namespace kvf::napi

@@ -1,0 +1,41 @@
+// Engine handles for JavaScript: NativeModel (weights, KV pool, step()) and NativeSequence.
+#pragma once
+
+#include <napi.h>
+
+#include "../engine/model.h"
+
+namespace kvf::napi {
+
+class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
+ public:
+  static Napi::Function define(Napi::Env env);
+  static NativeSequence* unwrap(Napi::Value v, const char* what);
+  explicit NativeSequence(const Napi::CallbackInfo& info);
+  const std::shared_ptr<Sequence>& sequence() const { return seq_; }
+
+ private:
+  Napi::Value length(const Napi::CallbackInfo& info);
+  Napi::Value layer_lengths(const Napi::CallbackInfo& info);
+  Napi::Value truncate(const Napi::CallbackInfo& info);
+  Napi::Value clear(const Napi::CallbackInfo& info);
+  Napi::Value release(const Napi::CallbackInfo& info);
+  std::shared_ptr<Sequence> seq_;
+};
+
+class NativeModel : public Napi::ObjectWrap<NativeModel> {
+ public:
+  static Napi::Function define(Napi::Env env);
+  static Napi::Value create(const Napi::CallbackInfo& info);  // binding.createModel
+  explicit NativeModel(const Napi::CallbackInfo& info);
+
+ private:
+  Model& get(const Napi::CallbackInfo& info, const char* what);
+  Napi::Value new_sequence(const Napi::CallbackInfo& info);
+  Napi::Value step(const Napi::CallbackInfo& info);
+  Napi::Value free_pages(const Napi::CallbackInfo& info);
+  Napi::Value release(const Napi::CallbackInfo& info);
+  std::shared_ptr<Model> model_;
+};
+
+}  // namespace kvf::napi
