@@ -206,7 +206,7 @@ struct Gemm {
   DType ct;
   int64_t batch, m, n, k;
   bool trans_b, broadcast_b;
-  int64_t mc, nc, mblocks, nblocks;  // task grid: batch x mblocks x nblocks
+  int64_t mc, nc, mblocks, nblocks;  // GEMM task grid: batch x mblocks x nblocks; GEMV: nc columns
 };
 
 enum class Shape { sse, avx2, avx512 };
@@ -414,45 +414,67 @@ KVF_ALWAYS_INLINE void gemv_trans_rows(const float* x, const TB* w, int64_t k, i
   }
 }
 
-// !trans_b: out[i][j] = sum_p x[i][p] * b[p][j] for columns [j0, j1), NV vectors of columns at
-// a time held in registers over the whole k loop; B's rows are read in contiguous runs.
-template <int M, int NV, typename TB>
+constexpr int64_t GEMV_COL_GROUP_MAX = 512;
+
+// !trans_b: out[i][j] = sum_p x[i][p] * b[p][j] for a group of at most 512 columns [j0, j1).
+// The group's sums live in an L1 array; B is read four rows at a time in runs of up to 2 KB (few
+// page walks per byte, unlike narrow columns down a tall matrix), and each loaded sum takes the
+// four FMAs in k order, so every element is still one sequential chain over k.
+template <int M, typename TB>
 KVF_ALWAYS_INLINE void gemv_cols(const float* x, const TB* b, int64_t k, int64_t n, int64_t j0, int64_t j1, void* c,
                                  DType ct, int64_t c_off) {
-  int64_t j = j0;
-  for (; j + NV * 8 <= j1; j += NV * 8) {
-    v8f acc[M][NV];
-    for (int i = 0; i < M; ++i)
-      for (int v = 0; v < NV; ++v) acc[i][v] = v8f{};
-    for (int64_t p = 0; p < k; ++p) {
-      v8f bv[NV];
-      for (int v = 0; v < NV; ++v) bv[v] = load8(b + p * n + j + v * 8);
+  alignas(64) float acc[M][GEMV_COL_GROUP_MAX];
+  const int64_t w = j1 - j0, w8 = w / 8 * 8;
+  for (int i = 0; i < M; ++i)
+    for (int64_t v = 0; v < w; ++v) acc[i][v] = 0.0f;
+  const TB* col = b + j0;
+  int64_t p = 0;
+  for (; p + 4 <= k; p += 4) {
+    const TB* b0 = col + p * n;
+    const TB* b1 = b0 + n;
+    const TB* b2 = b1 + n;
+    const TB* b3 = b2 + n;
+    for (int64_t v = 0; v < w8; v += 8) {
+      const v8f r0 = load8(b0 + v), r1 = load8(b1 + v), r2 = load8(b2 + v), r3 = load8(b3 + v);
       for (int i = 0; i < M; ++i) {
-        const float xv = x[i * k + p];
-        for (int v = 0; v < NV; ++v) acc[i][v] += bv[v] * xv;
+        const float* xi = x + i * k + p;
+        v8f a = loadu<v8f>(acc[i] + v);
+        a += r0 * xi[0];
+        a += r1 * xi[1];
+        a += r2 * xi[2];
+        a += r3 * xi[3];
+        storeu(acc[i] + v, a);
       }
     }
-    for (int i = 0; i < M; ++i)
-      for (int v = 0; v < NV; ++v)
-        for (int l = 0; l < 8; ++l) store_c(c, ct, c_off + i * n + j + v * 8 + l, acc[i][v][l]);
+    for (int64_t v = w8; v < w; ++v) {
+      for (int i = 0; i < M; ++i) {
+        const float* xi = x + i * k + p;
+        float a = acc[i][v];
+        a += to_f32(b0[v]) * xi[0];
+        a += to_f32(b1[v]) * xi[1];
+        a += to_f32(b2[v]) * xi[2];
+        a += to_f32(b3[v]) * xi[3];
+        acc[i][v] = a;
+      }
+    }
   }
-  if constexpr (NV > 1) {
-    if (j + 8 <= j1) return gemv_cols<M, 1>(x, b, k, n, j, j1, c, ct, c_off);
+  for (; p < k; ++p) {
+    const TB* b0 = col + p * n;
+    for (int64_t v = 0; v < w8; v += 8) {
+      const v8f r0 = load8(b0 + v);
+      for (int i = 0; i < M; ++i) storeu(acc[i] + v, loadu<v8f>(acc[i] + v) + r0 * x[i * k + p]);
+    }
+    for (int64_t v = w8; v < w; ++v)
+      for (int i = 0; i < M; ++i) acc[i][v] += to_f32(b0[v]) * x[i * k + p];
   }
-  for (; j < j1; ++j) {  // fewer than 8 columns left
-    float acc[M] = {};
-    for (int64_t p = 0; p < k; ++p)
-      for (int i = 0; i < M; ++i) acc[i] += x[i * k + p] * to_f32(b[p * n + j]);
-    for (int i = 0; i < M; ++i) store_c(c, ct, c_off + i * n + j, acc[i]);
-  }
+  for (int i = 0; i < M; ++i)
+    for (int64_t v = 0; v < w; ++v) store_c(c, ct, c_off + i * n + j0 + v, acc[i][v]);
 }
-
-constexpr int64_t GEMV_COL_GROUP = 64;  // !trans_b: columns per unit of work
 
 template <int M, typename TB>
 KVF_ALWAYS_INLINE void gemv_range_typed(const Gemm& g, const float* x, int64_t u0, int64_t u1) {
-  // Work units: (batch, weight row) with trans_b, (batch, group of 64 columns) without.
-  const int64_t per_batch = g.trans_b ? g.n : (g.n + GEMV_COL_GROUP - 1) / GEMV_COL_GROUP;
+  // Work units: (batch, weight row) with trans_b, (batch, group of columns) without.
+  const int64_t per_batch = g.trans_b ? g.n : (g.n + g.nc - 1) / g.nc;
   for (int64_t u = u0; u < u1;) {
     const int64_t bi = u / per_batch;
     const int64_t end = std::min(u1, (bi + 1) * per_batch);
@@ -463,8 +485,8 @@ KVF_ALWAYS_INLINE void gemv_range_typed(const Gemm& g, const float* x, int64_t u
     if (g.trans_b) {
       gemv_trans_rows<M, (M <= 2 ? 4 : 2)>(xb, b, g.k, lo, hi, g.c, g.ct, c_off, g.n);
     } else {
-      gemv_cols<M, (M == 1 ? 8 : M == 2 ? 4 : 2)>(xb, b, g.k, g.n, lo * GEMV_COL_GROUP,
-                                                  std::min(g.n, hi * GEMV_COL_GROUP), g.c, g.ct, c_off);
+      for (int64_t grp = lo; grp < hi; ++grp)
+        gemv_cols<M>(xb, b, g.k, g.n, grp * g.nc, std::min(g.n, (grp + 1) * g.nc), g.c, g.ct, c_off);
     }
     u = end;
   }
@@ -496,7 +518,7 @@ KVF_CPU_CLONES void widen_rows(const void* src, DType t, float* dst, int64_t cou
   }
 }
 
-Status run_gemv(const Gemm& g) {
+Status run_gemv(Gemm g) {
   // A is at most 4 rows per batch: widen it to f32 once, outside the hot loop.
   std::vector<float> widened;
   const float* x = static_cast<const float*>(g.a);
@@ -505,8 +527,12 @@ Status run_gemv(const Gemm& g) {
     widen_rows(g.a, g.at, widened.data(), g.batch * g.m * g.k);
     x = widened.data();
   }
-  const int64_t per_batch = g.trans_b ? g.n : (g.n + GEMV_COL_GROUP - 1) / GEMV_COL_GROUP;
-  const int64_t unit_flops = g.m * g.k * (g.trans_b ? 1 : GEMV_COL_GROUP);
+  // Without trans_b the columns go in groups: as wide as the L1 sums allow, narrower only when
+  // the threads would otherwise run out of groups.
+  const int64_t threads = cpu::num_threads();
+  g.nc = std::clamp(round_up((g.n + 2 * threads - 1) / (2 * threads), 64), int64_t{64}, GEMV_COL_GROUP_MAX);
+  const int64_t per_batch = g.trans_b ? g.n : (g.n + g.nc - 1) / g.nc;
+  const int64_t unit_flops = g.m * g.k * (g.trans_b ? 1 : g.nc);
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, unit_flops));
   cpu::parallel_for(g.batch * per_batch, grain, [&](int64_t u0, int64_t u1) { gemv_range(g, x, u0, u1); });
   return Status::Ok();

@@ -9,7 +9,8 @@ namespace kvf {
 namespace {
 
 template <typename T>
-__global__ void rerotate_kernel(const T* __restrict__ in, T* __restrict__ out, const int32_t* __restrict__ from_pos,
+__global__ void rerotate_kernel(const T* in, T* out,  // may alias (in-place)
+                                const int32_t* __restrict__ from_pos,
                                 const int32_t* __restrict__ to_pos, const float* __restrict__ inv_freq, int64_t tokens,
                                 int64_t heads, int64_t head_dim, bool adjacent) {
   const int64_t half = head_dim / 2;

@@ -1,0 +1,226 @@
+// matmul on the CPU against a float64 reference: C = A @ op(B), f32 accumulation, one rounding
+// to C's dtype. Shapes cover both kernel paths (at most 4 rows of A: the GEMV path; more: the
+// blocked GEMM), sizes of 1, odd sizes that leave partial register tiles, k beyond one 256 block,
+// batches with and without a broadcast B, both B layouts and every dtype combination.
+import { describe, expect, it } from 'vitest';
+
+import { Tensor, ops, type FloatDType } from '../../lib/index.js';
+import { rand, roundTo } from '../support/random.js';
+
+interface Case {
+  batch: number;
+  m: number;
+  n: number;
+  k: number;
+  /** B is [k, n] (or [n, k] with transposeB) shared by every batch entry, else [batch, ...]. */
+  broadcastB: boolean;
+}
+
+/** The values a tensor of `dtype` holds for x. */
+function held(dtype: FloatDType, x: Float32Array): Float32Array {
+  return dtype === 'f32' ? x : roundTo(dtype, x);
+}
+
+/** float64 C = A @ op(B), and sum_p |A[i,p]| |op(B)[p,j]| per element (the scale of its error). */
+function reference(a: Float32Array, b: Float32Array, c: Case, transB: boolean): { want: Float64Array; scale: Float64Array } {
+  const { batch, m, n, k } = c;
+  const want = new Float64Array(batch * m * n);
+  const scale = new Float64Array(batch * m * n);
+  for (let e = 0; e < batch; e++) {
+    const bb = c.broadcastB ? 0 : e * k * n;
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        let t = 0;
+        for (let p = 0; p < k; p++) {
+          const x = a[(e * m + i) * k + p]!;
+          const y = b[bb + (transB ? j * k + p : p * n + j)]!;
+          s += x * y;
+          t += Math.abs(x * y);
+        }
+        want[(e * m + i) * n + j] = s;
+        scale[(e * m + i) * n + j] = t;
+      }
+    }
+  }
+  return { want, scale };
+}
+
+/**
+ * Largest error in units of the allowed error. f32 accumulation of k products in any order is
+ * within ~k * 2^-24 of sum |a||b| in the worst case and far less in practice; 1e-5 of it is a
+ * real bound for k up to a few hundred. A 16-bit C adds one rounding: at most 2^-8 (bf16) or
+ * 2^-11 (f16) of |C|.
+ */
+function worstError(got: Float32Array, want: Float64Array, scale: Float64Array, out: FloatDType): number {
+  const rounding = out === 'bf16' ? 2 ** -8 : out === 'f16' ? 2 ** -11 : 0;
+  let worst = 0;
+  for (let i = 0; i < got.length; i++) {
+    const allowed = 1e-5 * scale[i]! + rounding * Math.abs(want[i]!) + 1e-30;
+    worst = Math.max(worst, Math.abs(got[i]! - want[i]!) / allowed);
+  }
+  return worst;
+}
+
+async function check(c: Case, transB: boolean, dt: { a: FloatDType; b: FloatDType; out: FloatDType }, seed: number) {
+  const { batch, m, n, k } = c;
+  const a = held(dt.a, rand(batch * m * k, seed));
+  const bShape = transB ? [n, k] : [k, n];
+  const b = held(dt.b, rand((c.broadcastB ? 1 : batch) * k * n, seed + 1));
+  const ta = Tensor.from(a, { shape: batch === 1 && c.broadcastB ? [m, k] : [batch, m, k], dtype: dt.a });
+  const tb = Tensor.from(b, { shape: c.broadcastB ? bShape : [batch, ...bShape], dtype: dt.b });
+  const tc = ops.matmul(ta, tb, { transposeB: transB, dtype: dt.out });
+  expect(tc.dtype).toBe(dt.out);
+  const got = (await tc.toArray()) as Float32Array;
+  for (const t of [ta, tb, tc]) t.dispose();
+  const { want, scale } = reference(a, b, c, transB);
+  expect(got.length).toBe(want.length);
+  expect(worstError(got, want, scale, dt.out)).toBeLessThanOrEqual(1);
+}
+
+const name = (c: Case) => `[${c.batch}] ${c.m}x${c.k} @ ${c.k}x${c.n}${c.broadcastB ? '' : ' batched B'}`;
+
+const F32 = { a: 'f32', b: 'f32', out: 'f32' } as const;
+
+const shapes: Case[] = [
+  { batch: 1, m: 1, n: 1, k: 1, broadcastB: true },
+  { batch: 1, m: 1, n: 7, k: 3, broadcastB: true },
+  { batch: 1, m: 1, n: 130, k: 257, broadcastB: true },
+  { batch: 1, m: 2, n: 65, k: 9, broadcastB: true },
+  { batch: 1, m: 3, n: 5, k: 17, broadcastB: true },
+  { batch: 1, m: 4, n: 33, k: 70, broadcastB: true },
+  { batch: 1, m: 5, n: 1, k: 9, broadcastB: true },
+  { batch: 1, m: 7, n: 19, k: 1, broadcastB: true },
+  { batch: 1, m: 13, n: 37, k: 300, broadcastB: true },
+  { batch: 1, m: 64, n: 48, k: 64, broadcastB: true },
+  { batch: 1, m: 37, n: 130, k: 513, broadcastB: true },
+  { batch: 1, m: 530, n: 41, k: 20, broadcastB: true },
+  { batch: 1, m: 9, n: 700, k: 31, broadcastB: true },
+  { batch: 3, m: 2, n: 9, k: 11, broadcastB: true },
+  { batch: 3, m: 2, n: 9, k: 11, broadcastB: false },
+  { batch: 2, m: 6, n: 17, k: 40, broadcastB: true },
+  { batch: 2, m: 6, n: 17, k: 40, broadcastB: false },
+  { batch: 4, m: 1, n: 65, k: 129, broadcastB: false },
+  { batch: 5, m: 3, n: 20, k: 8, broadcastB: false },
+];
+
+describe('matmul (CPU) matches a float64 reference', () => {
+  for (const transB of [false, true]) {
+    const layout = transB ? 'transposeB' : 'plain B';
+    describe(`f32, ${layout}`, () => {
+      shapes.forEach((c, i) => {
+        it(name(c), () => check(c, transB, F32, 100 + i));
+      });
+    });
+  }
+
+  // Every dtype combination, on a GEMV-sized and a GEMM-sized problem.
+  const mixed: Case[] = [
+    { batch: 1, m: 3, n: 37, k: 45, broadcastB: true },
+    { batch: 2, m: 11, n: 35, k: 270, broadcastB: false },
+  ];
+  const dtypes = ['f32', 'f16', 'bf16'] as const;
+  for (const a of dtypes) {
+    for (const b of dtypes) {
+      for (const out of dtypes) {
+        for (const transB of [false, true]) {
+          for (const c of mixed) {
+            it(`A ${a}, B ${b}, C ${out}, ${transB ? 'transposeB' : 'plain B'} ${name(c)}`, () =>
+              check(c, transB, { a, b, out }, 7));
+          }
+        }
+      }
+    }
+  }
+});
+
+describe('matmul (CPU) edge cases', () => {
+  it('k = 0 gives zeros (the empty sum) in every output dtype', async () => {
+    for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+      for (const m of [1, 6]) {
+        const c = ops.matmul(Tensor.zeros([m, 0]), Tensor.zeros([0, 5]), { dtype });
+        expect(Array.from(await c.toArray())).toEqual(new Array(m * 5).fill(0));
+      }
+    }
+  });
+
+  it('m = 0 or n = 0 gives an empty result', async () => {
+    expect((await ops.matmul(Tensor.zeros([0, 4]), Tensor.zeros([4, 3])).toArray()).length).toBe(0);
+    expect((await ops.matmul(Tensor.zeros([6, 4]), Tensor.zeros([0, 4]), { transposeB: true }).toArray()).length).toBe(0);
+  });
+
+  it('small integers multiply exactly', async () => {
+    // [[1, 2, 3], [4, 5, 6]] @ [[7, 8], [9, 10], [11, 12]]
+    const a = Tensor.from(new Float32Array([1, 2, 3, 4, 5, 6]), { shape: [2, 3] });
+    const b = Tensor.from(new Float32Array([7, 8, 9, 10, 11, 12]), { shape: [3, 2] });
+    expect(Array.from(await ops.matmul(a, b).toArray())).toEqual([58, 64, 139, 154]);
+    const bt = Tensor.from(new Float32Array([7, 9, 11, 8, 10, 12]), { shape: [2, 3] });
+    expect(Array.from(await ops.matmul(a, bt, { transposeB: true }).toArray())).toEqual([58, 64, 139, 154]);
+  });
+
+  it('propagates infinities and NaN (GEMV and GEMM paths)', async () => {
+    for (const m of [2, 8]) {
+      const a = new Float32Array(m * 3).fill(1);
+      a[0] = Infinity; // row 0
+      a[3 * (m - 1) + 1] = NaN; // last row
+      const b = Tensor.from(new Float32Array([1, 2, 3]), { shape: [3, 1] });
+      const got = await ops.matmul(Tensor.from(a, { shape: [m, 3] }), b).toArray();
+      expect(got[0]).toBe(Infinity);
+      expect(got[m - 1]).toBeNaN();
+      expect(Array.from(got.slice(1, m - 1))).toEqual(new Array(m - 2).fill(6));
+    }
+  });
+
+  // Widening of 16-bit inputs is exact: every finite f16 (and a spread of bf16) value, passed
+  // through an identity on each path: A packed by the GEMM, B packed (both layouts), and B
+  // streamed by the GEMV (both layouts).
+  for (const dtype of ['f16', 'bf16'] as const) {
+    it(`widens every finite ${dtype} value exactly on every path`, async () => {
+      const bits: number[] = [];
+      for (let h = 0; h < 0x10000; h++) {
+        const exp = dtype === 'f16' ? (h >> 10) & 0x1f : (h >> 7) & 0xff;
+        if (exp !== (dtype === 'f16' ? 0x1f : 0xff)) bits.push(h);
+      }
+      while (bits.length % 8 !== 0) bits.push(0);
+      const values = (await Tensor.from(Uint16Array.from(bits), { dtype }).toArray()) as Float32Array;
+      const n = bits.length / 8;
+      const identity = (rows: number, from = 0) => {
+        const e = new Float32Array(rows * 8);
+        for (let i = 0; i < rows; i++) e[i * 8 + from + i] = 1;
+        return Tensor.from(e, { shape: [rows, 8] });
+      };
+      const plain = Tensor.from(Uint16Array.from(bits), { shape: [8, n], dtype }); // row i: values[i*n ..]
+      const trans = Tensor.from(Uint16Array.from(bits), { shape: [n, 8], dtype }); // column i: values[i], values[8+i], ..
+      const expectExact = (got: Float32Array, want: (i: number) => number) => {
+        let bad = 0;
+        for (let i = 0; i < got.length; i++) if (got[i] !== want(i)) bad++;
+        expect(bad).toBe(0);
+      };
+      // GEMM, B packed.
+      expectExact((await ops.matmul(identity(8), plain).toArray()) as Float32Array, (i) => values[i]!);
+      const t = (await ops.matmul(identity(8), trans, { transposeB: true }).toArray()) as Float32Array;
+      expectExact(t, (i) => values[(i % n) * 8 + Math.floor(i / n)]!);
+      // GEMM, A packed: A = the values as a [n, 8] matrix times the identity.
+      expectExact((await ops.matmul(trans, identity(8), { transposeB: true }).toArray()) as Float32Array, (i) => values[i]!);
+      // GEMV (4 rows of A), B streamed.
+      for (const from of [0, 4]) {
+        const g = (await ops.matmul(identity(4, from), plain).toArray()) as Float32Array;
+        expectExact(g, (i) => values[from * n + i]!);
+        const gt = (await ops.matmul(identity(4, from), trans, { transposeB: true }).toArray()) as Float32Array;
+        expectExact(gt, (i) => values[(i % n) * 8 + from + Math.floor(i / n)]!);
+      }
+    });
+  }
+
+  it('a row of C does not depend on the other rows of A (batch invariance, GEMM path)', async () => {
+    const [m, n, k] = [29, 70, 300];
+    const a = rand(m * k, 31);
+    const w = Tensor.from(rand(n * k, 32), { shape: [n, k] });
+    const all = (await ops.matmul(Tensor.from(a, { shape: [m, k] }), w, { transposeB: true }).toArray()) as Float32Array;
+    for (const [start, rows] of [[0, 5], [7, 6], [13, 16], [24, 5]] as const) {
+      const part = Tensor.from(a.slice(start * k, (start + rows) * k), { shape: [rows, k] });
+      const got = await ops.matmul(part, w, { transposeB: true }).toArray();
+      expect(got).toEqual(all.slice(start * n, (start + rows) * n));
+    }
+  });
+});

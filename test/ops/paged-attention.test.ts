@@ -1,0 +1,308 @@
+// pagedAttention: softmax attention over a paged KV cache equals plain dense attention over the
+// gathered slots, computed here in float64.
+import { describe, expect, it } from 'vitest';
+
+import { InvalidArgumentError, Tensor, ops } from '../../lib/index.js';
+import { native } from '../../lib/loader.js';
+import { rand, rng, roundTo } from '../support/random.js';
+
+type FloatDType = 'f32' | 'f16' | 'bf16';
+
+interface SeqSpec {
+  queries: number;
+  kvLength: number;
+  /** Pages in the table beyond those kvLength needs (allocated, not yet written). */
+  sparePages?: number;
+}
+
+interface Case {
+  heads: number;
+  kvHeads: number;
+  d: number;
+  pageSize: number;
+  numPages: number;
+  sequences: { queries: number; kvLength: number; pages: number[] }[];
+  q: Float32Array; // values as stored (already rounded to qDtype)
+  k: Float32Array; // pool contents as stored
+  v: Float32Array;
+  qDtype: FloatDType;
+  kvDtype: FloatDType;
+}
+
+function stored(dtype: FloatDType, x: Float32Array): Float32Array {
+  return dtype === 'f32' ? x : roundTo(dtype, x);
+}
+
+/**
+ * Random inputs: each sequence's pages are drawn from a shuffled pool (so a table is neither
+ * contiguous nor ordered), two pool pages are left to no sequence, and values are rounded to
+ * their storage dtypes first so that the reference sees what the kernel sees.
+ */
+function makeCase(opts: {
+  heads: number;
+  kvHeads: number;
+  d: number;
+  seqs: SeqSpec[];
+  pageSize?: number;
+  qDtype?: FloatDType;
+  kvDtype?: FloatDType;
+  seed: number;
+}): Case {
+  const { heads, kvHeads, d, seed } = opts;
+  const pageSize = opts.pageSize ?? 16;
+  const qDtype = opts.qDtype ?? 'f32';
+  const kvDtype = opts.kvDtype ?? 'f32';
+  const needs = opts.seqs.map((s) => Math.ceil(s.kvLength / pageSize) + (s.sparePages ?? 0));
+  const numPages = needs.reduce((a, b) => a + b, 0) + 2;
+  const order = Array.from({ length: numPages }, (_, i) => i);
+  const r = rng(seed);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  let next = 0;
+  const sequences = opts.seqs.map((s, i) => ({ queries: s.queries, kvLength: s.kvLength, pages: order.slice(next, (next += needs[i]!)) }));
+  const totalQ = opts.seqs.reduce((a, s) => a + s.queries, 0);
+  const poolSize = numPages * pageSize * kvHeads * d;
+  return {
+    heads, kvHeads, d, pageSize, numPages, sequences, qDtype, kvDtype,
+    q: stored(qDtype, rand(totalQ * heads * d, seed + 1)),
+    // Keys scaled so that scores spread over a few units: softmax is neither flat nor one-hot.
+    k: stored(kvDtype, rand(poolSize, seed + 2, 2)),
+    v: stored(kvDtype, rand(poolSize, seed + 3)),
+  };
+}
+
+/** Default visibility: the queries are the newest slots of their sequence's cache. */
+function causalVisible(c: Case): Int32Array {
+  const out: number[] = [];
+  for (const s of c.sequences) for (let r = 0; r < s.queries; r++) out.push(s.kvLength - s.queries + r + 1);
+  return Int32Array.from(out);
+}
+
+/** float64 dense attention over each row's visible slots, gathered through the page tables. */
+function reference(c: Case, visible: Int32Array, scale: number): { out: Float64Array; attnSum: Float64Array; maxKv: number } {
+  const { heads, kvHeads, d, pageSize } = c;
+  const group = heads / kvHeads;
+  const maxKv = Math.max(0, ...c.sequences.map((s) => s.kvLength));
+  const totalQ = visible.length;
+  const out = new Float64Array(totalQ * heads * d);
+  const attnSum = new Float64Array(c.sequences.length * heads * maxKv);
+  let t = 0;
+  c.sequences.forEach((s, si) => {
+    for (let r = 0; r < s.queries; r++, t++) {
+      const vis = visible[t]!;
+      for (let h = 0; h < heads; h++) {
+        const kvh = Math.floor(h / group);
+        const rowOf = (j: number) => ((s.pages[Math.floor(j / pageSize)]! * pageSize + (j % pageSize)) * kvHeads + kvh) * d;
+        const scores = new Float64Array(vis);
+        let max = -Infinity;
+        for (let j = 0; j < vis; j++) {
+          const kb = rowOf(j);
+          let dot = 0;
+          for (let i = 0; i < d; i++) dot += c.q[(t * heads + h) * d + i]! * c.k[kb + i]!;
+          scores[j] = dot * scale;
+          max = Math.max(max, scores[j]!);
+        }
+        let sum = 0;
+        for (let j = 0; j < vis; j++) sum += (scores[j] = Math.exp(scores[j]! - max));
+        for (let j = 0; j < vis; j++) {
+          const p = scores[j]! / sum;
+          const vb = rowOf(j);
+          for (let i = 0; i < d; i++) out[(t * heads + h) * d + i] += p * c.v[vb + i]!;
+          attnSum[(si * heads + h) * maxKv + j] += p;
+        }
+      }
+    }
+  });
+  return { out, attnSum, maxKv };
+}
+
+function tensors(c: Case): { q: Tensor; kPool: Tensor; vPool: Tensor } {
+  const totalQ = c.q.length / (c.heads * c.d);
+  const poolShape = [c.numPages, c.pageSize, c.kvHeads, c.d];
+  return {
+    q: Tensor.from(c.q, { shape: [totalQ, c.heads, c.d], dtype: c.qDtype }),
+    kPool: Tensor.from(c.k, { shape: poolShape, dtype: c.kvDtype }),
+    vPool: Tensor.from(c.v, { shape: poolShape, dtype: c.kvDtype }),
+  };
+}
+
+async function run(c: Case, options: { visible?: Int32Array; scale?: number; attnSum?: boolean } = {}) {
+  const { q, kPool, vPool } = tensors(c);
+  const res = ops.pagedAttention(q, kPool, vPool, { sequences: c.sequences, ...options });
+  const out = (await res.out.toArray()) as Float32Array;
+  const attnSum = res.attnSum ? ((await res.attnSum.toArray()) as Float32Array) : undefined;
+  for (const t of [q, kPool, vPool, res.out, res.attnSum]) t?.dispose();
+  const want = reference(c, options.visible ?? causalVisible(c), options.scale ?? 1 / Math.sqrt(c.d));
+  return { out, attnSum, want };
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+// Outputs are convex combinations of values in [-1, 1], so absolute error is the right scale.
+// With inputs exactly representable in every dtype, the kernel's only errors are f32 ones
+// (score rounding amplified by the softmax, f32 sums): at most 5.3e-7 over these cases, so 5e-6
+// is a 10x margin, and one bf16 or f16 rounding anywhere inside (2^-9, 2^-12) would fail it.
+const F32_TOL = 5e-6;
+
+// A batch that mixes every shape of work: a fresh prefill, a decode step, a prefill chunk over a
+// cached prefix, a cache that ends exactly on a page boundary, and a table with a spare page.
+const mixedBatch: SeqSpec[] = [
+  { queries: 21, kvLength: 21 },
+  { queries: 1, kvLength: 53 },
+  { queries: 16, kvLength: 100, sparePages: 1 },
+  { queries: 3, kvLength: 48 },
+];
+
+describe('pagedAttention (CPU) vs float64 dense attention', () => {
+  const headConfigs: [number, number, string][] = [
+    [4, 4, 'MHA'],
+    [4, 2, 'GQA group 2'],
+    [8, 2, 'GQA group 4'],
+    [4, 1, 'MQA'],
+  ];
+  for (const d of [16, 64, 128]) {
+    for (const [heads, kvHeads, name] of headConfigs) {
+      for (const kvDtype of ['f32', 'f16', 'bf16'] as const) {
+        it(`mixed prefill/decode batch, ${name} (${heads}/${kvHeads} heads), d=${d}, ${kvDtype} pools`, async () => {
+          const c = makeCase({ heads, kvHeads, d, seqs: mixedBatch, kvDtype, seed: d * 7 + heads * 3 + kvHeads });
+          const { out, want } = await run(c);
+          expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+        });
+      }
+    }
+  }
+
+  it('a long decode (the split-over-slots path when threads outnumber rows x kv heads)', async () => {
+    const c = makeCase({ heads: 4, kvHeads: 1, d: 64, seqs: [{ queries: 1, kvLength: 3001 }], seed: 11 });
+    const { out, want } = await run(c);
+    expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+  });
+
+  it('decode steps of several sequences of different lengths in one batch', async () => {
+    const seqs = [700, 1, 33, 256, 257].map((kvLength) => ({ queries: 1, kvLength }));
+    const c = makeCase({ heads: 8, kvHeads: 2, d: 128, seqs, kvDtype: 'bf16', seed: 12 });
+    const { out, want } = await run(c);
+    expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+  });
+
+  it('works with pages of another size (8 and 1 tokens)', async () => {
+    for (const pageSize of [8, 1]) {
+      const c = makeCase({ heads: 4, kvHeads: 2, d: 16, pageSize, seqs: mixedBatch, seed: 13 + pageSize });
+      const { out, want } = await run(c);
+      expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+    }
+  });
+
+  for (const qDtype of ['f16', 'bf16'] as const) {
+    it(`${qDtype} queries give ${qDtype} outputs within one ${qDtype} rounding`, async () => {
+      const c = makeCase({ heads: 8, kvHeads: 2, d: 64, seqs: mixedBatch, qDtype, kvDtype: qDtype, seed: 14 });
+      const { out, want } = await run(c);
+      // One rounding of the output: half an ulp, at most 2^-8 (bf16) or 2^-11 (f16) relative.
+      const rel = qDtype === 'bf16' ? 2 ** -8 : 2 ** -11;
+      for (let i = 0; i < out.length; i++) expect(Math.abs(out[i]! - want.out[i]!)).toBeLessThanOrEqual(Math.abs(want.out[i]!) * rel + F32_TOL);
+    });
+  }
+
+  it('uses the given scale', async () => {
+    const c = makeCase({ heads: 4, kvHeads: 2, d: 64, seqs: mixedBatch, seed: 15 });
+    const { out, want } = await run(c, { scale: 0.5 });
+    expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+    const flat = await run(c, { scale: 0 }); // uniform weights: the mean of the visible values
+    expect(maxAbsDiff(flat.out, flat.want.out)).toBeLessThan(F32_TOL);
+  });
+
+  it('follows a custom visible per row, and a row that sees no slot gets zeros', async () => {
+    const c = makeCase({ heads: 4, kvHeads: 2, d: 64, seqs: mixedBatch, seed: 16 });
+    const r = rng(17);
+    const visible: number[] = [];
+    for (const s of c.sequences) for (let i = 0; i < s.queries; i++) visible.push(Math.floor(r() * (s.kvLength + 1)));
+    visible[0] = 0; // first row of the first sequence: nothing visible
+    visible[21] = 0; // the decode row
+    visible[22] = 100; // a prefill row that sees the whole cache
+    const vis = Int32Array.from(visible);
+    const { out, attnSum, want } = await run(c, { visible: vis, attnSum: true });
+    expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+    const row = c.heads * c.d;
+    for (const t of [0, 21]) expect(Array.from(out.subarray(t * row, (t + 1) * row)).every((x) => x === 0)).toBe(true);
+    expect(maxAbsDiff(attnSum!, want.attnSum)).toBeLessThan(F32_TOL);
+  });
+});
+
+describe('pagedAttention attnSum', () => {
+  for (const [heads, kvHeads] of [[4, 4], [8, 2]] as const) {
+    it(`is the softmax probabilities summed over each sequence's query rows (${heads}/${kvHeads} heads)`, async () => {
+      const c = makeCase({ heads, kvHeads, d: 64, seqs: [...mixedBatch, { queries: 40, kvLength: 600 }], kvDtype: 'bf16', seed: 18 });
+      const { out, attnSum, want } = await run(c, { attnSum: true });
+      expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+      // A column sums up to 40 probabilities, each of f32 accuracy.
+      expect(maxAbsDiff(attnSum!, want.attnSum)).toBeLessThan(4 * F32_TOL);
+      // Row sums: every head of every sequence distributes exactly one unit per query row.
+      c.sequences.forEach((s, si) => {
+        for (let h = 0; h < heads; h++) {
+          let total = 0;
+          for (let j = 0; j < want.maxKv; j++) total += attnSum![(si * heads + h) * want.maxKv + j]!;
+          expect(total).toBeCloseTo(s.queries, 3);
+        }
+      });
+    });
+  }
+
+  it('leaves the columns beyond a sequence kvLength at zero, and is deterministic', async () => {
+    const c = makeCase({ heads: 4, kvHeads: 2, d: 16, seqs: [{ queries: 5, kvLength: 300 }, { queries: 2, kvLength: 17 }], seed: 19 });
+    const a = await run(c, { attnSum: true });
+    const b = await run(c, { attnSum: true });
+    expect(b.attnSum).toEqual(a.attnSum);
+    for (let h = 0; h < 4; h++) {
+      const tail = a.attnSum!.subarray((1 * 4 + h) * 300 + 17, (1 * 4 + h + 1) * 300);
+      expect(tail.every((x) => x === 0)).toBe(true);
+    }
+  });
+});
+
+describe('pagedAttention rejects bad tables from data on the CPU', () => {
+  // Through the raw binding: ops.pagedAttention already rejects these before queueing.
+  function rawCall(opts: { pageTable: number[]; kvLen: number; visible?: number }) {
+    const [heads, kvHeads, d, pageSize, numPages] = [2, 1, 16, 16, 4];
+    const q = Tensor.from(rand(heads * d, 1), { shape: [1, heads, d] });
+    const kPool = Tensor.from(rand(numPages * pageSize * kvHeads * d, 2), { shape: [numPages, pageSize, kvHeads, d] });
+    const vPool = Tensor.from(rand(numPages * pageSize * kvHeads * d, 3), { shape: [numPages, pageSize, kvHeads, d] });
+    const out = Tensor.empty([1, heads, d]);
+    const idx = [[0, 1], [opts.kvLen], [0, opts.pageTable.length], opts.pageTable, [opts.visible ?? opts.kvLen]].map((a) =>
+      Tensor.from(Int32Array.from(a)),
+    );
+    const [qs, kl, ts, pt, vis] = idx.map((t) => t.handle());
+    native().ops.pagedAttention(q.handle(), kPool.handle(), vPool.handle(), out.handle(), qs!, kl!, ts!, pt!, vis!, null, {
+      heads, kvHeads, headDim: d, pageSize, numPages, seqs: 1, totalQ: 1, maxKv: opts.kvLen, scale: 0.25,
+    });
+    return out;
+  }
+
+  it('accepts a well-formed call (the control)', async () => {
+    await expect(rawCall({ pageTable: [3, 0], kvLen: 20 }).toArray()).resolves.toBeInstanceOf(Float32Array);
+  });
+
+  it('a page id outside the pool', async () => {
+    const p = rawCall({ pageTable: [3, 4], kvLen: 20 }).toArray();
+    await expect(p).rejects.toThrow(InvalidArgumentError);
+    await expect(p).rejects.toThrow(/pool page 4, outside the pool \[0, 4\)/);
+    await expect(rawCall({ pageTable: [-1], kvLen: 3 }).toArray()).rejects.toThrow(InvalidArgumentError);
+  });
+
+  it('a kv length beyond the page table', async () => {
+    const p = rawCall({ pageTable: [3, 0], kvLen: 33, visible: 1 }).toArray();
+    await expect(p).rejects.toThrow(InvalidArgumentError);
+    await expect(p).rejects.toThrow(/kv_len 33 is outside its page table \[0, 32\]/);
+  });
+
+  it('a visible count beyond the kv length', async () => {
+    await expect(rawCall({ pageTable: [3, 0], kvLen: 20, visible: 21 }).toArray()).rejects.toThrow(InvalidArgumentError);
+    await expect(rawCall({ pageTable: [3, 0], kvLen: 20, visible: -1 }).toArray()).rejects.toThrow(InvalidArgumentError);
+  });
+});
