@@ -390,6 +390,9 @@ export const ops = {
       const where = `pagedAttention: sequences[${i}]`;
       if (!Number.isInteger(s.queries) || s.queries < 0) throw new InvalidArgumentError(`${where}.queries must be a non-negative integer`, 'sequences');
       if (!Number.isInteger(s.kvLength) || s.kvLength < 0) throw new InvalidArgumentError(`${where}.kvLength must be a non-negative integer`, 'sequences');
+      if (options.visible === undefined && s.queries > s.kvLength) {
+        throw new InvalidArgumentError(`${where}: ${s.queries} queries cannot be the newest slots of a ${s.kvLength}-slot cache (pass visible)`, 'sequences');
+      }
       if (s.kvLength > s.pages.length * pageSize) {
         throw new InvalidArgumentError(`${where}: kvLength ${s.kvLength} needs ${Math.ceil(s.kvLength / pageSize)} pages but has ${s.pages.length}`, 'sequences');
       }

@@ -105,6 +105,7 @@ class Request {
   readonly started = performance.now();
   firstTokenAt = 0;
   done = false;
+  cutByStopString = false;
   readonly onAbort = () => this.scheduler.abort(this);
 
   constructor(
@@ -157,6 +158,9 @@ export class Scheduler {
       req.stream.fail(outcome);
       return;
     }
+    // Bytes the decoder still holds (an unfinished UTF-8 sequence) belong to the text, unless a
+    // stop string cut it.
+    if (!req.cutByStopString) req.text += req.init.decoder.flush();
     if (req.text.length > req.emitted) req.stream.push({ token: -1, text: req.text.slice(req.emitted) });
     const now = performance.now();
     const decodeMs = now - req.firstTokenAt;
@@ -238,6 +242,7 @@ export class Scheduler {
     }
     if (cut >= 0) {
       req.text = req.text.slice(0, cut);
+      req.cutByStopString = true;
       this.#end(req, 'stop');
       return;
     }

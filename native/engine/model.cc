@@ -183,6 +183,8 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
       a.kv_len = ints + plan.kv_len + static_cast<size_t>(l * seqs);
       a.table_start = ints + plan.table_start[static_cast<size_t>(l)];
       a.page_table = ints + plan.page_table[static_cast<size_t>(l)];
+      a.page_table_len = plan.table_len[static_cast<size_t>(l)];
+      a.max_kv = plan.max_kv[static_cast<size_t>(l)];
       a.visible = ints + plan.visible + static_cast<size_t>(l * T);
       a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
       KVF_RETURN_IF_ERROR(be.paged_attention(a));

@@ -3,12 +3,14 @@
 //
 // Two paths, picked by the rows of A (a broadcast B folds the batch into the rows, as on the CPU):
 // - GEMM, more than 4 rows (prefill): the classic shared-memory tiled SGEMM. A block of 256
-//   threads owns a BM x BN tile of C; for each 16-wide slice of k it stages an A tile and a B
+//   threads owns a BM x BN tile of C; for each BK-deep slice of k it stages an A tile and a B
 //   tile in shared memory (widened to f32 on load, zero outside the matrices, so any m/n/k
 //   works), and each thread accumulates a TM x TN register tile. The next slice is loaded into
 //   registers while the current one is multiplied. A thread's rows and columns are strided by
 //   16 so shared-memory reads are conflict-free or broadcast and C stores are coalesced.
-//   128x128 tiles (8x8 per thread) when they fill the GPU, else 64x64 (4x4 per thread).
+//   128x128x8 tiles (8x8 per thread; ~230 registers, one block per SM) when they fill the GPU,
+//   else 64x64x16 (4x4 per thread). Operand dtypes are read at run time here (a uniform branch
+//   per load, next to 32-64 FMAs per loaded value): 4 kernels instead of 36 type combinations.
 // - GEMV, at most 4 rows (decode): memory-bound, so the aim is to stream B once at full
 //   bandwidth. With trans_b (weights [n, k]) one warp per weight row, 16-byte loads when rows
 //   are 16-byte aligned, and a shuffle reduction. Without, each block takes 32 columns and 16
@@ -28,7 +30,6 @@ namespace {
 
 constexpr int GEMV_MAX_ROWS = 4;
 constexpr int GEMM_THREADS = 256;
-constexpr int GEMM_BK = 16;
 constexpr unsigned MAX_GRID_YZ = 65535;
 
 __device__ __forceinline__ void store_out(void* c, DType t, int64_t i, float v) {
@@ -42,6 +43,16 @@ __device__ __forceinline__ void store_out(void* c, DType t, int64_t i, float v) 
 template <typename T>
 __device__ __forceinline__ float load_f32(const T* p) {
   return to_f32(*p);
+}
+
+// Element i of a float array whose dtype is known only at run time (uniform across the grid,
+// so the branch costs nothing next to the FMAs each loaded value feeds).
+__device__ __forceinline__ float load_f32(const void* base, DType t, int64_t i) {
+  switch (t) {
+    case DType::f16: return to_f32(static_cast<const f16_t*>(base)[i]);
+    case DType::bf16: return to_f32(static_cast<const bf16_t*>(base)[i]);
+    default: return static_cast<const float*>(base)[i];
+  }
 }
 
 // V consecutive elements from a 16-byte (or, for 8 bytes in all, 8-byte) aligned address.
@@ -65,13 +76,12 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[V]) {
 
 // ---- GEMM ---------------------------------------------------------------------------------
 
-template <typename TA, typename TB, bool TRANS_B, int BM, int BN, int TM, int TN>
+template <bool TRANS_B, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__(GEMM_THREADS)
-    gemm_kernel(const TA* __restrict__ A, const TB* __restrict__ B, void* __restrict__ C, DType ct, int64_t M,
-                int64_t N, int64_t K, int64_t batch, int64_t b_stride) {
+    gemm_kernel(const void* __restrict__ A, DType at, const void* __restrict__ B, DType bt, void* __restrict__ C,
+                DType ct, int64_t M, int64_t N, int64_t K, int64_t batch, int64_t b_stride) {
   constexpr int TX = BN / TN, TY = BM / TM;  // thread grid over the tile
   static_assert(TX * TY == GEMM_THREADS, "one output sub-tile per thread");
-  constexpr int BK = GEMM_BK;
   constexpr int A_LOADS = BM * BK / GEMM_THREADS;
   constexpr int B_LOADS = BN * BK / GEMM_THREADS;
   // k-major tiles: a thread's k step reads TM values of As and TN of Bs. The padding spreads
@@ -84,47 +94,59 @@ __global__ void __launch_bounds__(GEMM_THREADS)
   const int64_t m_tiles = (M + BM - 1) / BM;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * BN;
 
+  // This thread's part of each slice load, fixed for the whole k loop. A, and B with trans_b:
+  // column kk of rows r, r + STEP, ... (BK threads read BK consecutive k of one row). Plain B:
+  // column c of k rows p, p + STEP, ... (consecutive threads read consecutive columns).
+  constexpr int ROW_STEP = GEMM_THREADS / BK;
+  constexpr int KROW_STEP = GEMM_THREADS / BN;
+  const int a_kk = tid % BK, a_r = tid / BK;
+  const int b_kk = TRANS_B ? tid % BK : tid / BN;  // trans_b: k column; plain: first k row
+  const int b_rc = TRANS_B ? tid / BK : tid % BN;  // trans_b: first weight row; plain: column
+
   for (int64_t bz = blockIdx.z; bz < batch; bz += gridDim.z) {
-    const TA* a_mat = A + bz * M * K;
-    const TB* b_mat = B + bz * b_stride;
     for (int64_t mt = blockIdx.y; mt < m_tiles; mt += gridDim.y) {
       const int64_t row0 = mt * BM;
+      // Element offsets of this thread's first A and B loads.
+      const int64_t a_at = bz * M * K + (row0 + a_r) * K + a_kk;
+      const int64_t b_at = TRANS_B ? bz * b_stride + (col0 + b_rc) * K + b_kk
+                                   : bz * b_stride + static_cast<int64_t>(b_kk) * N + col0 + b_rc;
+      uint32_t a_ok = 0, b_ok = 0;  // bit l: the l-th row (column) this thread loads exists
+#pragma unroll
+      for (int l = 0; l < A_LOADS; ++l) a_ok |= (row0 + a_r + l * ROW_STEP < M ? 1u : 0u) << l;
+#pragma unroll
+      for (int l = 0; l < B_LOADS; ++l) {
+        if constexpr (TRANS_B) {
+          b_ok |= (col0 + b_rc + l * ROW_STEP < N ? 1u : 0u) << l;
+        } else {
+          b_ok |= (col0 + b_rc < N ? 1u : 0u) << l;
+        }
+      }
       float ra[A_LOADS], rb[B_LOADS];
 
-      // Global -> registers for the k slice at k0. A: 16 consecutive k of a row per 16 threads.
-      // B: consecutive columns (plain) or consecutive k of a weight row (trans_b).
       auto load_slice = [&](int64_t k0) {
+        const bool a_k_ok = k0 + a_kk < K;
 #pragma unroll
-        for (int l = 0; l < A_LOADS; ++l) {
-          const int e = tid + l * GEMM_THREADS;
-          const int64_t row = row0 + e / BK, p = k0 + e % BK;
-          ra[l] = (row < M && p < K) ? load_f32(a_mat + row * K + p) : 0.0f;
-        }
+        for (int l = 0; l < A_LOADS; ++l)
+          ra[l] = (a_k_ok && (a_ok >> l & 1u)) ? load_f32(A, at, a_at + l * ROW_STEP * K + k0) : 0.0f;
 #pragma unroll
         for (int l = 0; l < B_LOADS; ++l) {
-          const int e = tid + l * GEMM_THREADS;
           if constexpr (TRANS_B) {
-            const int64_t col = col0 + e / BK, p = k0 + e % BK;
-            rb[l] = (col < N && p < K) ? load_f32(b_mat + col * K + p) : 0.0f;
+            rb[l] = (k0 + b_kk < K && (b_ok >> l & 1u)) ? load_f32(B, bt, b_at + l * ROW_STEP * K + k0) : 0.0f;
           } else {
-            const int64_t p = k0 + e / BN, col = col0 + e % BN;
-            rb[l] = (col < N && p < K) ? load_f32(b_mat + p * N + col) : 0.0f;
+            const int64_t p = k0 + l * KROW_STEP;  // relative to this thread's first k row
+            rb[l] = (p + b_kk < K && (b_ok >> l & 1u)) ? load_f32(B, bt, b_at + p * N) : 0.0f;
           }
         }
       };
       auto store_slice = [&]() {
 #pragma unroll
-        for (int l = 0; l < A_LOADS; ++l) {
-          const int e = tid + l * GEMM_THREADS;
-          As[e % BK][e / BK] = ra[l];
-        }
+        for (int l = 0; l < A_LOADS; ++l) As[a_kk][a_r + l * ROW_STEP] = ra[l];
 #pragma unroll
         for (int l = 0; l < B_LOADS; ++l) {
-          const int e = tid + l * GEMM_THREADS;
           if constexpr (TRANS_B) {
-            Bs[e % BK][e / BK] = rb[l];
+            Bs[b_kk][b_rc + l * ROW_STEP] = rb[l];
           } else {
-            Bs[e / BN][e % BN] = rb[l];
+            Bs[b_kk + l * KROW_STEP][b_rc] = rb[l];
           }
         }
       };
@@ -159,25 +181,26 @@ __global__ void __launch_bounds__(GEMM_THREADS)
       for (int i = 0; i < TM; ++i) {
         const int64_t row = row0 + ty + i * TY;
         if (row >= M) continue;
+        const int64_t c_row = (bz * M + row) * N;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
           const int64_t col = col0 + tx + j * TX;
-          if (col < N) store_out(C, ct, (bz * M + row) * N + col, acc[i][j]);
+          if (col < N) store_out(C, ct, c_row + col, acc[i][j]);
         }
       }
     }
   }
 }
 
-template <typename TA, typename TB, bool TRANS_B, int BM, int BN, int TM, int TN>
+template <bool TRANS_B, int BM, int BN, int BK, int TM, int TN>
 void launch_gemm(const MatmulArgs& a, int64_t batch, int64_t m, cudaStream_t stream) {
   const int64_t m_tiles = (m + BM - 1) / BM;
   const int64_t n_tiles = (a.n + BN - 1) / BN;
   const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(std::min<int64_t>(m_tiles, MAX_GRID_YZ)),
                   static_cast<unsigned>(std::min<int64_t>(batch, MAX_GRID_YZ)));
   const int64_t b_stride = a.broadcast_b ? 0 : a.k * a.n;
-  gemm_kernel<TA, TB, TRANS_B, BM, BN, TM, TN><<<grid, GEMM_THREADS, 0, stream>>>(
-      static_cast<const TA*>(a.a), static_cast<const TB*>(a.b), a.c, a.c_dtype, m, a.n, a.k, batch, b_stride);
+  gemm_kernel<TRANS_B, BM, BN, BK, TM, TN><<<grid, GEMM_THREADS, 0, stream>>>(a.a, a.a_dtype, a.b, a.b_dtype, a.c,
+                                                                             a.c_dtype, m, a.n, a.k, batch, b_stride);
 }
 
 // ---- GEMV ---------------------------------------------------------------------------------
@@ -325,28 +348,26 @@ Status matmul_cuda(const MatmulArgs& args, void* stream_ptr) {
   const int64_t batch = fold ? 1 : args.batch;
   const int64_t m = fold ? args.batch * args.m : args.m;
 
-  const Status st = dispatch_float(args.a_dtype, "matmul", [&](auto ta) {
-    using TA = decltype(ta);
-    return dispatch_float(args.b_dtype, "matmul", [&](auto tb) {
-      using TB = decltype(tb);
-      if (m <= GEMV_MAX_ROWS) {
-        launch_gemv<TA, TB>(args, batch, m, stream);
+  if (m <= GEMV_MAX_ROWS) {
+    const Status st = dispatch_float(args.a_dtype, "matmul", [&](auto ta) {
+      return dispatch_float(args.b_dtype, "matmul", [&](auto tb) {
+        launch_gemv<decltype(ta), decltype(tb)>(args, batch, m, stream);
         return Status::Ok();
-      }
-      // Big tiles only when they make at least one full wave over the SMs.
-      const int64_t big_tiles = batch * ((m + 127) / 128) * ((args.n + 127) / 128);
-      const bool big = big_tiles >= multiprocessor_count();
-      if (args.trans_b) {
-        if (big) launch_gemm<TA, TB, true, 128, 128, 8, 8>(args, batch, m, stream);
-        else launch_gemm<TA, TB, true, 64, 64, 4, 4>(args, batch, m, stream);
-      } else {
-        if (big) launch_gemm<TA, TB, false, 128, 128, 8, 8>(args, batch, m, stream);
-        else launch_gemm<TA, TB, false, 64, 64, 4, 4>(args, batch, m, stream);
-      }
-      return Status::Ok();
+      });
     });
-  });
-  if (!st.ok()) return st;
+    if (!st.ok()) return st;
+  } else {
+    // Big tiles only when they make at least one full wave over the SMs.
+    const int64_t big_tiles = batch * ((m + 127) / 128) * ((args.n + 127) / 128);
+    const bool big = big_tiles >= multiprocessor_count();
+    if (args.trans_b) {
+      if (big) launch_gemm<true, 128, 128, 8, 8, 8>(args, batch, m, stream);
+      else launch_gemm<true, 64, 64, 16, 4, 4>(args, batch, m, stream);
+    } else {
+      if (big) launch_gemm<false, 128, 128, 8, 8, 8>(args, batch, m, stream);
+      else launch_gemm<false, 64, 64, 16, 4, 4>(args, batch, m, stream);
+    }
+  }
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return device_error(std::string("matmul: ") + cudaGetErrorString(err));
   return Status::Ok();

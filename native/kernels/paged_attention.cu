@@ -12,8 +12,8 @@
 //
 // Decode (few rows x heads for the GPU): each row's slots are split over blockIdx.y
 // (flash-decoding); every split leaves (max, sum, acc) in a workspace and combine_kernel merges
-// them. The number of splits is chosen on the host from max_kv, so max_kv should be set even
-// without attn_sum (with max_kv = 0 there is no split).
+// them. The split count is chosen on the host from the SM count and, when set, max_kv (the
+// slot ranges per split are cut on the device from each row's own visible count).
 //
 // attn_sum_kernel: a second pass, one block per (sequence, head, tile of 32 slots). The tile's
 // keys are staged in shared memory as f32; each warp takes query rows of the sequence, lane jj
@@ -307,7 +307,8 @@ void launch_attention(const PagedAttentionArgs& a, int splits, float* partial, f
   attention_kernel<KV, DPL><<<grid, kThreads, 0, stream>>>(a, splits, partial, stats);
 }
 
-// Splits per row for decode: enough blocks for ~4 per SM, no split shorter than kMinChunk.
+// Splits per row for decode: enough blocks for ~4 per SM and, when max_kv is known, no split
+// shorter than kMinChunk (without it, short rows just leave some splits empty).
 int choose_splits(const PagedAttentionArgs& a) {
   const int64_t blocks = a.total_q * a.heads;
   int device = 0, sms = 0;
@@ -317,7 +318,8 @@ int choose_splits(const PagedAttentionArgs& a) {
   }
   if (blocks >= 2 * static_cast<int64_t>(sms)) return 1;
   const int64_t want = (4 * static_cast<int64_t>(sms) + blocks - 1) / blocks;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, a.max_kv / kMinChunk, kMaxSplits})));
+  const int64_t by_length = a.max_kv > 0 ? a.max_kv / kMinChunk : kMaxSplits;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_length, kMaxSplits})));
 }
 
 Status cuda_failure(const char* what, cudaError_t err) {

@@ -38,6 +38,7 @@ struct PagedAttentionArgs {
   const int32_t* kv_len = nullptr;       // (seqs)
   const int32_t* table_start = nullptr;  // (seqs + 1)
   const int32_t* page_table = nullptr;   // concatenated page ids
+  int64_t page_table_len = 0;            // entries in page_table (bounds table_start)
   const int32_t* visible = nullptr;      // (total_q)
   float scale = 1.0f;
   float* attn_sum = nullptr;             // optional (seqs, heads, max_kv)

@@ -21,7 +21,8 @@
 // Vector code: GCC vector extensions (8 x f32) inside always-inline helpers, compiled into the
 // KVF_CPU_CLONES functions for baseline x86-64, AVX2+FMA and AVX-512. Each dot product is one
 // 8-lane FMA chain over head_dim reduced in a fixed pairwise order, then the head_dim % 8 tail;
-// dot4 runs four such chains side by side (one query load per four FMAs).
+// dotn runs N such chains side by side; the value accumulation keeps strips of the output row
+// in registers across a block of slots.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "paged_attention.h"
+#include "cpu_math.h"
 #include "parallel.h"
 
 #define KVF_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -39,46 +41,19 @@
 namespace kvf {
 namespace {
 
+using cpu::exp_f32;
+using cpu::mask_if;
+using cpu::select_f32;
+
 typedef float v8f __attribute__((vector_size(32)));
 typedef uint16_t v8u16 __attribute__((vector_size(16)));
 typedef uint32_t v8u32 __attribute__((vector_size(32)));
 
-constexpr int64_t kBlock = 64;       // slots per online-softmax step
+constexpr int64_t kBlock = 32;       // slots per online-softmax step (a block of keys stays in L1)
 constexpr int64_t kSumBlock = 256;   // slots of attn_sum owned by one second-pass item
 constexpr int64_t kMinChunk = 256;   // decode split: no chunk shorter than this
 
 // ---- Scalar helpers ------------------------------------------------------------------------
-
-// A float select written with bit masks: GCC's default -ftrapping-math will not if-convert
-// `c ? arithmetic : other` on floats, which would keep the whole loop scalar.
-inline uint32_t mask_if(bool c) { return 0u - static_cast<uint32_t>(c); }
-inline float select_f32(uint32_t mask, float a, float b) { return bits_f32((f32_bits(a) & mask) | (f32_bits(b) & ~mask)); }
-
-// exp(x) in f32, vectorisable, max error 1.01 ulp: the routine of softmax_cpu.cc and
-// silu_mul_cpu.cc (derivation there); keep the copies identical.
-inline float exp_f32(float x) {
-  const uint32_t ux = f32_bits(x);
-  const uint32_t nan = mask_if((ux & 0x7fffffffu) > 0x7f800000u);
-  const uint32_t overflow = mask_if(static_cast<int32_t>(ux) > 0x42b17217);  // x > 88.7228317f
-  const uint32_t underflow = mask_if(ux > 0xc2cff1b5u);                       // x < -103.972084f
-  const float xc = select_f32(overflow, 88.0f, select_f32(underflow, -104.0f, x));
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
-  const float z = xc * 1.44269504088896341f + magic;
-  const int32_t n = static_cast<int32_t>(f32_bits(z) - f32_bits(magic));
-  const float nf = z - magic;
-  float r = xc - nf * 0.693359375f;
-  r = r - nf * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float er = p * (r * r) + r + 1.0f;
-  const int32_t n1 = n >> 1, n2 = n - n1;  // n in [-150, 128]: both halves are normal exponents
-  const float y = er * bits_f32(static_cast<uint32_t>(n1 + 127) << 23) * bits_f32(static_cast<uint32_t>(n2 + 127) << 23);
-  return select_f32(nan, x, select_f32(overflow, INFINITY, select_f32(underflow, 0.0f, y)));
-}
 
 // q and out are touched once per work item, so their dtype is a run-time switch rather than
 // more template instantiations.
@@ -170,57 +145,57 @@ KVF_ALWAYS_INLINE float dot1(const float* q, const float* k, int64_t d) {
   return s;
 }
 
-// Four dot products with four key rows; each is computed exactly as dot1 computes it.
-KVF_ALWAYS_INLINE void dot4(const float* q, const float* const* k, int64_t d, float* out) {
-  v8f a0 = {}, a1 = {}, a2 = {}, a3 = {};
+// Dot products with N key rows side by side (N independent FMA chains, one query load per N
+// FMAs); each is computed exactly as dot1 computes it.
+template <int N>
+KVF_ALWAYS_INLINE void dotn(const float* q, const float* const* k, int64_t d, float* out) {
+  v8f acc[N];
+  for (int r = 0; r < N; ++r) acc[r] = v8f{};
   int64_t i = 0;
   for (; i + 8 <= d; i += 8) {
     const v8f qv = loadu<v8f>(q + i);
-    a0 += qv * loadu<v8f>(k[0] + i);
-    a1 += qv * loadu<v8f>(k[1] + i);
-    a2 += qv * loadu<v8f>(k[2] + i);
-    a3 += qv * loadu<v8f>(k[3] + i);
+    for (int r = 0; r < N; ++r) acc[r] += qv * loadu<v8f>(k[r] + i);
   }
-  float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
-  for (; i < d; ++i) {
-    s0 += q[i] * k[0][i];
-    s1 += q[i] * k[1][i];
-    s2 += q[i] * k[2][i];
-    s3 += q[i] * k[3][i];
+  for (int r = 0; r < N; ++r) {
+    float s = hsum(acc[r]);
+    for (int64_t e = i; e < d; ++e) s += q[e] * k[r][e];
+    out[r] = s;
   }
-  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
 }
 
 // scores[j] = scale * (q . rows[j]) for j < n.
 KVF_ALWAYS_INLINE void block_scores(const float* q, const float* const* rows, int64_t n, int64_t d, float scale,
                                     float* scores) {
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) dot4(q, rows + j, d, scores + j);
+  for (; j + 8 <= n; j += 8) dotn<8>(q, rows + j, d, scores + j);
+  for (; j + 4 <= n; j += 4) dotn<4>(q, rows + j, d, scores + j);
   for (; j < n; ++j) scores[j] = dot1(q, rows[j], d);
   for (j = 0; j < n; ++j) scores[j] *= scale;
 }
 
-// acc += sum_j p[j] * rows[j], four rows per pass over acc.
-KVF_ALWAYS_INLINE void accumulate(float* acc, const float* p, const float* const* rows, int64_t n, int64_t d) {
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    const float p0 = p[j], p1 = p[j + 1], p2 = p[j + 2], p3 = p[j + 3];
-    const float *r0 = rows[j], *r1 = rows[j + 1], *r2 = rows[j + 2], *r3 = rows[j + 3];
-    int64_t i = 0;
-    for (; i + 8 <= d; i += 8) {
-      v8f a = loadu<v8f>(acc + i);
-      a += p0 * loadu<v8f>(r0 + i);
-      a += p1 * loadu<v8f>(r1 + i);
-      a += p2 * loadu<v8f>(r2 + i);
-      a += p3 * loadu<v8f>(r3 + i);
-      storeu(acc + i, a);
-    }
-    for (; i < d; ++i) acc[i] += p0 * r0[i] + p1 * r1[i] + p2 * r2[i] + p3 * r3[i];
-  }
-  for (; j < n; ++j) {
+// acc[i0 .. i0 + 8W) += sum_j p[j] * rows[j][...]: the strip stays in W registers over the
+// block's slots (W independent FMA chains, one value load per FMA).
+template <int W>
+KVF_ALWAYS_INLINE void accumulate_strip(float* acc, const float* p, const float* const* rows, int64_t n, int64_t i0) {
+  v8f a[W];
+  for (int w = 0; w < W; ++w) a[w] = loadu<v8f>(acc + i0 + 8 * w);
+  for (int64_t j = 0; j < n; ++j) {
     const float pj = p[j];
-    const float* r = rows[j];
-    for (int64_t i = 0; i < d; ++i) acc[i] += pj * r[i];
+    const float* r = rows[j] + i0;
+    for (int w = 0; w < W; ++w) a[w] += pj * loadu<v8f>(r + 8 * w);
+  }
+  for (int w = 0; w < W; ++w) storeu(acc + i0 + 8 * w, a[w]);
+}
+
+// acc += sum_j p[j] * rows[j] over the block.
+KVF_ALWAYS_INLINE void accumulate(float* acc, const float* p, const float* const* rows, int64_t n, int64_t d) {
+  int64_t i = 0;
+  for (; i + 64 <= d; i += 64) accumulate_strip<8>(acc, p, rows, n, i);
+  for (; i + 8 <= d; i += 8) accumulate_strip<1>(acc, p, rows, n, i);
+  for (; i < d; ++i) {
+    float a = acc[i];
+    for (int64_t j = 0; j < n; ++j) a += p[j] * rows[j][i];
+    acc[i] = a;
   }
 }
 
@@ -459,6 +434,9 @@ Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_visible) {
                               ", " + std::to_string(a.total_q) + "]");
     const int64_t t0 = a.table_start[s], t1 = a.table_start[s + 1];
     if (t1 < t0) return invalid_argument(op + at("table_start", s + 1) + " is below " + at("table_start", s));
+    if (t1 > a.page_table_len)
+      return invalid_argument(op + at("table_start", s + 1) + " = " + std::to_string(t1) + " is past the page table (" +
+                              std::to_string(a.page_table_len) + " entries)");
     const int64_t kv = a.kv_len[s];
     if (kv < 0 || kv > (t1 - t0) * a.page_size)
       return invalid_argument(op + "sequence " + std::to_string(s) + ": kv_len " + std::to_string(kv) + " is outside its page table [0, " +

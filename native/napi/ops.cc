@@ -365,6 +365,7 @@ Napi::Value paged_attention(const Napi::CallbackInfo& info) {
   a.kv_len = static_cast<const int32_t*>(tkl->buffer()->data());
   a.table_start = static_cast<const int32_t*>(tts->buffer()->data());
   a.page_table = static_cast<const int32_t*>(tpt->buffer()->data());
+  a.page_table_len = tpt->numel();
   a.visible = static_cast<const int32_t*>(tvis->buffer()->data());
   std::vector<BufferRef> inputs{tq->buffer(), tkp->buffer(), tvp->buffer(), tqs->buffer(), tkl->buffer(),
                                 tts->buffer(), tpt->buffer(), tvis->buffer()};

@@ -109,8 +109,10 @@ function reference(c: Case, visible: Int32Array, scale: number): { out: Float64A
         for (let j = 0; j < vis; j++) {
           const p = scores[j]! / sum;
           const vb = rowOf(j);
-          for (let i = 0; i < d; i++) out[(t * heads + h) * d + i] += p * c.v[vb + i]!;
-          attnSum[(si * heads + h) * maxKv + j] += p;
+          const ob = (t * heads + h) * d;
+          for (let i = 0; i < d; i++) out[ob + i] = out[ob + i]! + p * c.v[vb + i]!;
+          const col = (si * heads + h) * maxKv + j;
+          attnSum[col] = attnSum[col]! + p;
         }
       }
     }

@@ -1,0 +1,150 @@
+// pagedAttention on CUDA against its CPU twin (which test/ops checks against float64): outputs
+// and attnSum, over prefill, decode (including the split-over-slots path), GQA, every head size
+// the CUDA kernel has a variant for, and every pool dtype.
+import { describe, expect, it } from 'vitest';
+
+import { Tensor, ops } from '../../lib/index.js';
+import { native } from '../../lib/loader.js';
+import { rand, rng } from '../support/random.js';
+import { hasCuda } from './gpu.js';
+
+type FloatDType = 'f32' | 'f16' | 'bf16';
+
+interface Setup {
+  heads: number;
+  kvHeads: number;
+  d: number;
+  seqs: { queries: number; kvLength: number }[];
+  kvDtype?: FloatDType;
+  qDtype?: FloatDType;
+  pageSize?: number;
+  seed: number;
+}
+
+/** Inputs on the CPU: pools with shuffled, non-contiguous page tables (and two unused pages). */
+function inputs(s: Setup) {
+  const pageSize = s.pageSize ?? 16;
+  const needs = s.seqs.map((q) => Math.ceil(q.kvLength / pageSize));
+  const numPages = needs.reduce((a, b) => a + b, 0) + 2;
+  const order = Array.from({ length: numPages }, (_, i) => i);
+  const r = rng(s.seed);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  let next = 0;
+  const sequences = s.seqs.map((q, i) => ({ ...q, pages: order.slice(next, (next += needs[i]!)) }));
+  const totalQ = s.seqs.reduce((a, q) => a + q.queries, 0);
+  const poolShape = [numPages, pageSize, s.kvHeads, s.d];
+  const poolSize = numPages * pageSize * s.kvHeads * s.d;
+  return {
+    sequences,
+    q: Tensor.from(rand(totalQ * s.heads * s.d, s.seed + 1), { shape: [totalQ, s.heads, s.d], dtype: s.qDtype ?? 'f32' }),
+    kPool: Tensor.from(rand(poolSize, s.seed + 2, 2), { shape: poolShape, dtype: s.kvDtype ?? 'f32' }),
+    vPool: Tensor.from(rand(poolSize, s.seed + 3), { shape: poolShape, dtype: s.kvDtype ?? 'f32' }),
+  };
+}
+
+async function both(s: Setup, options: { visible?: Int32Array; attnSum?: boolean } = {}) {
+  const x = inputs(s);
+  const res = [];
+  for (const device of ['cpu', 'cuda'] as const) {
+    const { out, attnSum } = ops.pagedAttention(x.q.to(device), x.kPool.to(device), x.vPool.to(device), { sequences: x.sequences, ...options });
+    res.push({ out: (await out.toArray()) as Float32Array, attnSum: attnSum ? ((await attnSum.toArray()) as Float32Array) : undefined });
+  }
+  return { cpu: res[0]!, cuda: res[1]! };
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+// Both sides compute in f32 with different summation orders (and expf vs a 1-ulp polynomial):
+// outputs, convex combinations of values in [-1, 1], agree to a few f32 ulps of the scores.
+const F32_TOL = 5e-6;
+const mixed = [
+  { queries: 21, kvLength: 21 },
+  { queries: 1, kvLength: 53 },
+  { queries: 16, kvLength: 100 },
+  { queries: 3, kvLength: 48 },
+];
+
+describe.skipIf(!hasCuda)('pagedAttention (CUDA vs CPU)', () => {
+  for (const d of [16, 64, 96, 128, 256]) {
+    for (const [heads, kvHeads] of [[4, 4], [8, 2], [4, 1]] as const) {
+      for (const kvDtype of ['f32', 'f16', 'bf16'] as const) {
+        it(`mixed batch, ${heads}/${kvHeads} heads, d=${d}, ${kvDtype} pools`, async () => {
+          const { cpu, cuda } = await both({ heads, kvHeads, d, seqs: mixed, kvDtype, seed: d + heads });
+          expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+        });
+      }
+    }
+  }
+
+  it('decode over long caches (the split-over-slots path) for a batch of sequences', async () => {
+    const seqs = [4096, 1, 777, 2048].map((kvLength) => ({ queries: 1, kvLength }));
+    const { cpu, cuda } = await both({ heads: 8, kvHeads: 2, d: 128, seqs, kvDtype: 'bf16', seed: 5 });
+    expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+  });
+
+  it('a 512-token prefill over 512 cached tokens', async () => {
+    const { cpu, cuda } = await both({ heads: 8, kvHeads: 2, d: 128, seqs: [{ queries: 512, kvLength: 1024 }], seed: 6 });
+    expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+  });
+
+  for (const dtype of ['f16', 'bf16'] as const) {
+    it(`${dtype} queries and outputs agree within one ${dtype} rounding`, async () => {
+      const { cpu, cuda } = await both({ heads: 8, kvHeads: 2, d: 64, seqs: mixed, qDtype: dtype, kvDtype: dtype, seed: 7 });
+      const ulp = dtype === 'bf16' ? 2 ** -7 : 2 ** -10;
+      for (let i = 0; i < cpu.out.length; i++) expect(Math.abs(cuda.out[i]! - cpu.out[i]!)).toBeLessThanOrEqual(Math.abs(cpu.out[i]!) * ulp + F32_TOL);
+    });
+  }
+
+  it('attnSum, custom visibility and rows that see nothing', async () => {
+    const seqs = [...mixed, { queries: 40, kvLength: 600 }, { queries: 1, kvLength: 3000 }];
+    const r = rng(8);
+    const visible: number[] = [];
+    for (const s of seqs) for (let i = 0; i < s.queries; i++) visible.push(Math.floor(r() * (s.kvLength + 1)));
+    visible[0] = 0;
+    visible[21] = 0;
+    for (const [heads, kvHeads, d] of [[8, 2, 128], [4, 4, 64], [2, 1, 256]] as const) {
+      const { cpu, cuda } = await both({ heads, kvHeads, d, seqs, seed: 9 + d }, { visible: Int32Array.from(visible), attnSum: true });
+      expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+      // A column sums up to 40 probabilities.
+      expect(maxAbsDiff(cuda.attnSum!, cpu.attnSum!)).toBeLessThan(40 * F32_TOL);
+      expect(cuda.out.subarray(0, heads * d).every((x) => x === 0)).toBe(true);
+    }
+  });
+
+  it('attnSum of decode steps (the split path hands the final max and sum to the second pass)', async () => {
+    const seqs = [5000, 300].map((kvLength) => ({ queries: 1, kvLength }));
+    const { cpu, cuda } = await both({ heads: 8, kvHeads: 2, d: 128, seqs, seed: 11 }, { attnSum: true });
+    expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+    expect(maxAbsDiff(cuda.attnSum!, cpu.attnSum!)).toBeLessThan(F32_TOL);
+  });
+
+  it('never reads outside the pool for a bad page id (skipped on CUDA; the CPU rejects it)', async () => {
+    const [heads, kvHeads, d, pageSize, numPages] = [2, 1, 16, 16, 4];
+    const dev = (x: Float32Array | Int32Array, shape?: number[]) => Tensor.from(x, { device: 'cuda', ...(shape ? { shape } : {}) });
+    const out = Tensor.empty([1, heads, d], { device: 'cuda' });
+    const pool = rand(numPages * pageSize * kvHeads * d, 2);
+    const idx = [[0, 1], [20], [0, 2], [3, 1 << 30], [20]].map((a) => dev(Int32Array.from(a)));
+    const [qs, kl, ts, pt, vis] = idx.map((t) => t.handle());
+    native().ops.pagedAttention(
+      dev(rand(heads * d, 1), [1, heads, d]).handle(), dev(pool, [numPages, pageSize, kvHeads, d]).handle(),
+      dev(pool, [numPages, pageSize, kvHeads, d]).handle(), out.handle(), qs!, kl!, ts!, pt!, vis!, null,
+      { heads, kvHeads, headDim: d, pageSize, numPages, seqs: 1, totalQ: 1, maxKv: 20, scale: 0.25 },
+    );
+    const got = (await out.toArray()) as Float32Array;
+    expect(got.every((x) => Number.isFinite(x))).toBe(true);
+  });
+
+  it('attnSum of a causal prefill with the default visibility', async () => {
+    const { cpu, cuda } = await both({ heads: 8, kvHeads: 2, d: 128, seqs: [{ queries: 300, kvLength: 700 }, { queries: 1, kvLength: 5000 }], seed: 10 }, { attnSum: true });
+    expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+    expect(maxAbsDiff(cuda.attnSum!, cpu.attnSum!)).toBeLessThan(300 * F32_TOL);
+  });
+});
