@@ -83,6 +83,26 @@ function defaultDType(data: TensorData): DType {
   throw new InvalidArgumentError('data: a Uint16Array holds raw f16 or bf16 bits; pass dtype: "f16" or "bf16"', 'dtype');
 }
 
+// An ArrayBuffer is raw storage: it needs a dtype to say how to read it.
+function viewOf(buffer: ArrayBuffer, dtype: DType | undefined): TensorData {
+  if (dtype === undefined) throw new InvalidArgumentError('data: an ArrayBuffer holds raw bytes; pass its dtype', 'dtype');
+  const d = checkDType(dtype, 'dtype');
+  if (buffer.byteLength % BYTES[d] !== 0) {
+    throw new InvalidArgumentError(`data: ${buffer.byteLength} bytes are not a whole number of ${d} elements (${BYTES[d]} bytes each)`, 'data');
+  }
+  switch (d) {
+    case 'f32':
+      return new Float32Array(buffer);
+    case 'f16':
+    case 'bf16':
+      return new Uint16Array(buffer);
+    case 'i32':
+      return new Int32Array(buffer);
+    case 'u8':
+      return new Uint8Array(buffer);
+  }
+}
+
 // Rejections from the native queue carry no JavaScript frames; give them the caller's.
 async function withCallSite<R>(site: Error, p: Promise<R>): Promise<R> {
   try {
@@ -119,9 +139,11 @@ export class Tensor {
   /**
    * A tensor holding a copy of `data`. The dtype defaults to the array's (Float32Array: f32,
    * Int32Array: i32, Uint8Array: u8). A Float32Array with dtype f16/bf16 is rounded to nearest
-   * even; a Uint16Array with dtype f16/bf16 is taken as raw bits. The shape defaults to 1-D.
+   * even; a Uint16Array with dtype f16/bf16 is taken as raw bits; an ArrayBuffer is raw storage
+   * of the given dtype. The shape defaults to 1-D.
    */
-  static from(data: TensorData, options: TensorOptions = {}): Tensor {
+  static from(data: TensorData | ArrayBuffer, options: TensorOptions = {}): Tensor {
+    if (data instanceof ArrayBuffer) return Tensor.from(viewOf(data, options.dtype), options);
     if (!(data instanceof Float32Array || data instanceof Int32Array || data instanceof Uint8Array || data instanceof Uint16Array)) {
       throw new InvalidArgumentError(`data: expected a Float32Array, Int32Array, Uint8Array or Uint16Array but received ${describe(data)}`, 'data');
     }

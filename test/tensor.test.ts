@@ -87,6 +87,13 @@ describe('Tensor basics', () => {
     expect(await u.toArray()).toEqual(new Uint8Array([0, 255, 9]));
   });
 
+  it('takes an ArrayBuffer as raw storage of the given dtype', async () => {
+    const bits = new Uint16Array([0x3c00, 0xc000]); // f16 1 and -2
+    expect(Array.from(await Tensor.from(bits.buffer, { dtype: 'f16' }).toArray())).toEqual([1, -2]);
+    expect(() => Tensor.from(new ArrayBuffer(6), { dtype: 'f32' })).toThrow(/6 bytes are not a whole number of f32 elements/);
+    expect(() => Tensor.from(new ArrayBuffer(4))).toThrow(/ArrayBuffer holds raw bytes; pass its dtype/);
+  });
+
   it('zeros are zero, and zero-size tensors work', async () => {
     expect(Array.from(await Tensor.zeros([3, 2], { dtype: 'bf16' }).toArray())).toEqual([0, 0, 0, 0, 0, 0]);
     const empty = Tensor.zeros([0, 4]);
