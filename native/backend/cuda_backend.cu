@@ -13,6 +13,10 @@ namespace {
 
 Status cuda_status(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return Status::Ok();
+  // A failed runtime call also sets this thread's last error, and every launcher checks
+  // cudaGetLastError after its launches: clear it (a sticky error stays) so the failure is
+  // reported once, here, and not again by the next op on this thread.
+  (void)cudaGetLastError();
   std::string msg = std::string(what) + ": " + cudaGetErrorString(err);
   if (err == cudaErrorMemoryAllocation) return out_of_memory(msg);
   return device_error(msg);
@@ -26,13 +30,20 @@ class CudaBackend final : public Backend {
 
   Status init() {
     KVF_CUDA_TRY(cudaSetDevice(index_), "cudaSetDevice");
+    // Every allocation is cudaMallocAsync: without stream-ordered pools (old drivers, some
+    // virtualised GPUs) each one would fail with a less helpful message.
+    int pools = 0;
+    KVF_CUDA_TRY(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, index_), "cudaDeviceGetAttribute");
+    if (pools == 0) return unsupported(name() + ": the device or driver has no stream-ordered memory pools (cudaMallocAsync)");
     KVF_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     // Keep freed blocks in the pool instead of returning them to the driver at every sync.
+    // Best effort: a failure only costs speed (and its error is cleared, not left for an op).
     cudaMemPool_t pool;
     if (cudaDeviceGetDefaultMemPool(&pool, index_) == cudaSuccess) {
       uint64_t threshold = UINT64_MAX;
-      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+      (void)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
     }
+    (void)cudaGetLastError();
     return Status::Ok();
   }
 
@@ -49,8 +60,10 @@ class CudaBackend final : public Backend {
     return cuda_status(err, "cudaMallocAsync");
   }
   void free(void* ptr) override {
-    cudaSetDevice(index_);
-    cudaFreeAsync(ptr, stream_);
+    if (ptr == nullptr) return;
+    // Nothing to report to (a destructor calls this, maybe on the JS thread): a failure is at
+    // worst a leak, and clearing it keeps it out of the next launcher's cudaGetLastError.
+    if (cudaSetDevice(index_) != cudaSuccess || cudaFreeAsync(ptr, stream_) != cudaSuccess) (void)cudaGetLastError();
   }
   Status memset_zero(void* ptr, size_t bytes) override {
     KVF_CUDA_TRY(cudaSetDevice(index_), "cudaSetDevice");
@@ -77,22 +90,34 @@ class CudaBackend final : public Backend {
     return cuda_status(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
 
-  Status matmul(const MatmulArgs& a) override { return matmul_cuda(a, stream_); }
-  Status rmsnorm(const RmsNormArgs& a) override { return rmsnorm_cuda(a, stream_); }
-  Status rope(const RopeArgs& a) override { return rope_cuda(a, stream_); }
-  Status rerotate(const RerotateArgs& a) override { return rerotate_cuda(a, stream_); }
-  Status softmax(const SoftmaxArgs& a) override { return softmax_cuda(a, stream_); }
-  Status silu_mul(const SiluMulArgs& a) override { return silu_mul_cuda(a, stream_); }
-  Status embedding(const EmbeddingArgs& a) override { return embedding_cuda(a, stream_); }
-  Status topk(const TopKArgs& a) override { return topk_cuda(a, stream_); }
-  Status cast(const CastArgs& a) override { return cast_cuda(a, stream_); }
-  Status add(const AddArgs& a) override { return add_cuda(a, stream_); }
-  Status kv_write(const KvWriteArgs& a) override { return kv_write_cuda(a, stream_); }
-  Status paged_attention(const PagedAttentionArgs& a) override { return paged_attention_cuda(a, stream_); }
+  Status matmul(const MatmulArgs& a) override { return run(matmul_cuda, a); }
+  Status rmsnorm(const RmsNormArgs& a) override { return run(rmsnorm_cuda, a); }
+  Status rope(const RopeArgs& a) override { return run(rope_cuda, a); }
+  Status rerotate(const RerotateArgs& a) override { return run(rerotate_cuda, a); }
+  Status softmax(const SoftmaxArgs& a) override { return run(softmax_cuda, a); }
+  Status silu_mul(const SiluMulArgs& a) override { return run(silu_mul_cuda, a); }
+  Status embedding(const EmbeddingArgs& a) override { return run(embedding_cuda, a); }
+  Status topk(const TopKArgs& a) override { return run(topk_cuda, a); }
+  Status cast(const CastArgs& a) override { return run(cast_cuda, a); }
+  Status add(const AddArgs& a) override { return run(add_cuda, a); }
+  Status kv_write(const KvWriteArgs& a) override { return run(kv_write_cuda, a); }
+  Status paged_attention(const PagedAttentionArgs& a) override { return run(paged_attention_cuda, a); }
 
   // Kernels launch asynchronously: a launch error is reported by the launcher, an execution
   // error at the next synchronisation (the read that waits for it).
  private:
+  // Launches go to the current device, and launchers query it (SM counts): select ours on the
+  // calling thread first. The queue thread may never have allocated (so still be on device 0),
+  // or may have been left on another device (napi/tensor.cc stages GPU-to-GPU copies through
+  // the host from the destination's queue thread). Then drop a stale error left by a call whose
+  // result was ignored, so the launcher's cudaGetLastError sees only its own launches.
+  template <typename Args>
+  Status run(Status (*launch)(const Args&, void*), const Args& a) {
+    KVF_CUDA_TRY(cudaSetDevice(index_), "cudaSetDevice");
+    (void)cudaGetLastError();
+    return launch(a, stream_);
+  }
+
   int index_;
   cudaStream_t stream_ = nullptr;
 };
@@ -149,7 +174,10 @@ std::vector<DeviceInfo> cuda_devices() {
   const int n = cuda_device_count();
   for (int i = 0; i < n; ++i) {
     cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
+    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) {
+      (void)cudaGetLastError();  // not left behind for a later launcher to report
+      continue;
+    }
     DeviceInfo d;
     d.name = prop.name;
     d.memory_bytes = prop.totalGlobalMem;

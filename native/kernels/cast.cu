@@ -1,6 +1,8 @@
 // cast on CUDA: grid-stride elementwise conversion, same scalar routines as the CPU twin.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "cast.h"
 
 namespace kvf {

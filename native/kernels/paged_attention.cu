@@ -21,10 +21,11 @@
 // from the first pass. One thread adds each column's total: no atomics, deterministic.
 //
 // Bad data: nothing here can read outside the buffers. A row's visible count is clamped to
-// [0, min(kv_len, table pages * page_size)], a slot whose page id is outside the pool is
-// skipped, and a row outside every sequence gets zeros. The CPU twin reports these as
-// invalid_argument; here a report would cost a stream sync per call (per layer), so the
-// engine, which owns the tables, is trusted to have checked them.
+// [0, min(kv_len, table pages * page_size)] (0 for a table range outside the page table), a
+// slot whose page id is outside the pool is skipped, and a row outside every sequence gets
+// zeros. The CPU twin reports these as invalid_argument; here a report would cost a stream
+// sync per call (per layer), so the engine, which owns the tables, is trusted to have checked
+// them.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -76,7 +77,10 @@ __device__ __forceinline__ float warp_max(float x) {
 }
 
 // Slots of sequence s that the data can back: min(kv_len, table pages * page_size), >= 0.
+// A table range outside [0, page_table_len) backs nothing: slot_offset would read the page
+// table out of bounds (the ops API passes table_start unchecked; the CPU twin rejects it).
 __device__ __forceinline__ int64_t backed_slots(const PagedAttentionArgs& a, int64_t s) {
+  if (a.table_start[s] < 0 || a.table_start[s + 1] > a.page_table_len) return 0;
   const int64_t pages = static_cast<int64_t>(a.table_start[s + 1]) - a.table_start[s];
   const int64_t cap = min64(a.kv_len[s], pages * a.page_size);
   return cap > 0 ? cap : 0;
