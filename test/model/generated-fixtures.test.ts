@@ -1,23 +1,24 @@
 // The model-format layer end to end on the checkpoints scripts/fixtures/make-fixtures.mjs writes
-// (config.json + model.safetensors + tokenizer files per architecture). Skipped when they have
-// not been generated (npm run fixtures).
+// (config.json + model.safetensors + tokenizer files per architecture), generated afresh into a
+// temporary folder.
 
-import { existsSync, readdirSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Tokenizer as RustTokenizer } from 'tokenizers';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { readModelConfig } from '../../lib/model/config.js';
 import { invFreq } from '../../lib/model/rope.js';
 import { openSafetensors } from '../../lib/model/safetensors.js';
 import { Tokenizer } from '../../lib/model/tokenizer.js';
 import { checkCheckpointTensors } from '../../lib/model/weights.js';
+import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
 
-const root = path.resolve(__dirname, '../fixtures/generated');
-const dirs = existsSync(root)
-  ? readdirSync(root).filter((name) => existsSync(path.join(root, name, 'config.json'))).map((name) => path.join(root, name))
-  : [];
+const root = mkdtempSync(path.join(tmpdir(), 'kvfocus-model-fixtures-'));
+const dirs = Object.values(makeFixtures(root));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-describe.skipIf(dirs.length === 0).each(dirs.map((dir) => [path.basename(dir), dir]))('generated checkpoint %s', (_name, dir) => {
+describe.each(dirs.map((dir) => [path.basename(dir), dir]))('generated checkpoint %s', (_name, dir) => {
   it('has a valid config whose every tensor is in the checkpoint with the right shape', async () => {
     const config = await readModelConfig(dir);
     const index = await openSafetensors(dir);
