@@ -3,17 +3,8 @@ import { describe, expect, it } from 'vitest';
 
 import { Tensor, ops, type FloatDType } from '../../lib/index.js';
 import { rand } from '../support/random.js';
+import { worstError } from '../support/tolerance.js';
 import { hasCuda, onBoth } from './gpu.js';
-
-/** Largest |got - want| / (atol + rtol |want|): at most 1 when every element is within tolerance. */
-function worstError(got: ArrayLike<number>, want: ArrayLike<number>, rtol: number, atol: number): number {
-  let worst = 0;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!) / (atol + rtol * Math.abs(want[i]!));
-    if (!(e <= worst)) worst = e; // NaN propagates as a failure
-  }
-  return worst;
-}
 
 // The f32 sums of squares are added in different orders (16 CPU lanes, a block tree on CUDA):
 // about sqrt(dim) · 2^-24 apart, under 1e-5. In f16/bf16 that can flip one rounding: one ulp.

@@ -3,17 +3,8 @@ import { describe, expect, it } from 'vitest';
 
 import { Tensor, ops, type FloatDType } from '../../lib/index.js';
 import { rand, randInts } from '../support/random.js';
+import { worstError } from '../support/tolerance.js';
 import { hasCuda, onBoth } from './gpu.js';
-
-/** Largest |got - want| / (atol + rtol |want|): at most 1 when every element is within tolerance. */
-function worstError(got: ArrayLike<number>, want: ArrayLike<number>, rtol: number, atol: number): number {
-  let worst = 0;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!) / (atol + rtol * Math.abs(want[i]!));
-    if (!(e <= worst)) worst = e; // NaN propagates as a failure
-  }
-  return worst;
-}
 
 // Both sides take the same f32 angle; CUDA's sincosf (2 ulp) and glibc's (< 1 ulp) may differ by
 // a few ulp, then the same products on |x| <= 1: 2e-6 absolute. In f16/bf16 that difference can

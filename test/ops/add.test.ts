@@ -5,11 +5,8 @@ import { describe, expect, it } from 'vitest';
 
 import { InvalidArgumentError, Tensor, ops, type FloatDType } from '../../lib/index.js';
 import { native } from '../../lib/loader.js';
-import { rand, roundTo } from '../support/random.js';
-
-function held(dtype: FloatDType, x: Float32Array): Float32Array {
-  return dtype === 'f32' ? x : roundTo(dtype, x);
-}
+import { rand } from '../support/random.js';
+import { held } from '../support/tolerance.js';
 
 /** What the kernel must give: the f32 sum, then one rounding to a's dtype. */
 function expected(dtype: FloatDType, a: Float32Array, b: Float32Array, cols: number, broadcast: boolean): Float32Array {

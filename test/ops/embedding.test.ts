@@ -4,12 +4,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { InvalidArgumentError, Tensor, ops, type FloatDType } from '../../lib/index.js';
-import { rand, randInts, roundTo } from '../support/random.js';
-
-/** The values a tensor of `dtype` holds for x. */
-function held(dtype: FloatDType, x: Float32Array): Float32Array {
-  return dtype === 'f32' ? x : roundTo(dtype, x);
-}
+import { rand, randInts } from '../support/random.js';
+import { held } from '../support/tolerance.js';
 
 function gather(table: Float32Array, ids: Int32Array, dim: number): Float32Array {
   const out = new Float32Array(ids.length * dim);

@@ -4,11 +4,8 @@ import { describe, expect, it } from 'vitest';
 
 import { InvalidArgumentError, Tensor, ops, type FloatDType } from '../../lib/index.js';
 import { native } from '../../lib/loader.js';
-import { rand, randInts, roundTo } from '../support/random.js';
-
-function held(dtype: FloatDType, x: Float32Array): Float32Array {
-  return dtype === 'f32' ? x : roundTo(dtype, x);
-}
+import { rand, randInts } from '../support/random.js';
+import { held } from '../support/tolerance.js';
 
 /** n distinct slots of [0, total), shuffled. */
 function distinctSlots(n: number, total: number, seed: number): Int32Array {

@@ -3,12 +3,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { Tensor, ops, type FloatDType } from '../../lib/index.js';
-import { rand, roundTo } from '../support/random.js';
-
-/** The values a tensor of `dtype` holds for x. */
-function held(dtype: FloatDType, x: Float32Array): Float32Array {
-  return dtype === 'f32' ? x : roundTo(dtype, x);
-}
+import { rand } from '../support/random.js';
+import { UNIT_ROUNDOFF, held, worstError } from '../support/tolerance.js';
 
 /** float64 rmsnorm of x [rows, dim]. */
 function reference(x: Float32Array, w: Float32Array, dim: number, eps: number): Float64Array {
@@ -22,20 +18,9 @@ function reference(x: Float32Array, w: Float32Array, dim: number, eps: number): 
   return out;
 }
 
-/** Largest |got - want| / (atol + rtol |want|): at most 1 when every element is within tolerance. */
-function worstError(got: ArrayLike<number>, want: ArrayLike<number>, rtol: number, atol: number): number {
-  let worst = 0;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!) / (atol + rtol * Math.abs(want[i]!));
-    if (!(e <= worst)) worst = e; // NaN propagates as a failure
-  }
-  return worst;
-}
-
 // Tolerance relative to each value: one rounding to the output dtype (its unit roundoff) plus
 // 1e-5 for the f32 sum of squares (rounding grows like sqrt(dim) · 2^-24, about 4e-6 at dim
 // 4096), and 1e-7 absolute for f16 results in the subnormal range.
-const UNIT_ROUNDOFF: Record<FloatDType, number> = { f32: 2 ** -24, f16: 2 ** -11, bf16: 2 ** -8 };
 
 const shapes: number[][] = [[1, 1], [1, 7], [3, 64], [5, 257], [2, 3, 33], [16, 4096]];
 

@@ -5,14 +5,10 @@
 import { describe, expect, it } from 'vitest';
 
 import { Tensor, ops, ropeInvFreq, type FloatDType } from '../../lib/index.js';
-import { rand, randInts, roundTo } from '../support/random.js';
+import { rand, randInts } from '../support/random.js';
+import { UNIT_ROUNDOFF, held, worstError } from '../support/tolerance.js';
 
 type Layout = 'half' | 'adjacent';
-
-/** The values a tensor of `dtype` holds for x. */
-function held(dtype: FloatDType, x: Float32Array): Float32Array {
-  return dtype === 'f32' ? x : roundTo(dtype, x);
-}
 
 /** The kernel's angle: float(p) * invFreq[i], rounded to f32. */
 function f32Angle(p: number, f: number): number {
@@ -45,19 +41,8 @@ function reference(
   return out;
 }
 
-/** Largest |got - want| / (atol + rtol |want|): at most 1 when every element is within tolerance. */
-function worstError(got: ArrayLike<number>, want: ArrayLike<number>, rtol: number, atol: number): number {
-  let worst = 0;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!) / (atol + rtol * Math.abs(want[i]!));
-    if (!(e <= worst)) worst = e; // NaN propagates as a failure
-  }
-  return worst;
-}
-
 // Tolerance: one rounding to the output dtype (unit roundoff u) relative to the value, plus 1e-6
 // absolute for the f32 arithmetic on |x| <= 1 (about 16 ulp of 1.0; a wrong angle is off by O(1)).
-const UNIT_ROUNDOFF: Record<FloatDType, number> = { f32: 2 ** -24, f16: 2 ** -11, bf16: 2 ** -8 };
 
 const shapes: [number, number, number][] = [
   [1, 1, 2],

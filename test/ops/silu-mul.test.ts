@@ -3,12 +3,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { Tensor, ops, type FloatDType } from '../../lib/index.js';
-import { rand, roundTo } from '../support/random.js';
-
-/** The values a tensor of `dtype` holds for x. */
-function held(dtype: FloatDType, x: Float32Array): Float32Array {
-  return dtype === 'f32' ? x : roundTo(dtype, x);
-}
+import { rand } from '../support/random.js';
+import { UNIT_ROUNDOFF, held, worstError } from '../support/tolerance.js';
 
 function reference(gate: ArrayLike<number>, up: ArrayLike<number>): Float64Array {
   const out = new Float64Array(gate.length);
@@ -16,20 +12,9 @@ function reference(gate: ArrayLike<number>, up: ArrayLike<number>): Float64Array
   return out;
 }
 
-/** Largest |got - want| / (atol + rtol |want|): at most 1 when every element is within tolerance. */
-function worstError(got: ArrayLike<number>, want: ArrayLike<number>, rtol: number, atol: number): number {
-  let worst = 0;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!) / (atol + rtol * Math.abs(want[i]!));
-    if (!(e <= worst)) worst = e; // NaN propagates as a failure
-  }
-  return worst;
-}
-
 // Tolerance relative to each value: one rounding to the dtype (its unit roundoff) plus 1e-6 for
 // the f32 arithmetic (exp within ~1 ulp, then an add, a divide and a multiply: ~4 ulp = 2.4e-7);
 // absolute: half the smallest f16 subnormal (2^-25), where f16 results lose precision.
-const UNIT_ROUNDOFF: Record<FloatDType, number> = { f32: 2 ** -24, f16: 2 ** -11, bf16: 2 ** -8 };
 const ATOL: Record<FloatDType, number> = { f32: 1e-37, f16: 2 ** -25, bf16: 1e-37 };
 
 const shapes: number[][] = [[1], [7], [2, 33], [1000], [3, 40001]];

@@ -3,12 +3,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { Tensor, ops, type FloatDType } from '../../lib/index.js';
-import { rand, roundTo } from '../support/random.js';
-
-/** The values a tensor of `dtype` holds for x. */
-function held(dtype: FloatDType, x: Float32Array): Float32Array {
-  return dtype === 'f32' ? x : roundTo(dtype, x);
-}
+import { rand } from '../support/random.js';
+import { UNIT_ROUNDOFF, held, worstError } from '../support/tolerance.js';
 
 /** float64 softmax of s·x over rows of `cols`. */
 function reference(x: ArrayLike<number>, cols: number, scale: number): Float64Array {
@@ -23,20 +19,9 @@ function reference(x: ArrayLike<number>, cols: number, scale: number): Float64Ar
   return out;
 }
 
-/** Largest |got - want| / (atol + rtol |want|): at most 1 when every element is within tolerance. */
-function worstError(got: ArrayLike<number>, want: ArrayLike<number>, rtol: number, atol: number): number {
-  let worst = 0;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i]! - want[i]!) / (atol + rtol * Math.abs(want[i]!));
-    if (!(e <= worst)) worst = e; // NaN propagates as a failure
-  }
-  return worst;
-}
-
 // Tolerance relative to each value: one rounding to the output dtype (its unit roundoff) plus
 // 1e-5 for f32 arithmetic (exp within ~1 ulp, s·x rounded once, the f32 sum of up to 32000
 // terms); absolute: half the smallest f16 subnormal (2^-25), where f16 results lose precision.
-const UNIT_ROUNDOFF: Record<FloatDType, number> = { f32: 2 ** -24, f16: 2 ** -11, bf16: 2 ** -8 };
 const ATOL: Record<FloatDType, number> = { f32: 1e-30, f16: 2 ** -25, bf16: 1e-30 };
 
 const shapes: number[][] = [[1, 1], [1, 7], [3, 64], [64, 1000], [2, 3, 33], [1, 32000]];

@@ -4,12 +4,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { Tensor, ops, type FloatDType } from '../../lib/index.js';
-import { rand, roundTo } from '../support/random.js';
-
-/** The values a tensor of `dtype` holds for x. */
-function held(dtype: FloatDType, x: Float32Array): Float32Array {
-  return dtype === 'f32' ? x : roundTo(dtype, x);
-}
+import { rand } from '../support/random.js';
+import { held } from '../support/tolerance.js';
 
 /** Reference: a stable sort of each row by value, descending, NaN last. */
 function reference(x: Float32Array, cols: number, k: number): { values: Float32Array; indices: Int32Array } {
