@@ -3,21 +3,24 @@
 // Two paths, picked by the number of rows of A (a broadcast B folds the batch into the rows):
 // - GEMV, at most 4 rows: decode. Memory-bound, so B is streamed exactly once in its own dtype
 //   and widened to f32 in registers; threads split the columns of C. With trans_b (weights
-//   [n, k]) each output is a dot product of an A row with a weight row, summed in 8 lanes.
+//   [n, k]) each output is a dot product of an A row with a weight row, summed in 8 lanes;
+//   without, a group of up to 512 columns keeps its sums in L1 while B's rows stream past.
 // - GEMM, more rows: prefill. BLIS-style blocking. C is cut into tasks of mc x nc; a task packs
 //   a kc x nc block of B (widened to f32) into NR-wide column panels that stay in L2, and for
 //   each MR-row panel of A (packed into L1) runs a register-blocked MR x NR micro-kernel over
 //   every B panel. k is cut into kc = 256 blocks; partial sums accumulate in C (f32) or in a
-//   per-task f32 tile (f16/bf16 C, rounded once at the end).
+//   per-task f32 tile (f16/bf16 C, rounded once at the end). Packing row-major operands (A,
+//   and B with trans_b) is a 4x8 register transpose, so it costs about as much as a copy.
 //
 // The functions holding the hot loops are compiled for baseline x86-64, x86-64-v3 (AVX2+FMA)
 // and x86-64-v4 (AVX-512) through KVF_CPU_CLONES; the loader picks one, and the micro-kernel
 // shape follows the host: 12x32 with 24 zmm accumulators, 6x16 with 12 ymm, or 6x8 with 12 xmm.
 //
 // Determinism: every element of C is one fixed-order chain over k (GEMM: an FMA chain per
-// kc block, blocks added in order; GEMV: 8 lane chains reduced pairwise, then the k % 8 tail),
-// independent of the thread count and of how C is cut into tasks. The path depends only on
-// the shapes, so a given host ISA gives bitwise identical results for any KVFOCUS_THREADS.
+// kc block, blocks added in order; GEMV: 8 lane chains reduced pairwise, then the k % 8 tail;
+// plain-B GEMV: one chain), independent of the thread count and of how C is cut into tasks.
+// The path depends only on the shapes, so for a given host ISA results are bitwise identical
+// for any KVFOCUS_THREADS, and on the GEMM path a row of C does not depend on the other rows.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -33,7 +36,16 @@
 
 // Vector values only cross always-inlined helpers, never a real call, so the ABI note GCC
 // gives for wide vectors in the baseline clone does not apply.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+// Lane shuffle of two 8-float vectors, indices 0-7 from a and 8-15 from b (GCC and clang).
+#if defined(__clang__)
+#define KVF_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define KVF_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, v8i32{__VA_ARGS__})
+#endif
 
 namespace kvf {
 namespace {
@@ -43,6 +55,7 @@ typedef float v8f __attribute__((vector_size(32)));
 typedef float v16f __attribute__((vector_size(64)));
 typedef uint16_t v8u16 __attribute__((vector_size(16)));
 typedef uint32_t v8u32 __attribute__((vector_size(32)));
+typedef int32_t v8i32 __attribute__((vector_size(32)));
 
 constexpr int64_t KC = 256;      // k block: a kc x NR B panel is 32 KB at NR = 32
 constexpr int64_t NC_MAX = 512;  // a kc x nc packed B block is at most 512 KB (L2)
@@ -65,21 +78,30 @@ KVF_ALWAYS_INLINE void storeu(float* p, const V& v) {
 // 8 consecutive elements of a float storage type widened to f32, bit-identical to to_f32.
 KVF_ALWAYS_INLINE v8f load8(const float* p) { return loadu<v8f>(p); }
 
-KVF_ALWAYS_INLINE v8f load8(const bf16_t* p) {
+// 8 consecutive 16-bit values as the high halves of eight 32-bit lanes (h << 16, low half 0):
+// a bf16 is then already its f32. Spread words 0-3 and 4-7 to the two 128-bit halves and
+// interleave with zeros (vpermq + vpunpcklwd): GCC 12 turns __builtin_convertvector from 16 to
+// 32 bits into four instructions instead of one vpmovzxwd, and this is the hot decode loop.
+KVF_ALWAYS_INLINE v8u32 load8_high16(const void* p) {
   v8u16 h;
   __builtin_memcpy(&h, p, sizeof(h));
-  return reinterpret_cast<v8f>(__builtin_convertvector(h, v8u32) << 16);
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+  typedef uint16_t v16u16 __attribute__((vector_size(32)));
+  const v16u16 spread = __builtin_shufflevector(h, h, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6, 7);
+  return reinterpret_cast<v8u32>(
+      __builtin_shufflevector(v16u16{}, spread, 0, 16, 0, 17, 0, 18, 0, 19, 0, 24, 0, 25, 0, 26, 0, 27));
+#else
+  return __builtin_convertvector(h, v8u32) << 16;
+#endif
 }
 
-// f16 -> f32 on integer lanes (no F16C needed, so every clone shares it): move exponent and
-// mantissa into place and rebias; infinities and NaNs get the rest of the f32 exponent;
-// zeros and subnormals are renormalised exactly by subtracting 2^-14.
-KVF_ALWAYS_INLINE v8f load8(const f16_t* p) {
-  v8u16 h;
-  __builtin_memcpy(&h, p, sizeof(h));
-  const v8u32 u = __builtin_convertvector(h, v8u32);
-  const v8u32 sign = (u & 0x8000u) << 16;
-  v8u32 o = (u & 0x7fffu) << 13;
+// f16 bits held in the high halves of 32-bit lanes (low halves zero) -> f32, on integer lanes
+// (no F16C needed, so every clone shares it): move exponent and mantissa into place and
+// rebias; infinities and NaNs get the rest of the f32 exponent; zeros and subnormals are
+// renormalised exactly by subtracting 2^-14. Bit-identical to f16_to_f32.
+KVF_ALWAYS_INLINE v8f f16_high_to_f32(const v8u32& u) {
+  const v8u32 sign = u & 0x80000000u;
+  v8u32 o = (u & 0x7fff0000u) >> 3;
   const v8u32 exp = o & 0x0f800000u;
   o += (127u - 15u) << 23;
   o = exp == 0x0f800000u ? o + ((128u - 16u) << 23) : o;
@@ -88,6 +110,45 @@ KVF_ALWAYS_INLINE v8f load8(const f16_t* p) {
   o = exp == 0u ? renorm : o;
   return reinterpret_cast<v8f>(o | sign);
 }
+
+KVF_ALWAYS_INLINE v8f load8(const bf16_t* p) { return reinterpret_cast<v8f>(load8_high16(p)); }
+KVF_ALWAYS_INLINE v8f load8(const f16_t* p) { return f16_high_to_f32(load8_high16(p)); }
+
+// 16 consecutive 16-bit values widened as two vectors, the even-indexed elements and the
+// odd-indexed ones: no lane shuffles at all (shift and mask), for loops whose other operand
+// can be stored in the same even/odd order.
+KVF_ALWAYS_INLINE void load16_split(const bf16_t* p, v8f& even, v8f& odd) {
+  v8u32 u;
+  __builtin_memcpy(&u, p, sizeof(u));
+  even = reinterpret_cast<v8f>(u << 16);
+  odd = reinterpret_cast<v8f>(u & 0xffff0000u);
+}
+
+KVF_ALWAYS_INLINE void load16_split(const f16_t* p, v8f& even, v8f& odd) {
+  v8u32 u;
+  __builtin_memcpy(&u, p, sizeof(u));
+  even = f16_high_to_f32(u << 16);
+  odd = f16_high_to_f32(u & 0xffff0000u);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KVF_F16C_GEMV 1
+// f16 weights in the GEMV, read through F16C's vcvtph2ps: a marker storage type whose load8 is
+// that one instruction. Only instantiated inside gemv_range_f16c, which is compiled for
+// x86-64-v3 and called only on such hosts (inline asm, as the baseline clone has no F16C).
+struct f16c_t {
+  uint16_t bits;
+};
+using ::kvf::to_f32;  // keep common.h's overloads visible beside this one
+KVF_ALWAYS_INLINE float to_f32(f16c_t h) { return f16_to_f32(f16_t{h.bits}); }
+KVF_ALWAYS_INLINE v8f load8(const f16c_t* p) {
+  v8u16 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  v8f out;
+  asm("vcvtph2ps %1, %0" : "=x"(out) : "xm"(h));
+  return out;
+}
+#endif
 
 template <typename T>
 KVF_ALWAYS_INLINE void convert_row(const T* src, float* dst, int64_t len) {
@@ -124,7 +185,6 @@ KVF_ALWAYS_INLINE void store4(float* dst, const v8f& v, int half) {
 // at a time, also avoids the L1 set conflicts of rows whose stride is a multiple of 4 KB.
 template <int R, typename T>
 KVF_ALWAYS_INLINE void pack_rows_typed(const T* src, int64_t ld, int valid, int64_t kc, float* panel) {
-  typedef int32_t v8i __attribute__((vector_size(32)));
   const int64_t k8 = kc / 8 * 8;
   int r = 0;
   for (; r + 4 <= valid; r += 4) {
@@ -134,14 +194,14 @@ KVF_ALWAYS_INLINE void pack_rows_typed(const T* src, int64_t ld, int valid, int6
     const T* s3 = s2 + ld;
     for (int64_t p = 0; p < k8; p += 8) {
       const v8f a = load8(s0 + p), b = load8(s1 + p), c = load8(s2 + p), d = load8(s3 + p);
-      const v8f ab_lo = __builtin_shuffle(a, b, v8i{0, 8, 1, 9, 4, 12, 5, 13});  // a0 b0 a1 b1 | a4 b4 a5 b5
-      const v8f ab_hi = __builtin_shuffle(a, b, v8i{2, 10, 3, 11, 6, 14, 7, 15});
-      const v8f cd_lo = __builtin_shuffle(c, d, v8i{0, 8, 1, 9, 4, 12, 5, 13});
-      const v8f cd_hi = __builtin_shuffle(c, d, v8i{2, 10, 3, 11, 6, 14, 7, 15});
-      const v8f col04 = __builtin_shuffle(ab_lo, cd_lo, v8i{0, 1, 8, 9, 4, 5, 12, 13});  // a0 b0 c0 d0 | a4 b4 c4 d4
-      const v8f col15 = __builtin_shuffle(ab_lo, cd_lo, v8i{2, 3, 10, 11, 6, 7, 14, 15});
-      const v8f col26 = __builtin_shuffle(ab_hi, cd_hi, v8i{0, 1, 8, 9, 4, 5, 12, 13});
-      const v8f col37 = __builtin_shuffle(ab_hi, cd_hi, v8i{2, 3, 10, 11, 6, 7, 14, 15});
+      const v8f ab_lo = KVF_SHUFFLE8(a, b, 0, 8, 1, 9, 4, 12, 5, 13);  // a0 b0 a1 b1 | a4 b4 a5 b5
+      const v8f ab_hi = KVF_SHUFFLE8(a, b, 2, 10, 3, 11, 6, 14, 7, 15);
+      const v8f cd_lo = KVF_SHUFFLE8(c, d, 0, 8, 1, 9, 4, 12, 5, 13);
+      const v8f cd_hi = KVF_SHUFFLE8(c, d, 2, 10, 3, 11, 6, 14, 7, 15);
+      const v8f col04 = KVF_SHUFFLE8(ab_lo, cd_lo, 0, 1, 8, 9, 4, 5, 12, 13);  // a0 b0 c0 d0 | a4 b4 c4 d4
+      const v8f col15 = KVF_SHUFFLE8(ab_lo, cd_lo, 2, 3, 10, 11, 6, 7, 14, 15);
+      const v8f col26 = KVF_SHUFFLE8(ab_hi, cd_hi, 0, 1, 8, 9, 4, 5, 12, 13);
+      const v8f col37 = KVF_SHUFFLE8(ab_hi, cd_hi, 2, 3, 10, 11, 6, 7, 14, 15);
       float* dst = panel + p * R + r;
       store4(dst + 0 * R, col04, 0);
       store4(dst + 1 * R, col15, 0);
@@ -356,16 +416,19 @@ int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 Status run_gemm(Gemm g) {
   const Shape shape = host_shape();
   const int64_t mr = shape_mr(shape), nr = shape_nr(shape);
-  // Largest blocks that fit the caches, then split (n first, then m) until every thread has
-  // several tasks to balance over. The split never changes the results.
+  // Largest blocks that fit the caches, then halve the larger side until every thread has
+  // several tasks to balance over. Each task packs its own A panels (redundant across column
+  // blocks) and B block (redundant across row blocks), so neither side should get thin. The
+  // split never changes the results.
   g.nc = std::min(NC_MAX / nr * nr, round_up(g.n, nr));
   g.mc = std::min(MC_MAX / mr * mr, round_up(g.m, mr));
   const int64_t want = 4 * static_cast<int64_t>(cpu::num_threads());
   auto tasks = [&] { return g.batch * ((g.m + g.mc - 1) / g.mc) * ((g.n + g.nc - 1) / g.nc); };
   while (tasks() < want) {
-    if (g.nc >= 4 * nr) {
+    const bool can_n = g.nc >= 4 * nr, can_m = g.mc >= 4 * mr;
+    if (can_n && (g.nc >= g.mc || !can_m)) {
       g.nc = round_up(g.nc / 2, nr);
-    } else if (g.mc >= 4 * mr) {
+    } else if (can_m) {
       g.mc = round_up(g.mc / 2, mr);
     } else {
       break;
@@ -383,34 +446,67 @@ Status run_gemm(Gemm g) {
 // ---- GEMV ---------------------------------------------------------------------------------
 
 // trans_b: out[i][j] = dot(x[i, :], w[j, :]) for weight rows j in [j0, j1), R rows at a time so
-// each load of x feeds R FMAs.
+// each load of x feeds R FMAs. 16-bit weights are read 16 at a time and split into even and
+// odd elements (see load16_split); x then comes with each 16-block stored as its 8 even
+// elements followed by its 8 odd ones (split_blocks), so the widening needs no shuffles.
 template <int M, int R, typename TB>
 KVF_ALWAYS_INLINE void gemv_trans_rows(const float* x, const TB* w, int64_t k, int64_t j0, int64_t j1, void* c,
                                        DType ct, int64_t c_off, int64_t ldc) {
-  const int64_t k8 = k / 8 * 8;
+  constexpr bool split = std::is_same_v<TB, bf16_t> || std::is_same_v<TB, f16_t>;
+  constexpr int64_t STEP = split ? 16 : 8;
+  const int64_t kv = k / STEP * STEP;
   int64_t j = j0;
   for (; j + R <= j1; j += R) {
     v8f acc[M][R];
     for (int i = 0; i < M; ++i)
       for (int r = 0; r < R; ++r) acc[i][r] = v8f{};
-    for (int64_t p = 0; p < k8; p += 8) {
-      v8f wv[R];
-      for (int r = 0; r < R; ++r) wv[r] = load8(w + (j + r) * k + p);
-      for (int i = 0; i < M; ++i) {
-        const v8f xv = loadu<v8f>(x + i * k + p);
-        for (int r = 0; r < R; ++r) acc[i][r] += xv * wv[r];
+    for (int64_t p = 0; p < kv; p += STEP) {
+      if constexpr (split) {
+        v8f we[R], wo[R];
+        for (int r = 0; r < R; ++r) load16_split(w + (j + r) * k + p, we[r], wo[r]);
+        for (int i = 0; i < M; ++i) {
+          const v8f xe = loadu<v8f>(x + i * k + p), xo = loadu<v8f>(x + i * k + p + 8);
+          for (int r = 0; r < R; ++r) {
+            acc[i][r] += xe * we[r];
+            acc[i][r] += xo * wo[r];
+          }
+        }
+      } else {
+        v8f wv[R];
+        for (int r = 0; r < R; ++r) wv[r] = load8(w + (j + r) * k + p);
+        for (int i = 0; i < M; ++i) {
+          const v8f xv = loadu<v8f>(x + i * k + p);
+          for (int r = 0; r < R; ++r) acc[i][r] += xv * wv[r];
+        }
       }
     }
     for (int i = 0; i < M; ++i) {
       for (int r = 0; r < R; ++r) {
         float sum = hsum(acc[i][r]);
-        for (int64_t p = k8; p < k; ++p) sum += x[i * k + p] * to_f32(w[(j + r) * k + p]);
+        for (int64_t p = kv; p < k; ++p) sum += x[i * k + p] * to_f32(w[(j + r) * k + p]);
         store_c(c, ct, c_off + i * ldc + j + r, sum);
       }
     }
   }
   if constexpr (R > 1) {
     if (j < j1) gemv_trans_rows<M, 1>(x, w, k, j, j1, c, ct, c_off, ldc);
+  }
+}
+
+// Rows of length k, each whole 16-block rewritten as its even elements then its odd ones; the
+// k % 16 tail stays in place. The x operand of gemv_trans_rows for 16-bit weights.
+void split_blocks(float* rows, int64_t count, int64_t k) {
+  const int64_t k16 = k / 16 * 16;
+  float block[16];
+  for (int64_t r = 0; r < count; ++r) {
+    for (int64_t p = 0; p < k16; p += 16) {
+      float* x = rows + r * k + p;
+      for (int q = 0; q < 8; ++q) {
+        block[q] = x[2 * q];
+        block[8 + q] = x[2 * q + 1];
+      }
+      std::memcpy(x, block, sizeof(block));
+    }
   }
 }
 
@@ -483,7 +579,7 @@ KVF_ALWAYS_INLINE void gemv_range_typed(const Gemm& g, const float* x, int64_t u
     const TB* b = static_cast<const TB*>(g.b) + (g.broadcast_b ? 0 : bi * g.k * g.n);
     const int64_t c_off = bi * g.m * g.n;
     if (g.trans_b) {
-      gemv_trans_rows<M, (M <= 2 ? 4 : 2)>(xb, b, g.k, lo, hi, g.c, g.ct, c_off, g.n);
+      gemv_trans_rows<M, (M == 1 ? 8 : M == 2 ? 4 : 2)>(xb, b, g.k, lo, hi, g.c, g.ct, c_off, g.n);
     } else {
       for (int64_t grp = lo; grp < hi; ++grp)
         gemv_cols<M>(xb, b, g.k, g.n, grp * g.nc, std::min(g.n, (grp + 1) * g.nc), g.c, g.ct, c_off);
@@ -510,6 +606,18 @@ KVF_CPU_CLONES void gemv_range(const Gemm& g, const float* x, int64_t u0, int64_
   }
 }
 
+#if KVF_F16C_GEMV
+__attribute__((target("arch=x86-64-v3"))) void gemv_range_f16c(const Gemm& g, const float* x, int64_t u0,
+                                                               int64_t u1) {
+  switch (g.m) {
+    case 1: return gemv_range_typed<1, f16c_t>(g, x, u0, u1);
+    case 2: return gemv_range_typed<2, f16c_t>(g, x, u0, u1);
+    case 3: return gemv_range_typed<3, f16c_t>(g, x, u0, u1);
+    default: return gemv_range_typed<4, f16c_t>(g, x, u0, u1);
+  }
+}
+#endif
+
 KVF_CPU_CLONES void widen_rows(const void* src, DType t, float* dst, int64_t count) {
   switch (t) {
     case DType::f16: return convert_row(static_cast<const f16_t*>(src), dst, count);
@@ -519,13 +627,22 @@ KVF_CPU_CLONES void widen_rows(const void* src, DType t, float* dst, int64_t cou
 }
 
 Status run_gemv(Gemm g) {
-  // A is at most 4 rows per batch: widen it to f32 once, outside the hot loop.
-  std::vector<float> widened;
+#if KVF_F16C_GEMV
+  const bool f16c = g.bt == DType::f16 && host_shape() != Shape::sse;  // x86-64-v3 includes F16C
+#else
+  const bool f16c = false;
+#endif
+  // A is at most 4 rows per batch: widen it to f32 once, outside the hot loop (and reorder it
+  // when 16-bit weights are split into even and odd elements, see gemv_trans_rows).
+  const int64_t x_count = g.batch * g.m * g.k;
+  const bool split = g.trans_b && (g.bt == DType::bf16 || (g.bt == DType::f16 && !f16c));
+  std::vector<float> staged;
   const float* x = static_cast<const float*>(g.a);
-  if (g.at != DType::f32) {
-    widened.resize(static_cast<size_t>(g.batch * g.m * g.k));
-    widen_rows(g.a, g.at, widened.data(), g.batch * g.m * g.k);
-    x = widened.data();
+  if (g.at != DType::f32 || split) {
+    staged.resize(static_cast<size_t>(x_count));
+    widen_rows(g.a, g.at, staged.data(), x_count);
+    if (split) split_blocks(staged.data(), g.batch * g.m, g.k);
+    x = staged.data();
   }
   // Without trans_b the columns go in groups: as wide as the L1 sums allow, narrower only when
   // the threads would otherwise run out of groups.
@@ -534,7 +651,12 @@ Status run_gemv(Gemm g) {
   const int64_t per_batch = g.trans_b ? g.n : (g.n + g.nc - 1) / g.nc;
   const int64_t unit_flops = g.m * g.k * (g.trans_b ? 1 : g.nc);
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, unit_flops));
-  cpu::parallel_for(g.batch * per_batch, grain, [&](int64_t u0, int64_t u1) { gemv_range(g, x, u0, u1); });
+  cpu::parallel_for(g.batch * per_batch, grain, [&](int64_t u0, int64_t u1) {
+#if KVF_F16C_GEMV
+    if (f16c) return gemv_range_f16c(g, x, u0, u1);
+#endif
+    gemv_range(g, x, u0, u1);
+  });
   return Status::Ok();
 }
 

@@ -68,6 +68,7 @@ const shapes: Case[] = [
   { batch: 1, m: 1, n: 130, k: 257, broadcastB: true },
   { batch: 1, m: 2, n: 300, k: 256, broadcastB: true },
   { batch: 1, m: 3, n: 5, k: 17, broadcastB: true },
+  { batch: 1, m: 2, n: 1100, k: 33, broadcastB: true },
   { batch: 1, m: 4, n: 70, k: 1000, broadcastB: true },
   { batch: 1, m: 5, n: 1, k: 9, broadcastB: true },
   { batch: 1, m: 7, n: 19, k: 1, broadcastB: true },
@@ -118,24 +119,26 @@ describe.skipIf(!hasCuda)('matmul (CUDA vs CPU)', () => {
     }
   });
 
-  // Identity products are exact, so they pin the 16-bit widening bit for bit on every path.
+  // Identity products are exact, so they pin the 16-bit widening bit for bit on every path
+  // (rows of 16 elements take the GEMV's 16-byte loads).
   for (const dtype of ['f16', 'bf16'] as const) {
     it(`widens every finite ${dtype} value exactly as the CPU does`, async () => {
+      const W = 16;
       const bits: number[] = [];
       for (let h = 0; h < 0x10000; h++) {
         const exp = dtype === 'f16' ? (h >> 10) & 0x1f : (h >> 7) & 0xff;
         if (exp !== (dtype === 'f16' ? 0x1f : 0xff)) bits.push(h);
       }
-      while (bits.length % 8 !== 0) bits.push(0);
-      const n = bits.length / 8;
+      while (bits.length % W !== 0) bits.push(0);
+      const n = bits.length / W;
       const identity = (rows: number) => {
-        const e = new Float32Array(rows * 8);
-        for (let i = 0; i < rows; i++) e[i * 8 + i] = 1;
-        return Tensor.from(e, { shape: [rows, 8] });
+        const e = new Float32Array(rows * W);
+        for (let i = 0; i < rows; i++) e[i * W + i] = 1;
+        return Tensor.from(e, { shape: [rows, W] });
       };
-      const plain = Tensor.from(Uint16Array.from(bits), { shape: [8, n], dtype });
-      const trans = Tensor.from(Uint16Array.from(bits), { shape: [n, 8], dtype });
-      for (const rows of [4, 8]) {
+      const plain = Tensor.from(Uint16Array.from(bits), { shape: [W, n], dtype });
+      const trans = Tensor.from(Uint16Array.from(bits), { shape: [n, W], dtype });
+      for (const rows of [4, W]) {
         const id = identity(rows);
         for (const [x, y, transposeB] of [[id, plain, false], [id, trans, true], [trans, id, true]] as const) {
           const { cpu, cuda } = await onBoth([x, y], (p, q) => ops.matmul(p!, q!, { transposeB }));

@@ -88,6 +88,7 @@ const shapes: Case[] = [
   { batch: 1, m: 1, n: 130, k: 257, broadcastB: true },
   { batch: 1, m: 2, n: 65, k: 9, broadcastB: true },
   { batch: 1, m: 3, n: 5, k: 17, broadcastB: true },
+  { batch: 1, m: 2, n: 1100, k: 33, broadcastB: true },
   { batch: 1, m: 4, n: 33, k: 70, broadcastB: true },
   { batch: 1, m: 5, n: 1, k: 9, broadcastB: true },
   { batch: 1, m: 7, n: 19, k: 1, broadcastB: true },
@@ -171,43 +172,43 @@ describe('matmul (CPU) edge cases', () => {
     }
   });
 
-  // Widening of 16-bit inputs is exact: every finite f16 (and a spread of bf16) value, passed
-  // through an identity on each path: A packed by the GEMM, B packed (both layouts), and B
-  // streamed by the GEMV (both layouts).
+  // Widening of 16-bit inputs is exact: every finite f16 (and bf16) value, passed through an
+  // identity on each path: A packed by the GEMM, B packed (both layouts), and B streamed by
+  // the GEMV (both layouts). Rows of 16 reach the GEMV's vector loop for 16-bit weights.
   for (const dtype of ['f16', 'bf16'] as const) {
     it(`widens every finite ${dtype} value exactly on every path`, async () => {
+      const W = 16;
       const bits: number[] = [];
       for (let h = 0; h < 0x10000; h++) {
         const exp = dtype === 'f16' ? (h >> 10) & 0x1f : (h >> 7) & 0xff;
         if (exp !== (dtype === 'f16' ? 0x1f : 0xff)) bits.push(h);
       }
-      while (bits.length % 8 !== 0) bits.push(0);
+      while (bits.length % W !== 0) bits.push(0);
       const values = (await Tensor.from(Uint16Array.from(bits), { dtype }).toArray()) as Float32Array;
-      const n = bits.length / 8;
+      const n = bits.length / W;
+      /** rows x W: row i is the unit vector e_(from + i). */
       const identity = (rows: number, from = 0) => {
-        const e = new Float32Array(rows * 8);
-        for (let i = 0; i < rows; i++) e[i * 8 + from + i] = 1;
-        return Tensor.from(e, { shape: [rows, 8] });
+        const e = new Float32Array(rows * W);
+        for (let i = 0; i < rows; i++) e[i * W + from + i] = 1;
+        return Tensor.from(e, { shape: [rows, W] });
       };
-      const plain = Tensor.from(Uint16Array.from(bits), { shape: [8, n], dtype }); // row i: values[i*n ..]
-      const trans = Tensor.from(Uint16Array.from(bits), { shape: [n, 8], dtype }); // column i: values[i], values[8+i], ..
-      const expectExact = (got: Float32Array, want: (i: number) => number) => {
+      const plain = Tensor.from(Uint16Array.from(bits), { shape: [W, n], dtype }); // row i: values[i*n ..]
+      const trans = Tensor.from(Uint16Array.from(bits), { shape: [n, W], dtype }); // column i: values[i], values[W+i], ..
+      const expectExact = async (c: Tensor, want: (i: number) => number) => {
+        const got = (await c.toArray()) as Float32Array;
         let bad = 0;
         for (let i = 0; i < got.length; i++) if (got[i] !== want(i)) bad++;
         expect(bad).toBe(0);
       };
       // GEMM, B packed.
-      expectExact((await ops.matmul(identity(8), plain).toArray()) as Float32Array, (i) => values[i]!);
-      const t = (await ops.matmul(identity(8), trans, { transposeB: true }).toArray()) as Float32Array;
-      expectExact(t, (i) => values[(i % n) * 8 + Math.floor(i / n)]!);
-      // GEMM, A packed: A = the values as a [n, 8] matrix times the identity.
-      expectExact((await ops.matmul(trans, identity(8), { transposeB: true }).toArray()) as Float32Array, (i) => values[i]!);
+      await expectExact(ops.matmul(identity(W), plain), (i) => values[i]!);
+      await expectExact(ops.matmul(identity(W), trans, { transposeB: true }), (i) => values[(i % n) * W + Math.floor(i / n)]!);
+      // GEMM, A packed: the values as an [n, W] matrix times the identity.
+      await expectExact(ops.matmul(trans, identity(W), { transposeB: true }), (i) => values[i]!);
       // GEMV (4 rows of A), B streamed.
-      for (const from of [0, 4]) {
-        const g = (await ops.matmul(identity(4, from), plain).toArray()) as Float32Array;
-        expectExact(g, (i) => values[from * n + i]!);
-        const gt = (await ops.matmul(identity(4, from), trans, { transposeB: true }).toArray()) as Float32Array;
-        expectExact(gt, (i) => values[(i % n) * 8 + from + Math.floor(i / n)]!);
+      for (let from = 0; from < W; from += 4) {
+        await expectExact(ops.matmul(identity(4, from), plain), (i) => values[from * n + i]!);
+        await expectExact(ops.matmul(identity(4, from), trans, { transposeB: true }), (i) => values[(i % n) * W + from + Math.floor(i / n)]!);
       }
     });
   }
