@@ -324,9 +324,12 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
   plan->batch = std::move(batch);
 
   // The job holds the model (weights, pool) and the plan (and through it every sequence).
-  device_->queue.push([self = shared_from_this(), plan, done = std::move(done)] {
+  device_->queue.push([self = shared_from_this(), plan, done = std::move(done)]() mutable {
     StepResult result;
     Status st = run_forward(*self->device_->backend, self->device_, self->spec_, self->w_, *self->pool_, *plan, &result);
+    // Drop the sequences before reporting: pages of sequences released meanwhile go back to the
+    // pool now, so whoever hears of this step's end sees them free.
+    plan.reset();
     done(st, std::move(result));
   });
   return Status::Ok();

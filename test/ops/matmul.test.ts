@@ -5,7 +5,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { Tensor, ops, type FloatDType } from '../../lib/index.js';
-import { rand, roundTo } from '../support/random.js';
+import { rand } from '../support/random.js';
+import { held } from '../support/tolerance.js';
 
 interface Case {
   batch: number;
@@ -14,11 +15,6 @@ interface Case {
   k: number;
   /** B is [k, n] (or [n, k] with transposeB) shared by every batch entry, else [batch, ...]. */
   broadcastB: boolean;
-}
-
-/** The values a tensor of `dtype` holds for x. */
-function held(dtype: FloatDType, x: Float32Array): Float32Array {
-  return dtype === 'f32' ? x : roundTo(dtype, x);
 }
 
 /** float64 C = A @ op(B), and sum_p |A[i,p]| |op(B)[p,j]| per element (the scale of its error). */
