@@ -105,12 +105,11 @@ KVF_HD float bits_f32(uint32_t u) {
 KVF_HD float bf16_to_f32(bf16_t h) { return bits_f32(static_cast<uint32_t>(h.bits) << 16); }
 
 KVF_HD bf16_t f32_to_bf16(float f) {
-  uint32_t u = f32_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep sign, force a quiet payload bit
-    return bf16_t{static_cast<uint16_t>((u >> 16) | 0x0040u)};
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
-  return bf16_t{static_cast<uint16_t>(u >> 16)};
+  const uint32_t u = f32_bits(f);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest, ties to even
+  const uint32_t quiet_nan = (u >> 16) | 0x0040u;                    // NaN: keep sign, set the quiet bit
+  // An integer select, not a branch, so loops over this conversion vectorise.
+  return bf16_t{static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded)};
 }
 
 KVF_HD float f16_to_f32(f16_t h) {

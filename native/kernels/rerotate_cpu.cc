@@ -1,4 +1,6 @@
-// CPU twin of rerotate.cu. Per token: the (q - p) angle table once, then every head.
+// CPU twin of rerotate.cu. Per token: the (q - p) angle table (reused while the shift stays the
+// same), then every head.
+#include <climits>
 #include <cmath>
 #include <vector>
 
@@ -16,12 +18,19 @@ void rerotate_rows(const RerotateArgs& a, int64_t t0, int64_t t1) {
   std::vector<float> cs(static_cast<size_t>(half) * 2);
   // Pair i of a head: elements (lo(i), hi(i)).
   const bool adjacent = a.layout == RopeLayout::adjacent;
+  // Re-positioning usually moves a whole block by one shift, so consecutive tokens share the
+  // same (q - p) and the sin/cos table is computed once per run of equal shifts.
+  int64_t table_delta = INT64_MIN;
   for (int64_t t = t0; t < t1; ++t) {
-    const float delta = static_cast<float>(static_cast<int64_t>(a.to_pos[t]) - a.from_pos[t]);
-    for (int64_t i = 0; i < half; ++i) {
-      const float angle = delta * a.inv_freq[i];
-      cs[2 * i] = std::cos(angle);
-      cs[2 * i + 1] = std::sin(angle);
+    const int64_t d = static_cast<int64_t>(a.to_pos[t]) - a.from_pos[t];
+    if (d != table_delta) {
+      table_delta = d;
+      const float delta = static_cast<float>(d);
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = delta * a.inv_freq[i];
+        cs[2 * i] = std::cos(angle);
+        cs[2 * i + 1] = std::sin(angle);
+      }
     }
     for (int64_t h = 0; h < a.heads; ++h) {
       const int64_t base = (t * a.heads + h) * a.head_dim;
