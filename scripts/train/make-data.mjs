@@ -1,0 +1,70 @@
+// Writes a training (or validation) corpus for the embedded model: JSONL, one example a line,
+//   {"seed": 17, "ids": [1, ...], "ans": [[start, end], ...], "p": promptLength}
+// where ids is the whole token sequence (at most --context tokens), ans the [start, end) ranges
+// of completion tokens (" answer" and </s>) that the loss weighs up, and p the length of the
+// prompt before the first completion.
+//
+//   npm run build:ts
+//   node scripts/train/make-data.mjs --tokenizer DIR --out FILE.jsonl --count 20000 --context 1024 [--split train|valid] [--start 0]
+//
+// Each example draws its knobs from its own seed: 3-8 sentences per document, confusability
+// uniform in [0, 1], the answer document anywhere, 2-6 extra questions after the main one (more
+// answers per forward pass), and as many documents as fit; 30% of examples are cut to a random
+// shorter length (a quarter of the context up to all of it) so that every length is trained.
+// --split train uses training seeds; --split valid uses held-out seeds from index 100000 on,
+// apart from the ones eval.mjs scores (held-out indices from 0).
+import { createWriteStream } from 'node:fs';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { parseArgs } from 'node:util';
+
+import { fitExample, task, Tokenizer } from './common.mjs';
+
+export const VALID_OFFSET = 100_000;
+
+export function exampleKnobs(seed, context) {
+  const rng = new task.Rng(seed + 123_456_789);
+  const docLength = rng.range(3, 8);
+  const confusability = rng.next();
+  const extraQuestions = rng.range(2, 6);
+  const length = rng.chance(0.3) ? rng.range(Math.floor(context / 4), context) : context;
+  return { length, options: { docLength, confusability, extraQuestions, answerPosition: 'random' } };
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      tokenizer: { type: 'string' },
+      out: { type: 'string' },
+      count: { type: 'string', default: '20000' },
+      context: { type: 'string', default: '1024' },
+      split: { type: 'string', default: 'train' },
+      start: { type: 'string', default: '0' },
+    },
+  });
+  if (!values.tokenizer || !values.out || !['train', 'valid'].includes(values.split)) {
+    console.error('usage: node scripts/train/make-data.mjs --tokenizer DIR --out FILE.jsonl [--count N] [--context T] [--split train|valid] [--start I]');
+    process.exit(2);
+  }
+  const tok = await Tokenizer.load(values.tokenizer);
+  const count = Number(values.count);
+  const context = Number(values.context);
+  const start = Number(values.start);
+  mkdirSync(dirname(values.out), { recursive: true });
+  const out = createWriteStream(values.out);
+  const t0 = performance.now();
+  let tokens = 0;
+  let answers = 0;
+  for (let i = 0; i < count; i++) {
+    const seed = values.split === 'train' ? task.trainSeed(start + i) : task.heldOutSeed(VALID_OFFSET + start + i);
+    const { length, options } = exampleKnobs(seed, context);
+    const { ids, answers: ans, promptLength } = fitExample(tok, seed, length, options);
+    tokens += ids.length;
+    answers += ans.length;
+    if (!out.write(`${JSON.stringify({ seed, ids, ans, p: promptLength })}\n`)) await new Promise((r) => out.once('drain', r));
+  }
+  await new Promise((r) => out.end(r));
+  console.log(JSON.stringify({ out: values.out, examples: count, tokens, meanTokens: +(tokens / count).toFixed(1), answers, seconds: +((performance.now() - t0) / 1000).toFixed(1) }));
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) await main();

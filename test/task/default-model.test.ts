@@ -1,0 +1,47 @@
+// The embedded default model in models/ (trained by scripts/train/), when it is shipped: its
+// files, its size, and its accuracy on held-out questions inside the training length with
+// kvfocus's own engine. The full bar (500 questions, logits against PyTorch) is
+// scripts/train/eval.mjs; this is a quick guard that the shipped files still work.
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { loadModel, type Model } from '../../lib/index.js';
+import * as task from '../../lib/task/multidoc-qa.js';
+import { fitExample } from '../../scripts/train/common.mjs';
+
+// KVFOCUS_MODEL_DIR points the test at a candidate checkpoint before it is copied to models/.
+const DIR = path.resolve(process.env['KVFOCUS_MODEL_DIR'] ?? path.join(__dirname, '../../models'));
+const shipped = existsSync(path.join(DIR, 'config.json'));
+
+describe.skipIf(!shipped)('embedded default model (models/)', () => {
+  let model: Model;
+  beforeAll(async () => {
+    // Room for the prompt (up to the training length) and the 16 tokens generated after it.
+    const config = JSON.parse(readFileSync(path.join(DIR, 'config.json'), 'utf8'));
+    model = await loadModel(DIR, { device: 'cpu', kvCacheTokens: (config.max_position_embeddings + 32) * 4 });
+  });
+  afterAll(() => model?.dispose());
+
+  it('is a small Llama-architecture HF checkpoint with its tokenizer', () => {
+    for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) expect(existsSync(path.join(DIR, f))).toBe(true);
+    const bytes = readdirSync(DIR).reduce((n, f) => n + statSync(path.join(DIR, f)).size, 0);
+    expect(bytes).toBeLessThanOrEqual(20 * 1024 * 1024);
+    const config = JSON.parse(readFileSync(path.join(DIR, 'config.json'), 'utf8'));
+    expect(config.architectures).toEqual(['LlamaForCausalLM']);
+    expect(config.num_key_value_heads).toBeLessThan(config.num_attention_heads);
+    expect(model.tokenizer.eosTokenId).toBe(config.eos_token_id);
+  });
+
+  it('answers held-out questions inside the training length', async () => {
+    const n = 40;
+    let correct = 0;
+    for (let i = 0; i < n; i++) {
+      const { ex, ids, promptLength } = fitExample(model.tokenizer, task.heldOutSeed(i), model.config.maxPositionEmbeddings, {});
+      const r = await model.generate(ids.slice(0, promptLength), { maxTokens: 16, temperature: 0 }).result;
+      if (task.exactMatch(r.text, ex.answer)) correct++;
+    }
+    // eval.mjs holds the model to >= 95% on 500 questions; 40 of them leave room for chance.
+    expect(correct / n).toBeGreaterThanOrEqual(0.85);
+  });
+});
