@@ -382,7 +382,8 @@ def train(args):
     t_last = time.time()
     acc_loss = acc_hits = acc_total = 0.0
     acc_n = 0
-    while step < args.steps:
+    until = min(args.steps, args.until) if args.until else args.steps
+    while step < until:
         lr = lr_at(step, args)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -402,7 +403,7 @@ def train(args):
         acc_hits += h
         acc_total += t
         acc_n += 1
-        if step % args.log_every == 0 or step == args.steps:
+        if step % args.log_every == 0 or step == until:
             now = time.time()
             rec = {
                 "step": step,
@@ -415,13 +416,13 @@ def train(args):
             t_last = now
             acc_loss = acc_hits = acc_total = 0.0
             acc_n = 0
-            if valid and (step % args.eval_every == 0 or step == args.steps):
+            if valid and (step % args.eval_every == 0 or step == until):
                 rec.update({k: round(v, 4) for k, v in evaluate(model, valid, args, device).items()})
                 t_last = time.time()
             print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             log.flush()
-        if step % args.ckpt_every == 0 or step == args.steps:
+        if step % args.ckpt_every == 0 or step == until:
             save_checkpoint(ckpt_path, model, opt, step, args, None)
             if args.export:
                 export(model.cpu() if device.type != "cpu" else model, cfg, args.tokenizer, args.export, {"step": str(step)})
@@ -459,6 +460,7 @@ def main():
     p.add_argument("--rope-theta", type=float, default=10000.0)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--until", type=int, default=0, help="stop (with a checkpoint) at this step; the schedule still spans --steps. For curricula: run a phase on one --data until a step, resume on another")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=100)
