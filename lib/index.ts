@@ -7,6 +7,8 @@ export { loadModel, Model, type LoadModelOptions, type Prompt } from './llm/mode
 export type { GenerateOptions, SamplingOptions } from './llm/options.js';
 export type { GenerationStream, GeneratedToken, GenerationResult, FinishReason } from './llm/scheduler.js';
 export * from './model/index.js';
+/** The multi-document question-answering task the embedded model is trained and measured on. */
+export * as multidocQa from './task/multidoc-qa.js';
 export { ops, ropeInvFreq, type RopeLayout } from './ops.js';
 export { Tensor, type DType, type DeviceName, type FloatDType, type TensorData, type TensorValues, dtypeBytes } from './tensor.js';
 
