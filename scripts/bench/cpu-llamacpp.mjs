@@ -30,6 +30,7 @@ import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { flag, intList, opt, positiveInt } from './args.mjs';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const benchDir = join(repoRoot, 'bench', 'tmp');
@@ -52,23 +53,9 @@ const CHECKPOINT_VERSION = 1; // bump when the way the checkpoint is written cha
 // Arguments
 // ---------------------------------------------------------------------------------------------
 
-const args = process.argv.slice(2);
-const opt = (name, fallback) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : fallback;
-};
-const positiveInt = (name, fallback) => {
-  const v = Number(opt(name, fallback));
-  if (!Number.isInteger(v) || v < 1) throw new Error(`${name}: expected a positive integer but received ${opt(name, fallback)}`);
-  return v;
-};
-const quick = args.includes('--quick');
+const quick = flag('--quick');
 const threads = positiveInt('--threads', 2);
-const prompts = String(opt('--prompts', quick ? '256' : '256,512')).split(',').map((s) => {
-  const n = Number(s);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--prompts: expected comma-separated positive integers but received ${s}`);
-  return n;
-});
+const prompts = intList('--prompts', quick ? '256' : '256,512');
 const decodeTokens = positiveInt('--decode', quick ? 16 : 64);
 const decodePrompt = positiveInt('--decode-prompt', 128);
 const reps = positiveInt('--reps', quick ? 1 : 3);

@@ -33,30 +33,14 @@ import { createRequire } from 'node:module';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { flag, opt, positiveInt, intList } from './args.mjs';
 
 const require = createRequire(import.meta.url);
 const { loadModel, buildInfo, Tensor } = require('../../dist/cjs/index.js');
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-const args = process.argv.slice(2);
-const opt = (name, fallback) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : fallback;
-};
-const positiveInt = (name, fallback) => {
-  const v = Number(opt(name, fallback));
-  if (!Number.isInteger(v) || v < 1) throw new Error(`${name}: expected a positive integer but received ${opt(name, fallback)}`);
-  return v;
-};
-const intList = (name, fallback) =>
-  String(opt(name, fallback)).split(',').map((s) => {
-    const n = Number(s);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`${name}: expected comma-separated positive integers but received ${s}`);
-    return n;
-  });
-
-const quick = args.includes('--quick');
+const quick = flag('--quick');
 const LLAMA2_7B = { hidden: 4096, layers: 32, heads: 32, kvHeads: 32, headDim: 128, intermediate: 11008, vocab: 32000, maxPositions: 4096 };
 const layers = positiveInt('--layers', quick ? 4 : LLAMA2_7B.layers);
 const prefillSizes = intList('--prefill', quick ? '512' : '512,2048,4096');
@@ -404,7 +388,7 @@ async function runKvfocus() {
 }
 
 function runTransformers() {
-  if (args.includes('--no-transformers')) return { skipped: '--no-transformers' };
+  if (flag('--no-transformers')) return { skipped: '--no-transformers' };
   const probe = spawnSync('python3', ['-c', 'import torch, transformers; assert torch.cuda.is_available()'], { encoding: 'utf8' });
   if (probe.error || probe.status !== 0) {
     return { skipped: `python3 with torch (CUDA) and transformers is not available: ${probe.error?.message ?? (probe.stderr || '').trim().split('\n').pop()}` };

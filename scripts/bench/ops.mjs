@@ -5,16 +5,12 @@
 import { cpus } from 'node:os';
 import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { flag, opt } from './args.mjs';
 
 const require = createRequire(import.meta.url);
 const { Tensor, ops, buildInfo } = require('../../dist/cjs/index.js');
 
-const args = process.argv.slice(2);
-const opt = (name, fallback) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : fallback;
-};
-const quick = args.includes('--quick');
+const quick = flag('--quick');
 const info = buildInfo();
 const wanted = opt('--device', 'all');
 const devices = ['cpu', 'cuda'].filter((d) => (wanted === 'all' || wanted === d) && (d === 'cpu' || info.devices.length > 0));
