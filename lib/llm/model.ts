@@ -1,11 +1,12 @@
 // loadModel() and Model: a Hugging Face checkpoint on a device, with a tokenizer, a paged KV
 // pool, logits() for scoring and generate() for streaming generation.
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import type { DeviceName, LayerWeightsNative, ModelWeightsNative, NativeModel } from '../binding.js';
 import { DisposedError, InvalidArgumentError, ModelFormatError } from '../errors.js';
-import { addon, native } from '../loader.js';
+import { addon, native, packageRoot } from '../loader.js';
 import { checkCheckpointTensors, type ModelConfig, openSafetensors, readModelConfig, ropeParameters, Tokenizer, type TensorInfo } from '../model/index.js';
 import type { ChatMessage } from '../model/tokenizer.js';
 import { checkDevice, describe, type DType, type FloatDType, Tensor } from '../tensor.js';
@@ -160,6 +161,21 @@ export class Model {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+/**
+ * Folder of the embedded default model shipped with the package (models/): a small test and demo
+ * model trained on the multi-document QA task (scripts/train/), not a general language model.
+ */
+export function defaultModelDir(): string {
+  return join(packageRoot(), 'models');
+}
+
+/** Loads the embedded default model (defaultModelDir()); throws ModelFormatError when it is missing. */
+export async function loadDefaultModel(options: LoadModelOptions = {}): Promise<Model> {
+  const dir = defaultModelDir();
+  if (!existsSync(join(dir, 'config.json'))) throw new ModelFormatError(`the embedded default model is missing: ${dir} has no config.json (a source checkout without models/?)`, join(dir, 'config.json'));
+  return loadModel(dir, options);
 }
 
 /** Loads a Llama / Mistral / Qwen2 checkpoint folder (config.json, *.safetensors, tokenizer.json). */

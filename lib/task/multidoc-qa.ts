@@ -2,8 +2,8 @@
 // and judged on.
 //
 // A prompt is a shared prefix (the instruction), a list of documents and one question. Each
-// document states a few facts about invented people ("Doc 417. Mira Olsen lives in Tarn. Her
-// locker code is 4821.") among filler sentences; distractor documents reuse the same first and
+// document states a few facts about invented people ("Doc 417. Mira Olsen lives in Tarn. Mira
+// Olsen's locker code is 4821.") among filler sentences; distractor documents reuse the same first and
 // last names, the same attributes and the same value formats (other four-digit codes, other
 // rooms, other cities). The question asks for one fact, (person, attribute), that is stated in
 // exactly one document, and its answer is a short exact string.
@@ -50,6 +50,12 @@ export interface MultiDocQaOptions {
   answerPosition?: AnswerPosition;
   /** Further questions about other facts of the same documents (for training). Default 0. */
   extraQuestions?: number;
+  /**
+   * Refer to a person by He/She/His/Her after their first fact in a document. Default false:
+   * every fact names its person in full ("Mira Olsen's locker code is 4821."), which the
+   * embedded model is trained on; with pronouns a reader must also resolve coreference.
+   */
+  pronouns?: boolean;
 }
 
 export interface Fact {
@@ -113,6 +119,7 @@ export const DEFAULT_OPTIONS: Required<MultiDocQaOptions> = {
   confusability: 0.7,
   answerPosition: 'random',
   extraQuestions: 0,
+  pronouns: false,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -264,6 +271,7 @@ function resolveOptions(options: MultiDocQaOptions): Required<MultiDocQaOptions>
   int('numDocs', 1, 500);
   int('docLength', 1, 40);
   int('extraQuestions', 0, 64);
+  if (typeof o.pronouns !== 'boolean') throw new RangeError(`pronouns: expected a boolean but received ${String(o.pronouns)}`);
   if (typeof o.confusability !== 'number' || !(o.confusability >= 0 && o.confusability <= 1)) {
     throw new RangeError(`confusability: expected a number in [0, 1] but received ${String(o.confusability)}`);
   }
@@ -404,8 +412,9 @@ export function generateExample(seed: number, options: MultiDocQaOptions = {}): 
     }
   }
 
-  // Render. Within a document, people come in random order; each person's first fact names
-  // them in full, later ones use a pronoun. Fillers go between people's blocks.
+  // Render. Within a document, people come in random order; each fact names its person in
+  // full (with options.pronouns only the first does, later ones use a pronoun). Fillers go
+  // between people's blocks.
   const ids = rng.sample(Array.from({ length: 999 }, (_, i) => i + 1), o.numDocs);
   const facts: Fact[] = [];
   const documents = docs.map((byPerson, d) => {
@@ -415,8 +424,9 @@ export function generateExample(seed: number, options: MultiDocQaOptions = {}): 
       const sentences = attrs.map((a, i) => {
         const v = assigned.get(p.name)!.get(a)!;
         facts.push({ doc: d, entity: p.name, attribute: a, value: v });
-        const subject = i === 0 ? p.name : p.female ? 'She' : 'He';
-        const possessive = i === 0 ? `${p.name}'s` : p.female ? 'Her' : 'His';
+        const named = i === 0 || !o.pronouns;
+        const subject = named ? p.name : p.female ? 'She' : 'He';
+        const possessive = named ? `${p.name}'s` : p.female ? 'Her' : 'His';
         return ATTRIBUTE_SPECS[a].state(subject, possessive, v);
       });
       blocks.push(sentences);

@@ -10,6 +10,8 @@ export interface EncodedExample {
   promptLength: number;
   /** Index of each document's first token. */
   docStarts: number[];
+  /** Index of the first question's first token (the end of the last document). */
+  docEnd: number;
 }
 
 export declare function encodeExample(tok: Tokenizer, ex: MultiDocQaExample): EncodedExample;

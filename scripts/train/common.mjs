@@ -10,7 +10,8 @@ export const { Tokenizer } = require('../../dist/cjs/model/tokenizer.js');
  * Token ids of an example: BOS + prefix, each document, then the main question followed by
  * its completion and </s>, then each extra question the same way. `answers` lists [start, end)
  * index ranges of the completion tokens (answer and </s>) that the loss is weighted on;
- * `promptLength` is where the first completion starts (what a model is prompted with).
+ * `promptLength` is where the first completion starts (what a model is prompted with);
+ * `docStarts` are where the documents start and `docEnd` where the first question starts.
  */
 export function encodeExample(tok, ex) {
   const ids = [...tok.encode(ex.prefix)];
@@ -19,6 +20,7 @@ export function encodeExample(tok, ex) {
     docStarts.push(ids.length);
     ids.push(...tok.encode(d, { addSpecialTokens: false }));
   }
+  const docEnd = ids.length;
   const answers = [];
   let promptLength = -1;
   for (const qa of [ex, ...ex.extra]) {
@@ -28,7 +30,7 @@ export function encodeExample(tok, ex) {
     ids.push(...tok.encode(task.formatCompletion(qa.answer), { addSpecialTokens: false }), tok.eosTokenId);
     answers.push([start, ids.length]);
   }
-  return { ids, answers, promptLength, docStarts };
+  return { ids, answers, promptLength, docStarts, docEnd };
 }
 
 /**

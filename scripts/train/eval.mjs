@@ -4,7 +4,8 @@
 //   npm run build:ts
 //   node scripts/train/eval.mjs --model DIR [--count 500] [--context T] [--docs N]
 //        [--doc-length 6] [--confusability 0.7] [--position random|first|middle|last|INDEX]
-//        [--start 0] [--device cpu] [--logits-check] [--python /usr/bin/python3] [--out FILE.json]
+//        [--start 0] [--device cpu] [--logits-check [--write-reference FILE.json]]
+//        [--python /usr/bin/python3] [--out FILE.json]
 //
 // Question i is held-out seed i (from --start). Without --docs each prompt holds as many
 // documents as fit in --context tokens (default: the model's max_position_embeddings), answer
@@ -12,7 +13,8 @@
 // tokens, stopping at </s>; the answer is scored by exact match (task/multidoc-qa.ts). Prints
 // one JSON object: accuracy, mean time to first token, prompt sizes, accuracy by answer
 // position, a few misses, and with --logits-check the largest |logit difference| between
-// kvfocus (f32) and train.py --dump-logits (float64) over every position of one prompt.
+// kvfocus (f32) and train.py --dump-logits (float64) over every position of one prompt;
+// --write-reference also saves PyTorch's logits at some positions as a test fixture.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -39,6 +41,7 @@ const { values } = parseArgs({
     start: { type: 'string', default: '0' },
     device: { type: 'string', default: 'cpu' },
     'logits-check': { type: 'boolean', default: false },
+    'write-reference': { type: 'string' },
     python: { type: 'string', default: existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3' },
     out: { type: 'string' },
   },
@@ -98,6 +101,23 @@ if (values['logits-check']) {
       if (a === b) argmaxAgree++;
     }
     report.logitsCheck = { tokens: ids.length, maxAbsDiff: maxAbs, maxAbsLogit: maxRef, argmaxAgreement: argmaxAgree / ids.length };
+    if (values['write-reference']) {
+      // A test fixture: PyTorch's logits (rounded to f32) at every 8th position and the last 8,
+      // for test/task/default-model.test.ts to hold kvfocus to.
+      const rows = [...new Set([...Array.from({ length: Math.ceil(ids.length / 8) }, (_, k) => k * 8), ...Array.from({ length: 8 }, (_, k) => ids.length - 8 + k)])].filter((r) => r >= 0 && r < ids.length).sort((a, b) => a - b);
+      const f32 = new Float32Array(rows.length * vocab);
+      rows.forEach((r, k) => f32.set(ref.subarray(r * vocab, (r + 1) * vocab), k * vocab));
+      const fixture = {
+        what: 'PyTorch float64 logits of the shipped model (scripts/train/train.py --dump-logits), rounded to float32, at the listed positions of one held-out prompt',
+        command: `node scripts/train/eval.mjs --model ${values.model} --count ${values.count} --logits-check --write-reference ${values['write-reference']}`,
+        seed: task.heldOutSeed(Number(values.start)),
+        vocab,
+        ids,
+        rows,
+        logitsF32Base64: Buffer.from(f32.buffer).toString('base64'),
+      };
+      writeFileSync(values['write-reference'], `${JSON.stringify(fixture)}\n`);
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -8,7 +8,7 @@
 //   node scripts/train/make-data.mjs --tokenizer DIR --out FILE.jsonl --count 20000 --context 1024 [--split train|valid] [--start 0]
 //
 // Each example draws its knobs from its own seed: 3-8 sentences per document, confusability
-// uniform in [0, 1], the answer document anywhere, 2-6 extra questions after the main one (more
+// uniform in [0, 1], the answer document anywhere, 3-8 extra questions after the main one (more
 // answers per forward pass), and as many documents as fit; 30% of examples are cut to a random
 // shorter length (a quarter of the context up to all of it) so that every length is trained.
 // --split train uses training seeds; --split valid uses held-out seeds from index 100000 on,
@@ -26,7 +26,7 @@ export function exampleKnobs(seed, context) {
   const rng = new task.Rng(seed + 123_456_789);
   const docLength = rng.range(3, 8);
   const confusability = rng.next();
-  const extraQuestions = rng.range(2, 6);
+  const extraQuestions = rng.range(3, 8);
   const length = rng.chance(0.3) ? rng.range(Math.floor(context / 4), context) : context;
   return { length, options: { docLength, confusability, extraQuestions, answerPosition: 'random' } };
 }

@@ -33,6 +33,33 @@ describe.skipIf(!shipped)('embedded default model (models/)', () => {
     expect(model.tokenizer.eosTokenId).toBe(config.eos_token_id);
   });
 
+  // PyTorch's own logits of the shipped checkpoint (scripts/train/eval.mjs --write-reference).
+  const REFERENCE = path.join(__dirname, '../fixtures/default-model-logits.json');
+  it.skipIf(!existsSync(REFERENCE) || process.env['KVFOCUS_MODEL_DIR'] !== undefined)('computes the logits PyTorch computes for the shipped checkpoint', async () => {
+    const ref = JSON.parse(readFileSync(REFERENCE, 'utf8')) as { ids: number[]; rows: number[]; vocab: number; logitsF32Base64: string };
+    const buf = Buffer.from(ref.logitsF32Base64, 'base64');
+    const want = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
+    expect(want.length).toBe(ref.rows.length * ref.vocab);
+    const got = await model.logits(ref.ids, { all: true });
+    let maxDiff = 0;
+    let argmaxAgree = 0;
+    ref.rows.forEach((r, k) => {
+      let a = 0;
+      let b = 0;
+      for (let v = 0; v < ref.vocab; v++) {
+        const x = got[r * ref.vocab + v]!;
+        const y = want[k * ref.vocab + v]!;
+        maxDiff = Math.max(maxDiff, Math.abs(x - y));
+        if (x > got[r * ref.vocab + a]!) a = v;
+        if (y > want[k * ref.vocab + b]!) b = v;
+      }
+      if (a === b) argmaxAgree++;
+    });
+    // f32 against float64 through a few layers: ~1e-5 measured; 1e-3 leaves room for summation order.
+    expect(maxDiff).toBeLessThan(1e-3);
+    expect(argmaxAgree).toBe(ref.rows.length);
+  });
+
   it('answers held-out questions inside the training length', async () => {
     const n = 40;
     let correct = 0;

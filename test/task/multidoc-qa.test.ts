@@ -111,6 +111,7 @@ const SETTINGS: MultiDocQaOptions[] = [
   { numDocs: 12, docLength: 10, confusability: 0 },
   { numDocs: 40, docLength: 6, confusability: 0.9, extraQuestions: 8 },
   { numDocs: 6, confusability: 0.5, answerPosition: 'last', extraQuestions: 3 },
+  { numDocs: 10, docLength: 8, confusability: 0.8, pronouns: true },
 ];
 
 describe('generateExample', () => {
@@ -124,8 +125,8 @@ describe('generateExample', () => {
     // deliberate change of the generator updates these, and retrains the embedded model).
     const ex = generateExample(heldOutSeed(0));
     expect([ex.question, ex.answer]).toEqual(['Question: Where does Kaia Ibsen live?\nAnswer:', 'Ostmark']);
-    expect(sha256(formatPrompt(ex) + '|' + ex.answer)).toBe('6e14c8fc7b062ca2');
-    expect(sha256(JSON.stringify(generateExample(trainSeed(123), { numDocs: 20, confusability: 1, extraQuestions: 3 })))).toBe('9172563764351b97');
+    expect(sha256(formatPrompt(ex) + '|' + ex.answer)).toBe('a65c760a13591ee0');
+    expect(sha256(JSON.stringify(generateExample(trainSeed(123), { numDocs: 20, confusability: 1, extraQuestions: 3 })))).toBe('0fce43188132d33a');
   });
 
   it('lays out prefix, documents and question so that they can be cached and scored apart', () => {

@@ -1,0 +1,240 @@
+// npm run bench:quality — answer accuracy (exact match) on held-out multi-document questions
+// against the number of documents, from well inside the model's training length T to 4x T and
+// beyond, for every context method kvfocus has, with time to first token.
+//
+//   npm run bench:quality -- [--model models] [--count 100] [--docs 2,4,6,8,12,16,24,32]
+//        [--methods full,full-unbounded] [--device cpu] [--start 0]
+//        [--json bench/quality.json] [--svg bench/quality.svg] [--readme README.md | --no-readme]
+//
+// Question i of every point is held-out seed i (from --start), generated with numDocs documents
+// (the task's other knobs at their defaults: 6 sentences a document, confusability 0.7, answer
+// document anywhere), so each method answers the very same questions. Greedy decoding, at most
+// 16 new tokens, stop at </s>, scored by task.exactMatch.
+//
+// Methods (a later method adds an entry to METHODS and its row appears everywhere):
+//   full            full attention over [prefix; documents; question], truncated to the model's
+//                   length where it must be: whole documents are dropped from the front (the
+//                   prefix and the question stay) until prompt + answer fit in T.
+//   full-unbounded  the same prompt untruncated: positions run past T (what happens when the
+//                   limit is ignored).
+//
+// Writes JSON (every point, the machine, the command) and an SVG chart, and replaces the table
+// between the `quality-table` markers in the README.
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { cpus } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { encodeExample, task } from '../train/common.mjs';
+import { flag, intList, opt, positiveInt } from './args.mjs';
+
+const require = createRequire(import.meta.url);
+const { loadModel, buildInfo } = require('../../dist/cjs/index.js');
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+const MAX_NEW_TOKENS = 16;
+
+/** The context methods: each turns an encoded example into what the model is prompted with. */
+const METHODS = {
+  full: {
+    label: 'full attention, truncated to T',
+    prompt(enc, T) {
+      const { ids, docStarts, promptLength, docEnd } = enc;
+      const prefix = ids.slice(0, docStarts[0]);
+      const question = ids.slice(docEnd, promptLength);
+      let first = 0;
+      const size = (k) => prefix.length + (docEnd - docStarts[k]) + question.length + MAX_NEW_TOKENS;
+      while (first < docStarts.length && size(first) > T) first++;
+      const docs = first < docStarts.length ? ids.slice(docStarts[first], docEnd) : [];
+      return { tokens: [...prefix, ...docs, ...question], keptDocs: docStarts.length - first };
+    },
+  },
+  'full-unbounded': {
+    label: 'full attention, past T (no truncation)',
+    prompt(enc) {
+      return { tokens: enc.ids.slice(0, enc.promptLength), keptDocs: enc.docStarts.length };
+    },
+  },
+};
+
+const modelDir = resolve(opt('--model', join(root, 'models')));
+const count = positiveInt('--count', 100);
+const docCounts = intList('--docs', '2,4,6,8,12,16,24,32');
+const methodNames = String(opt('--methods', Object.keys(METHODS).join(','))).split(',');
+for (const m of methodNames) if (!METHODS[m]) throw new Error(`--methods: unknown method ${m} (known: ${Object.keys(METHODS).join(', ')})`);
+const device = opt('--device', 'cpu');
+const start = Number(opt('--start', 0));
+const jsonPath = resolve(opt('--json', join(root, 'bench/quality.json')));
+const svgPath = resolve(opt('--svg', join(root, 'bench/quality.svg')));
+const readmePath = flag('--no-readme') ? null : resolve(opt('--readme', join(root, 'README.md')));
+
+const config = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8'));
+const T = config.max_position_embeddings;
+
+// Encode every point's examples first: the longest prompt sizes the KV cache.
+const probe = await loadModel(modelDir, { device: 'cpu', kvCacheTokens: 16 });
+const tok = probe.tokenizer;
+probe.dispose();
+const points = docCounts.map((numDocs) => {
+  const examples = Array.from({ length: count }, (_, i) => {
+    const ex = task.generateExample(task.heldOutSeed(start + i), { numDocs });
+    return { ex, enc: encodeExample(tok, ex) };
+  });
+  return { numDocs, examples };
+});
+const longest = Math.max(...points.flatMap((p) => p.examples.map((e) => e.enc.promptLength)));
+const model = await loadModel(modelDir, { device, kvCacheTokens: Math.ceil((longest + MAX_NEW_TOKENS + 16) / 16) * 16 });
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? (s[(s.length - 1) >> 1] + s[s.length >> 1]) / 2 : 0;
+};
+
+const results = [];
+const t0 = performance.now();
+for (const name of methodNames) {
+  const method = METHODS[name];
+  for (const { numDocs, examples } of points) {
+    let correct = 0;
+    let answerKept = 0;
+    const ttft = [];
+    const promptTokens = [];
+    const fullTokens = [];
+    for (const { ex, enc } of examples) {
+      const { tokens, keptDocs } = method.prompt(enc, T);
+      const r = await model.generate(tokens, { maxTokens: MAX_NEW_TOKENS, temperature: 0 }).result;
+      if (task.exactMatch(r.text, ex.answer)) correct++;
+      if (ex.answerDoc >= ex.documents.length - keptDocs) answerKept++;
+      ttft.push(r.timings.timeToFirstTokenMs);
+      promptTokens.push(tokens.length);
+      fullTokens.push(enc.promptLength);
+    }
+    const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const row = {
+      method: name,
+      docs: numDocs,
+      count,
+      accuracy: correct / count,
+      correct,
+      answerDocInPrompt: answerKept / count,
+      meanDocumentTokens: +mean(fullTokens).toFixed(1),
+      meanPromptTokens: +mean(promptTokens).toFixed(1),
+      ttftMsMean: +mean(ttft).toFixed(2),
+      ttftMsMedian: +median(ttft).toFixed(2),
+    };
+    results.push(row);
+    console.log(JSON.stringify(row));
+  }
+}
+const seconds = (performance.now() - t0) / 1000;
+model.dispose();
+
+const info = buildInfo();
+const report = {
+  benchmark: 'quality',
+  command: `npm run bench:quality -- ${process.argv.slice(2).join(' ')}`.trim(),
+  date: new Date().toISOString(),
+  model: { dir: modelDir, contextLength: T, layers: config.num_hidden_layers, hidden: config.hidden_size },
+  device,
+  machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, threads: info.cpuThreads, backend: info.backend },
+  task: { ...task.DEFAULT_OPTIONS, heldOutStart: start, maxNewTokens: MAX_NEW_TOKENS },
+  methods: Object.fromEntries(methodNames.map((m) => [m, METHODS[m].label])),
+  seconds: +seconds.toFixed(1),
+  results,
+};
+mkdirSync(dirname(jsonPath), { recursive: true });
+writeFileSync(jsonPath, `${JSON.stringify(report, null, 2)}\n`);
+writeFileSync(svgPath, chart(report));
+if (readmePath) updateReadme(readmePath, report);
+console.log(JSON.stringify({ json: jsonPath, svg: svgPath, readme: readmePath, seconds: report.seconds }));
+
+// ---------------------------------------------------------------------------------------------
+
+/** Accuracy against prompt length (mean tokens of the untruncated prompt), one line a method. */
+function chart(rep) {
+  const W = 720;
+  const H = 420;
+  const m = { l: 64, r: 24, t: 44, b: 64 };
+  const xs = [...new Set(rep.results.map((r) => r.meanDocumentTokens))];
+  const xMax = Math.max(...xs, rep.model.contextLength) * 1.05;
+  const X = (v) => m.l + (v / xMax) * (W - m.l - m.r);
+  const Y = (a) => H - m.b - a * (H - m.t - m.b);
+  const colors = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b'];
+  const out = [];
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
+  out.push(`<rect width="${W}" height="${H}" fill="white"/>`);
+  out.push(`<text x="${W / 2}" y="22" text-anchor="middle" font-size="14">Multi-document QA: exact match vs prompt length (${rep.results[0]?.count ?? 0} questions a point)</text>`);
+  for (let a = 0; a <= 1.0001; a += 0.2) {
+    out.push(`<line x1="${m.l}" x2="${W - m.r}" y1="${Y(a)}" y2="${Y(a)}" stroke="#ddd"/>`);
+    out.push(`<text x="${m.l - 8}" y="${Y(a) + 4}" text-anchor="end">${Math.round(a * 100)}%</text>`);
+  }
+  const step = xMax > 4000 ? 1000 : 500;
+  for (let v = 0; v <= xMax; v += step) out.push(`<text x="${X(v)}" y="${H - m.b + 18}" text-anchor="middle">${v}</text>`);
+  out.push(`<line x1="${m.l}" x2="${W - m.r}" y1="${H - m.b}" y2="${H - m.b}" stroke="#333"/>`);
+  out.push(`<line x1="${m.l}" x2="${m.l}" y1="${m.t}" y2="${H - m.b}" stroke="#333"/>`);
+  out.push(`<text x="${(m.l + W - m.r) / 2}" y="${H - 20}" text-anchor="middle">prompt tokens (documents + question); the number of documents labels each point</text>`);
+  out.push(`<text transform="translate(16 ${(m.t + H - m.b) / 2}) rotate(-90)" text-anchor="middle">exact match</text>`);
+  const Tx = X(rep.model.contextLength);
+  out.push(`<line x1="${Tx}" x2="${Tx}" y1="${m.t}" y2="${H - m.b}" stroke="#888" stroke-dasharray="5 4"/>`);
+  out.push(`<text x="${Tx + 4}" y="${m.t + 12}" fill="#555">T = ${rep.model.contextLength}</text>`);
+  Object.keys(rep.methods).forEach((name, i) => {
+    const rows = rep.results.filter((r) => r.method === name);
+    const c = colors[i % colors.length];
+    out.push(`<polyline fill="none" stroke="${c}" stroke-width="2" points="${rows.map((r) => `${X(r.meanDocumentTokens).toFixed(1)},${Y(r.accuracy).toFixed(1)}`).join(' ')}"/>`);
+    for (const r of rows) {
+      out.push(`<circle cx="${X(r.meanDocumentTokens).toFixed(1)}" cy="${Y(r.accuracy).toFixed(1)}" r="3.5" fill="${c}"/>`);
+      if (i === 0) out.push(`<text x="${X(r.meanDocumentTokens).toFixed(1)}" y="${H - m.b - 6}" text-anchor="middle" fill="#777" font-size="10">${r.docs}</text>`);
+    }
+    const ly = m.t + 16 + i * 18;
+    out.push(`<line x1="${W - m.r - 330}" x2="${W - m.r - 306}" y1="${ly}" y2="${ly}" stroke="${c}" stroke-width="2"/>`);
+    out.push(`<text x="${W - m.r - 300}" y="${ly + 4}">${name}: ${escapeXml(rep.methods[name])}</text>`);
+  });
+  out.push('</svg>');
+  return `${out.join('\n')}\n`;
+}
+
+function escapeXml(s) {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+/** Markdown tables (accuracy, then time to first token) between the README's markers. */
+export function qualityTable(rep) {
+  const docs = [...new Set(rep.results.map((r) => r.docs))];
+  const tokens = (d) => Math.round(rep.results.find((r) => r.docs === d).meanDocumentTokens);
+  const head = `| method | ${docs.map((d) => `${d} docs (~${tokens(d)} tok${tokens(d) > rep.model.contextLength ? `, ${(tokens(d) / rep.model.contextLength).toFixed(1)}xT` : ''})`).join(' | ')} |`;
+  const rule = `| --- | ${docs.map(() => '---:').join(' | ')} |`;
+  const cell = (name, d, f) => {
+    const r = rep.results.find((x) => x.method === name && x.docs === d);
+    return r ? f(r) : '';
+  };
+  const rows = (f) => Object.keys(rep.methods).map((name) => `| ${name} | ${docs.map((d) => cell(name, d, f)).join(' | ')} |`);
+  return [
+    `Exact match on ${rep.results[0].count} held-out questions a point (model T = ${rep.model.contextLength} tokens, ${rep.device}):`,
+    '',
+    head,
+    rule,
+    ...rows((r) => `${(r.accuracy * 100).toFixed(0)}%`),
+    '',
+    'Time to first token, median ms:',
+    '',
+    head,
+    rule,
+    ...rows((r) => r.ttftMsMedian.toFixed(1)),
+    '',
+    `Produced by \`${rep.command}\` (${rep.date.slice(0, 10)}, ${rep.seconds} s); JSON in bench/quality.json, chart in bench/quality.svg.`,
+  ].join('\n');
+}
+
+function updateReadme(path, rep) {
+  const text = readFileSync(path, 'utf8');
+  const begin = '<!-- quality-table:begin -->';
+  const end = '<!-- quality-table:end -->';
+  const a = text.indexOf(begin);
+  const b = text.indexOf(end);
+  if (a < 0 || b < a) {
+    console.warn(`${path}: no ${begin} ... ${end} markers; table not written`);
+    return;
+  }
+  writeFileSync(path, `${text.slice(0, a + begin.length)}\n${qualityTable(rep)}\n${text.slice(b)}`);
+}
