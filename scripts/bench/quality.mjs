@@ -28,35 +28,11 @@ import { fileURLToPath } from 'node:url';
 
 import { encodeExample, task } from '../train/common.mjs';
 import { flag, intList, opt, positiveInt } from './args.mjs';
+import { MAX_NEW_TOKENS, METHODS } from './quality-methods.mjs';
 
 const require = createRequire(import.meta.url);
 const { loadModel, buildInfo } = require('../../dist/cjs/index.js');
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-
-const MAX_NEW_TOKENS = 16;
-
-/** The context methods: each turns an encoded example into what the model is prompted with. */
-const METHODS = {
-  full: {
-    label: 'full attention, truncated to T',
-    prompt(enc, T) {
-      const { ids, docStarts, promptLength, docEnd } = enc;
-      const prefix = ids.slice(0, docStarts[0]);
-      const question = ids.slice(docEnd, promptLength);
-      let first = 0;
-      const size = (k) => prefix.length + (docEnd - docStarts[k]) + question.length + MAX_NEW_TOKENS;
-      while (first < docStarts.length && size(first) > T) first++;
-      const docs = first < docStarts.length ? ids.slice(docStarts[first], docEnd) : [];
-      return { tokens: [...prefix, ...docs, ...question], keptDocs: docStarts.length - first };
-    },
-  },
-  'full-unbounded': {
-    label: 'full attention, past T (no truncation)',
-    prompt(enc) {
-      return { tokens: enc.ids.slice(0, enc.promptLength), keptDocs: enc.docStarts.length };
-    },
-  },
-};
 
 const modelDir = resolve(opt('--model', join(root, 'models')));
 const count = positiveInt('--count', 100);

@@ -1,0 +1,28 @@
+// The context methods of `npm run bench:quality`: each turns one encoded example
+// (scripts/train/common.mjs encodeExample) into what the model is prompted with. A new method
+// adds an entry here and its row appears in the JSON, the chart and the README table.
+
+/** Tokens generated after the prompt (answers are a few tokens and </s>). */
+export const MAX_NEW_TOKENS = 16;
+
+export const METHODS = {
+  full: {
+    label: 'full attention, truncated to T',
+    prompt(enc, T) {
+      const { ids, docStarts, promptLength, docEnd } = enc;
+      const prefix = ids.slice(0, docStarts[0]);
+      const question = ids.slice(docEnd, promptLength);
+      let first = 0;
+      const size = (k) => prefix.length + (docEnd - docStarts[k]) + question.length + MAX_NEW_TOKENS;
+      while (first < docStarts.length && size(first) > T) first++;
+      const docs = first < docStarts.length ? ids.slice(docStarts[first], docEnd) : [];
+      return { tokens: [...prefix, ...docs, ...question], keptDocs: docStarts.length - first };
+    },
+  },
+  'full-unbounded': {
+    label: 'full attention, past T (no truncation)',
+    prompt(enc) {
+      return { tokens: enc.ids.slice(0, enc.promptLength), keptDocs: enc.docStarts.length };
+    },
+  },
+};
