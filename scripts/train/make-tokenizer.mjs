@@ -16,91 +16,24 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
+import { BYTE_CHARS, learnMerges } from '../lib/bpe.mjs';
+
 const require = createRequire(import.meta.url);
 
 export const SPECIAL_TOKENS = ['<pad>', '<s>', '</s>'];
-export const GPT2_REGEX = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
-
-/** GPT-2's byte -> printable character table. */
-export function bytesToUnicode() {
-  const bs = [];
-  for (let b = 33; b <= 126; b++) bs.push(b);
-  for (let b = 161; b <= 172; b++) bs.push(b);
-  for (let b = 174; b <= 255; b++) bs.push(b);
-  const cs = [...bs];
-  let n = 0;
-  for (let b = 0; b < 256; b++) {
-    if (!bs.includes(b)) {
-      bs.push(b);
-      cs.push(256 + n);
-      n++;
-    }
-  }
-  const table = new Array(256);
-  bs.forEach((b, i) => (table[b] = String.fromCodePoint(cs[i])));
-  return table;
-}
-
-const BYTE_CHARS = bytesToUnicode();
 const DIGIT_CHARS = new Set([...'0123456789'].map((d) => BYTE_CHARS[d.charCodeAt(0)]));
-const encoder = new TextEncoder();
-
-/** Pre-tokens of a text, each as byte-level characters. */
-export function pretokenize(text) {
-  return (text.match(GPT2_REGEX) ?? []).map((piece) => Array.from(encoder.encode(piece), (b) => BYTE_CHARS[b]).join(''));
-}
 
 /**
- * Trains BPE merges on texts. Returns { vocab: Map<token, id>, merges: [a, b][] } with
- * `vocabSize` entries in all (special tokens and the 256 bytes included).
+ * Trains BPE merges on texts (digits never merge). Returns { vocab: Map<token, id>, merges:
+ * [a, b][] } with `vocabSize` entries in all: special tokens, the 256 bytes, then the merges'.
  */
 export function trainBpe(texts, vocabSize) {
-  const freq = new Map();
-  for (const text of texts) for (const w of pretokenize(text)) freq.set(w, (freq.get(w) ?? 0) + 1);
-  // Words as symbol lists; a word made only of digits (or holding one) still merges its letters.
-  const words = [...freq.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map(([w, f]) => ({ symbols: [...w], f }));
   const vocab = new Map();
   for (const s of SPECIAL_TOKENS) vocab.set(s, vocab.size);
   for (const c of BYTE_CHARS) vocab.set(c, vocab.size);
-  const merges = [];
   const mergeable = (a, b) => ![...a, ...b].some((ch) => DIGIT_CHARS.has(ch));
-  while (vocab.size < vocabSize) {
-    const pairs = new Map();
-    for (const { symbols, f } of words) {
-      for (let i = 0; i + 1 < symbols.length; i++) {
-        const a = symbols[i];
-        const b = symbols[i + 1];
-        if (!mergeable(a, b)) continue;
-        const key = `${a}\u0000${b}`;
-        pairs.set(key, (pairs.get(key) ?? 0) + f);
-      }
-    }
-    let best = null;
-    let bestCount = 0;
-    for (const [key, count] of pairs) {
-      if (count > bestCount || (count === bestCount && key < best)) {
-        best = key;
-        bestCount = count;
-      }
-    }
-    if (best === null || bestCount < 2) break;
-    const [a, b] = best.split('\u0000');
-    const merged = a + b;
-    merges.push([a, b]);
-    if (!vocab.has(merged)) vocab.set(merged, vocab.size);
-    for (const w of words) {
-      const s = w.symbols;
-      if (s.length < 2) continue;
-      const out = [];
-      for (let i = 0; i < s.length; i++) {
-        if (i + 1 < s.length && s[i] === a && s[i + 1] === b) {
-          out.push(merged);
-          i++;
-        } else out.push(s[i]);
-      }
-      w.symbols = out;
-    }
-  }
+  const { merges, tokens } = learnMerges(texts, { newTokens: vocabSize - vocab.size, minCount: 2, mergeable });
+  for (const t of tokens) vocab.set(t, vocab.size);
   return { vocab, merges };
 }
 
