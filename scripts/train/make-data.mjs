@@ -6,10 +6,11 @@
 //
 //   npm run build:ts
 //   node scripts/train/make-data.mjs --tokenizer DIR --out FILE.jsonl --count 20000 --context 1024 [--split train|valid] [--start 0]
+//        [--max-docs 500] [--doc-length 3-8] [--extra 3-8]
 //
-// Each example draws its knobs from its own seed: 3-8 sentences per document, confusability
-// uniform in [0, 1], the answer document anywhere, 3-8 extra questions after the main one (more
-// answers per forward pass), and as many documents as fit; 30% of examples are cut to a random
+// Each example draws its knobs from its own seed: 3-8 sentences per document (--doc-length),
+// confusability uniform in [0, 1], the answer document anywhere, 3-8 extra questions (--extra) after the main one (more
+// answers per forward pass), and as many documents as fit (at most --max-docs); 30% of examples are cut to a random
 // shorter length (a quarter of the context up to all of it) so that every length is trained.
 // --split train uses training seeds; --split valid uses held-out seeds from index 100000 on,
 // apart from the ones eval.mjs scores (held-out indices from 0).
@@ -22,14 +23,20 @@ import { fitExample, task, Tokenizer } from './common.mjs';
 
 export const VALID_OFFSET = 100_000;
 
-export function exampleKnobs(seed, context) {
+export function exampleKnobs(seed, context, { docLength: [dlo, dhi] = [3, 8], extra: [elo, ehi] = [3, 8] } = {}) {
   const rng = new task.Rng(seed + 123_456_789);
-  const docLength = rng.range(3, 8);
+  const docLength = rng.range(dlo, dhi);
   const confusability = rng.next();
-  const extraQuestions = rng.range(3, 8);
+  const extraQuestions = rng.range(elo, ehi);
   const length = rng.chance(0.3) ? rng.range(Math.floor(context / 4), context) : context;
   return { length, options: { docLength, confusability, extraQuestions, answerPosition: 'random' } };
 }
+
+const range = (text) => {
+  const [lo, hi = lo] = text.split('-').map(Number);
+  if (!(Number.isInteger(lo) && Number.isInteger(hi) && lo >= 0 && hi >= lo)) throw new Error(`expected a range like 3-8 but received ${text}`);
+  return [lo, hi];
+};
 
 async function main() {
   const { values } = parseArgs({
@@ -40,6 +47,9 @@ async function main() {
       context: { type: 'string', default: '1024' },
       split: { type: 'string', default: 'train' },
       start: { type: 'string', default: '0' },
+      'max-docs': { type: 'string', default: '500' },
+      'doc-length': { type: 'string', default: '3-8' },
+      extra: { type: 'string', default: '3-8' },
     },
   });
   if (!values.tokenizer || !values.out || !['train', 'valid'].includes(values.split)) {
@@ -57,8 +67,8 @@ async function main() {
   let answers = 0;
   for (let i = 0; i < count; i++) {
     const seed = values.split === 'train' ? task.trainSeed(start + i) : task.heldOutSeed(VALID_OFFSET + start + i);
-    const { length, options } = exampleKnobs(seed, context);
-    const { ids, answers: ans, promptLength } = fitExample(tok, seed, length, options);
+    const { length, options } = exampleKnobs(seed, context, { docLength: range(values['doc-length']), extra: range(values.extra) });
+    const { ids, answers: ans, promptLength } = fitExample(tok, seed, length, options, Number(values['max-docs']));
     tokens += ids.length;
     answers += ans.length;
     if (!out.write(`${JSON.stringify({ seed, ids, ans, p: promptLength })}\n`)) await new Promise((r) => out.once('drain', r));
