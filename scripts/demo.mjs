@@ -41,7 +41,7 @@ for (const d of ex.documents) console.log(wrap(d.trim(), 100, '  '));
 console.log('');
 for (const qa of [ex, ...ex.extra]) {
   const prompt = multidocQa.formatPrompt({ ...ex, question: qa.question });
-  process.stdout.write(`${qa.question.replace('\nAnswer:', '')}\n  Answer:`);
+  process.stdout.write(`Question: ${multidocQa.questionText(qa)}\n  Answer: ${dim(qa.lead)}`);
   const stream = model.generate(prompt, { maxTokens: 16, temperature: 0 });
   for await (const { text } of stream) process.stdout.write(text);
   const r = await stream.result;
@@ -69,7 +69,7 @@ await Promise.all(
       const r = await model.generate(job.prompt, { maxTokens: 16, temperature: 0 }).result;
       const ok = multidocQa.exactMatch(r.text, job.ex.answer);
       correct += ok ? 1 : 0;
-      if (!ok && misses.length < 3) misses.push(`${job.ex.question.replace('\nAnswer:', '')} expected "${job.ex.answer}", got "${r.text.trim()}"`);
+      if (!ok && misses.length < 3) misses.push(`${multidocQa.questionText(job.ex)} expected "${job.ex.answer}", got "${r.text.trim()}"`);
       promptTokens += r.promptTokens;
       completionTokens += r.completionTokens;
       ttft.push(r.timings.timeToFirstTokenMs);

@@ -15,8 +15,15 @@
 //
 // Text layout, chosen so that token boundaries fall between the parts (byte-level BPE splits
 // before a single "\n" followed by a letter): the prefix ends with "\n", every document ends with
-// "\n", and the question starts with a letter and ends with "Answer:". The expected completion
-// is " " + answer, then the end-of-sequence token.
+// "\n", and the question starts with a letter and ends with "Answer:" and the answer's lead: the
+// words the document states the fact with, up to the value ("Answer: Mira Olsen's locker code
+// is"). The expected completion is " " + answer, then the end-of-sequence token.
+//
+// The lead makes the answer a continuation of the fact's own sentence: a reader finds it by
+// matching the lead in the documents (where namesakes and the subject's other facts share most
+// of its words) and copying what follows. Small models learn that match-and-copy (induction)
+// circuit quickly; without the lead they must also learn to map a question's wording onto the
+// statement's, which a model trained for minutes on a CPU did not.
 
 export type AttributeName =
   | 'city'
@@ -67,8 +74,10 @@ export interface Fact {
 }
 
 export interface QuestionAnswer {
-  /** "Question: ...\nAnswer:" */
+  /** "Question: ...?\nAnswer: <lead>", e.g. "Question: Where does Mira Olsen live?\nAnswer: Mira Olsen lives in". */
   readonly question: string;
+  /** The answer's lead alone: the fact's sentence up to the value ("Mira Olsen lives in"). */
+  readonly lead: string;
   /** The exact answer string (the model should write " " + answer, then end of sequence). */
   readonly answer: string;
   /** Index of the one document that holds the answer. */
@@ -437,7 +446,8 @@ export function generateExample(seed: number, options: MultiDocQaOptions = {}): 
   });
 
   const qa = (f: Fact): QuestionAnswer => ({
-    question: `Question: ${ATTRIBUTE_SPECS[f.attribute].ask(f.entity)}\nAnswer:`,
+    question: `Question: ${ATTRIBUTE_SPECS[f.attribute].ask(f.entity)}\nAnswer: ${answerLead(f.entity, f.attribute)}`,
+    lead: answerLead(f.entity, f.attribute),
     answer: f.value,
     answerDoc: f.doc,
     entity: f.entity,
@@ -448,6 +458,18 @@ export function generateExample(seed: number, options: MultiDocQaOptions = {}): 
   const extra = rest.slice(0, o.extraQuestions).map(qa);
 
   return { seed, prefix: PREFIX, documents, facts, extra, options: o, ...main };
+}
+
+/** The words a document states (entity, attribute) with, up to the value: "Mira Olsen lives in". */
+export function answerLead(entity: string, attribute: AttributeName): string {
+  const mark = '\u0000';
+  const sentence = ATTRIBUTE_SPECS[attribute].state(entity, `${entity}'s`, mark);
+  return sentence.slice(0, sentence.indexOf(mark)).trimEnd();
+}
+
+/** The question's own words, without "Question: " and the answer's lead. */
+export function questionText(qa: Pick<QuestionAnswer, 'question'>): string {
+  return qa.question.slice('Question: '.length, qa.question.indexOf('\nAnswer:'));
 }
 
 /** The whole prompt as one string: prefix, documents in order, question. */

@@ -70,9 +70,10 @@ function readDocument(doc: string): ReadFact[] {
 
 /** Person and attribute a question asks about, read from its text. */
 function readQuestion(question: string): { entity: string; attribute: AttributeName } {
-  const q = /^Question: (.*)\nAnswer:$/.exec(question);
+  const q = /^Question: (.*)\nAnswer: (.*)$/.exec(question);
   if (!q) throw new Error(`not a question: ${JSON.stringify(question)}`);
   const text = q[1]!;
+  const lead = q[2]!;
   const forms: [AttributeName, RegExp][] = [
     ['city', /^Where does (.+) live\?$/],
     ['employer', /^Where does (.+) work\?$/],
@@ -87,7 +88,13 @@ function readQuestion(question: string): { entity: string; attribute: AttributeN
   ];
   for (const [attribute, re] of forms) {
     const m = re.exec(text);
-    if (m) return { entity: m[1]!, attribute };
+    if (!m) continue;
+    // The lead is the fact's sentence up to the value, as PATTERNS reads it.
+    const pattern = PATTERNS.find(([a]) => a === attribute)![1];
+    const s = pattern.exec(`${lead} X.`) ?? pattern.exec(`${lead} 1234.`) ?? pattern.exec(`${lead} 123.`) ?? pattern.exec(`${lead} A123.`) ?? pattern.exec(`${lead} AB-123.`) ?? pattern.exec(`${lead} 1999.`);
+    expect(s, `lead ${JSON.stringify(lead)} of ${attribute}`).not.toBeNull();
+    expect(s![1]!.replace(/'s$/, '')).toBe(m[1]);
+    return { entity: m[1]!, attribute };
   }
   throw new Error(`unknown question form: ${text}`);
 }
@@ -124,9 +131,9 @@ describe('generateExample', () => {
     // Pinned: held-out questions must not drift across platforms or refactors unnoticed (a
     // deliberate change of the generator updates these, and retrains the embedded model).
     const ex = generateExample(heldOutSeed(0));
-    expect([ex.question, ex.answer]).toEqual(['Question: Where does Kaia Ibsen live?\nAnswer:', 'Ostmark']);
-    expect(sha256(formatPrompt(ex) + '|' + ex.answer)).toBe('a65c760a13591ee0');
-    expect(sha256(JSON.stringify(generateExample(trainSeed(123), { numDocs: 20, confusability: 1, extraQuestions: 3 })))).toBe('0fce43188132d33a');
+    expect([ex.question, ex.answer]).toEqual(['Question: Where does Kaia Ibsen live?\nAnswer: Kaia Ibsen lives in', 'Ostmark']);
+    expect(sha256(formatPrompt(ex) + '|' + ex.answer)).toBe('29a8a8bdb74b37a3');
+    expect(sha256(JSON.stringify(generateExample(trainSeed(123), { numDocs: 20, confusability: 1, extraQuestions: 3 })))).toBe('0cd6b0331b986fea');
   });
 
   it('lays out prefix, documents and question so that they can be cached and scored apart', () => {
@@ -137,7 +144,9 @@ describe('generateExample', () => {
       for (const doc of ex.documents) {
         expect(doc).toMatch(/^Doc \d+\. [A-Z][^\n]*\.\n$/);
       }
-      expect(ex.question).toMatch(/^Question: [A-Z][^\n]*\?\nAnswer:$/);
+      expect(ex.question).toMatch(/^Question: [A-Z][^\n]*\?\nAnswer: [A-Z][^\n]*[a-z]$/);
+      expect(ex.question.endsWith(`Answer: ${ex.lead}`)).toBe(true);
+      expect(ex.documents[ex.answerDoc]).toContain(`${ex.lead} ${ex.answer}.`);
       expect(formatPrompt(ex)).toBe(ex.prefix + ex.documents.join('') + ex.question);
       expect(formatCompletion(ex.answer)).toBe(` ${ex.answer}`);
       expect(ex.answer).toMatch(/^[A-Za-z0-9][A-Za-z0-9 -]*$/);

@@ -102,7 +102,7 @@ describe('task tokenizer', () => {
       expect(ours.decode(enc.ids.slice(s, e))).toBe(` ${qa.answer}</s>`);
     });
     expect(enc.docStarts.map((s) => ours.decode([enc.ids[s]!]))).toEqual(ex.documents.map(() => 'Doc'));
-    for (const context of [200, 512, 1024]) {
+    for (const context of [256, 512, 1024]) {
       const fit = fitExample(ours, task.heldOutSeed(9), context, { docLength: 6 });
       expect(fit.ids.length).toBeLessThanOrEqual(context);
       expect(fit.ids.length).toBeGreaterThan(context * 0.75);
