@@ -2,7 +2,7 @@
 // against the number of documents, from well inside the model's training length T to 4x T and
 // beyond, for every context method kvfocus has, with time to first token.
 //
-//   npm run bench:quality -- [--model models] [--count 100] [--docs 2,4,6,8,12,16,24,32]
+//   npm run bench:quality -- [--model models] [--count 100] [--docs 2,4,6,8,12,16,24,32,48]
 //        [--methods full,full-unbounded] [--device cpu] [--start 0]
 //        [--json bench/quality.json] [--svg bench/quality.svg] [--readme README.md | --no-readme]
 //
@@ -36,7 +36,7 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
 const modelDir = resolve(opt('--model', join(root, 'models')));
 const count = positiveInt('--count', 100);
-const docCounts = intList('--docs', '2,4,6,8,12,16,24,32');
+const docCounts = intList('--docs', '2,4,6,8,12,16,24,32,48');
 const methodNames = String(opt('--methods', Object.keys(METHODS).join(','))).split(',');
 for (const m of methodNames) if (!METHODS[m]) throw new Error(`--methods: unknown method ${m} (known: ${Object.keys(METHODS).join(', ')})`);
 const device = opt('--device', 'cpu');

@@ -7,6 +7,8 @@
 //   npm run build:ts
 //   node scripts/train/make-data.mjs --tokenizer DIR --out FILE.jsonl --count 20000 --context 1024 [--split train|valid] [--start 0]
 //        [--max-docs 500] [--doc-length 3-8] [--extra 3-8]
+//   node scripts/train/make-data.mjs --copy --tokenizer DIR --out FILE.jsonl --count 40000   (copy warm-up)
+//        [--alphabet 4-64] [--copy-length 16-96]
 //
 // Each example draws its knobs from its own seed: 3-8 sentences per document (--doc-length),
 // confusability uniform in [0, 1], the answer document anywhere, 3-8 extra questions (--extra) after the main one (more
@@ -14,8 +16,7 @@
 // shorter length (a quarter of the context up to all of it) so that every length is trained.
 // --split train uses training seeds; --split valid uses held-out seeds from index 100000 on,
 // apart from the ones eval.mjs scores (held-out indices from 0).
-import { createWriteStream } from 'node:fs';
-import { mkdirSync } from 'node:fs';
+import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -30,6 +31,32 @@ export function exampleKnobs(seed, context, { docLength: [dlo, dhi] = [3, 8], ex
   const extraQuestions = rng.range(elo, ehi);
   const length = rng.chance(0.3) ? rng.range(Math.floor(context / 4), context) : context;
   return { length, options: { docLength, confusability, extraQuestions, answerPosition: 'random' } };
+}
+
+/**
+ * The copy warm-up corpus: <s>, a random token sequence x, "\n", x again; the loss is on the
+ * second copy from its fifth token on. Each sequence draws its tokens from a random alphabet
+ * (--alphabet, 4 to 64 tokens by default: one token then rarely says where to copy from, and
+ * the model must match the two or three before it, as it must to find an answer after its
+ * lead) with a random length (--copy-length). This is the match-and-copy (induction) circuit. Trained on the QA corpus alone the model sat on a plateau for as
+ * long as we waited; after this warm-up (a few hundred steps) the circuit is there to build on.
+ */
+async function writeCopyCorpus(path, count, start, tokenizerDir, [alo, ahi], [nlo, nhi]) {
+  const tj = JSON.parse(readFileSync(`${tokenizerDir}/tokenizer.json`, 'utf8'));
+  const vocab = Math.max(...Object.values(tj.model.vocab), ...tj.added_tokens.map((t) => t.id)) + 1;
+  const newline = tj.model.vocab['Ċ'];
+  const rng = new task.Rng(start + 99_991);
+  mkdirSync(dirname(path), { recursive: true });
+  const lines = [];
+  for (let i = 0; i < count; i++) {
+    const alphabet = Array.from({ length: Math.min(rng.range(alo, ahi), vocab - 3) }, () => 3 + rng.int(vocab - 3));
+    const n = rng.range(nlo, nhi);
+    const xs = Array.from({ length: n }, () => rng.pick(alphabet));
+    const ids = [1, ...xs, newline, ...xs];
+    lines.push(JSON.stringify({ seed: start + i, ids, ans: [[n + 2 + 4, ids.length]], p: n + 2 }));
+  }
+  writeFileSync(path, `${lines.join('\n')}\n`);
+  console.log(JSON.stringify({ out: path, examples: count, copy: true }));
 }
 
 const range = (text) => {
@@ -50,14 +77,18 @@ async function main() {
       'max-docs': { type: 'string', default: '500' },
       'doc-length': { type: 'string', default: '3-8' },
       extra: { type: 'string', default: '3-8' },
+      copy: { type: 'boolean', default: false },
+      alphabet: { type: 'string', default: '4-64' },
+      'copy-length': { type: 'string', default: '16-96' },
     },
   });
   if (!values.tokenizer || !values.out || !['train', 'valid'].includes(values.split)) {
     console.error('usage: node scripts/train/make-data.mjs --tokenizer DIR --out FILE.jsonl [--count N] [--context T] [--split train|valid] [--start I]');
     process.exit(2);
   }
-  const tok = await Tokenizer.load(values.tokenizer);
   const count = Number(values.count);
+  if (values.copy) return writeCopyCorpus(values.out, count, Number(values.start), values.tokenizer, range(values.alphabet), range(values['copy-length']));
+  const tok = await Tokenizer.load(values.tokenizer);
   const context = Number(values.context);
   const start = Number(values.start);
   mkdirSync(dirname(values.out), { recursive: true });
