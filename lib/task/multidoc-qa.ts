@@ -441,7 +441,9 @@ export function generateExample(seed: number, options: MultiDocQaOptions = {}): 
       blocks.push(sentences);
     }
     const nFill = Math.max(0, o.docLength - docFactCount(d));
-    for (let k = 0; k < nFill; k++) blocks.splice(rng.int(blocks.length + 1), 0, [rng.pick(FILLERS)(rng)]);
+    // Distinct filler templates within a document (a document does not say the same thing twice).
+    const fillers = rng.sample(FILLERS, Math.min(nFill, FILLERS.length));
+    for (let k = 0; k < nFill; k++) blocks.splice(rng.int(blocks.length + 1), 0, [(fillers[k] ?? rng.pick(FILLERS))(rng)]);
     return `Doc ${ids[d]}. ${blocks.flat().join(' ')}\n`;
   });
 

@@ -132,8 +132,8 @@ describe('generateExample', () => {
     // deliberate change of the generator updates these, and retrains the embedded model).
     const ex = generateExample(heldOutSeed(0));
     expect([ex.question, ex.answer]).toEqual(['Question: Where does Kaia Ibsen live?\nAnswer: Kaia Ibsen lives in', 'Ostmark']);
-    expect(sha256(formatPrompt(ex) + '|' + ex.answer)).toBe('29a8a8bdb74b37a3');
-    expect(sha256(JSON.stringify(generateExample(trainSeed(123), { numDocs: 20, confusability: 1, extraQuestions: 3 })))).toBe('0cd6b0331b986fea');
+    expect(sha256(formatPrompt(ex) + '|' + ex.answer)).toBe('b28cc8fe436de17d');
+    expect(sha256(JSON.stringify(generateExample(trainSeed(123), { numDocs: 20, confusability: 1, extraQuestions: 3 })))).toBe('b593af97b7f6e3e3');
   });
 
   it('lays out prefix, documents and question so that they can be cached and scored apart', () => {
@@ -143,6 +143,10 @@ describe('generateExample', () => {
       expect(ex.prefix.endsWith('\n')).toBe(true);
       for (const doc of ex.documents) {
         expect(doc).toMatch(/^Doc \d+\. [A-Z][^\n]*\.\n$/);
+        // No template twice in a document: sentences differ in their first three words unless
+        // they state facts (which name a person).
+        const openings = doc.trim().split(/(?<=\.) /).slice(1).filter((x) => !/^[A-Z][a-z]+ [A-Z][a-z]+('s)? /.test(x)).map((x) => x.split(' ').slice(0, 3).join(' '));
+        expect(new Set(openings).size, doc).toBe(openings.length);
       }
       expect(ex.question).toMatch(/^Question: [A-Z][^\n]*\?\nAnswer: [A-Z][^\n]*[a-z]$/);
       expect(ex.question.endsWith(`Answer: ${ex.lead}`)).toBe(true);
