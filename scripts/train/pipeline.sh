@@ -2,13 +2,15 @@
 # The embedded model from nothing, in one command: tokenizer, corpora, training in two phases,
 # evaluation through kvfocus (500 held-out questions, logits against PyTorch). Meant for the GPU
 # machine (DEVICE=cuda; on it: bash .device/run.sh bash scripts/train/pipeline.sh), and runs on
-# the CPU too (slowly; SCALE=0.01 STEPS_A=20 STEPS=40 checks the plumbing in a minute).
+# the CPU too (slowly; SCALE=0.005 STEPS_0=2 STEPS_A=4 STEPS=8 checks the plumbing).
 #
-#   W=bench/tmp/train/t512 DEVICE=cuda JOBS=16 STEPS_A=1500 STEPS=6000 bash scripts/train/pipeline.sh
+#   W=bench/tmp/train/t512 DEVICE=cuda JOBS=16 STEPS_0=800 STEPS_A=1500 STEPS=6000 bash scripts/train/pipeline.sh
 #
-# Phase A: the curriculum corpus (1-3 short documents) mixed with copy rows of random length,
-# so that the match-and-copy circuit forms; phase B: the full corpus (as many documents as fit
-# T) with a few copy rows. One learning-rate schedule spans both (train.py --until). Leaves the
+# Phase 0: copy rows of random length alone, until the content-based match-and-copy (induction)
+# circuit forms; phase A: the curriculum corpus (1-3 short documents) mixed with copy rows, which
+# keep that circuit alive while the model learns the task's text; phase B: the full corpus (as
+# many documents as fit T) with a few copy rows. One learning-rate schedule spans all three
+# (train.py --until). Leaves the
 # model in $W/model, the evaluation in $W/eval.json and the logits fixture in
 # $W/default-model-logits.json (copy both to models/ and test/fixtures/ when it passes the bar).
 # Training resumes from $W/work/ckpt.pt when it exists: remove $W/work for a fresh run.
@@ -17,8 +19,10 @@ W=${W:-bench/tmp/train/t512}
 DEVICE=${DEVICE:-cpu}
 JOBS=${JOBS:-2}
 SCALE=${SCALE:-1}
+STEPS_0=${STEPS_0:-800}
 STEPS_A=${STEPS_A:-1500}
 STEPS=${STEPS:-6000}
+BATCH_0=${BATCH_0:-32}
 BATCH_A=${BATCH_A:-32}
 BATCH_B=${BATCH_B:-16}
 LR=${LR:-2e-3}
@@ -52,6 +56,7 @@ tail -n "$(n 5000)" "$W/copy.jsonl" | cat "$W/full.jsonl" - > "$W/phase-b.jsonl"
 ARGS=(--valid "$W/valid.jsonl" --valid-count 128 --tokenizer "$W/tokenizer" --work "$W/work" --export "$W/model"
   --context $T --d-model 256 --ffn 768 --layers 4 --heads 4 --kv-heads 2 --steps "$STEPS" --lr "$LR" --warmup 100
   --text-weight 0.25 --eval-every 200 --ckpt-every 100 --log-every 20 --device "$DEVICE")
+"$PY" scripts/train/train.py --data "$W/copy.jsonl" "${ARGS[@]}" --text-weight 0 --batch "$BATCH_0" --until "$STEPS_0" | tee -a "$W/train.log"
 "$PY" scripts/train/train.py --data "$W/phase-a.jsonl" "${ARGS[@]}" --batch "$BATCH_A" --until "$STEPS_A" | tee -a "$W/train.log"
 "$PY" scripts/train/train.py --data "$W/phase-b.jsonl" "${ARGS[@]}" --batch "$BATCH_B" | tee -a "$W/train.log"
 
