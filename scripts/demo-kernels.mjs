@@ -4,6 +4,7 @@
 // attention over the moved cache is checked against attention computed from scratch at the new
 // positions.
 import { createRequire } from 'node:module';
+import { uniformF32 } from './lib/random.mjs';
 
 const require = createRequire(import.meta.url);
 const { Tensor, ops, buildInfo } = require('../dist/cjs/index.js');
@@ -13,22 +14,13 @@ const device = process.argv.includes('--cpu') ? 'cpu' : info.backend;
 console.log(`kvfocus ${info.version} — backend ${device}${info.devices.length ? ` (${info.devices.map((d) => d.name).join(', ')})` : ''}, ${info.cpuThreads} CPU threads`);
 console.log('Re-positioning smoke job on the CacheFocus kernels.\n');
 
-function randn(n, seed) {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 4294967296) * 2 - 1;
-  }
-  return out;
-}
 
 const [docTokens, heads, d] = [2048, 8, 128];
 const shift = 5000;
 const base = 500000;
-const keysRaw = Tensor.from(randn(docTokens * heads * d, 1), { shape: [docTokens, heads, d], dtype: 'bf16', device });
-const values = Tensor.from(randn(docTokens * heads * d, 2), { shape: [docTokens, heads, d], dtype: 'bf16', device });
-const query = Tensor.from(randn(heads * d, 3), { shape: [1, heads, d], device });
+const keysRaw = Tensor.from(uniformF32(docTokens * heads * d, 1), { shape: [docTokens, heads, d], dtype: 'bf16', device });
+const values = Tensor.from(uniformF32(docTokens * heads * d, 2), { shape: [docTokens, heads, d], dtype: 'bf16', device });
+const query = Tensor.from(uniformF32(heads * d, 3), { shape: [1, heads, d], device });
 const at = (start, n) => Int32Array.from({ length: n }, (_, i) => start + i);
 
 // Offline: the document's keys are cached rotated at positions 0..n-1.

@@ -6,6 +6,7 @@ import { cpus } from 'node:os';
 import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { flag, opt } from './args.mjs';
+import { uniformF32 } from '../lib/random.mjs';
 
 const require = createRequire(import.meta.url);
 const { Tensor, ops, buildInfo } = require('../../dist/cjs/index.js');
@@ -46,15 +47,6 @@ async function time(device, fn, { minSeconds = quick ? 0.2 : 1, reps = 5 } = {})
   return samples[Math.floor(samples.length / 2)];
 }
 
-function randomF32(n, seed) {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 4294967296) * 2 - 1;
-  }
-  return out;
-}
 
 const results = [];
 for (const device of devices) {
@@ -65,7 +57,7 @@ for (const device of devices) {
   const to = Tensor.from(Int32Array.from({ length: tokens }, (_, i) => i + 1000), { device });
   const invFreq = Tensor.from(Float32Array.from({ length: d / 2 }, (_, i) => 1 / Math.pow(10000, (2 * i) / d)), { device });
   for (const dtype of ['f32', 'bf16', 'f16']) {
-    const keys = Tensor.from(randomF32(tokens * heads * d, 1), { shape: [tokens, heads, d], dtype, device });
+    const keys = Tensor.from(uniformF32(tokens * heads * d, 1), { shape: [tokens, heads, d], dtype, device });
     const bytes = keys.byteLength * 2; // read + write
     const tRerotate = await time(device, () => ops.rerotate(keys, from, to, { invFreq }));
     const tInPlace = await time(device, () => [ops.rerotate(keys, from, to, { invFreq, inPlace: true })].filter((t) => t !== keys));
@@ -83,8 +75,8 @@ for (const device of devices) {
   const size = quick ? 512 : device === 'cuda' ? 4096 : 2048;
   for (const m of [1, 512]) {
     for (const wdtype of ['f32', 'bf16']) {
-      const x = Tensor.from(randomF32(m * size, 2), { shape: [m, size], device });
-      const w = Tensor.from(randomF32(size * size, 3), { shape: [size, size], dtype: wdtype, device });
+      const x = Tensor.from(uniformF32(m * size, 2), { shape: [m, size], device });
+      const w = Tensor.from(uniformF32(size * size, 3), { shape: [size, size], dtype: wdtype, device });
       const s = await time(device, () => ops.matmul(x, w, { transposeB: true }));
       const flops = 2 * m * size * size;
       results.push({

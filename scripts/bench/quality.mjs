@@ -26,7 +26,7 @@ import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { encodeExample, task } from '../train/common.mjs';
+import { encodeExample, task, Tokenizer } from '../train/common.mjs';
 import { flag, intList, opt, positiveInt } from './args.mjs';
 import { MAX_NEW_TOKENS, METHODS } from './quality-methods.mjs';
 
@@ -49,9 +49,7 @@ const config = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8'));
 const T = config.max_position_embeddings;
 
 // Encode every point's examples first: the longest prompt sizes the KV cache.
-const probe = await loadModel(modelDir, { device: 'cpu', kvCacheTokens: 16 });
-const tok = probe.tokenizer;
-probe.dispose();
+const tok = await Tokenizer.load(modelDir);
 const points = docCounts.map((numDocs) => {
   const examples = Array.from({ length: count }, (_, i) => {
     const ex = task.generateExample(task.heldOutSeed(start + i), { numDocs });

@@ -23,7 +23,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { encodeExample, fitExample, task } from './common.mjs';
+import { encodeExample, fitExample, task, Tokenizer } from './common.mjs';
 
 const require = createRequire(import.meta.url);
 const { loadModel } = require('../../dist/cjs/index.js');
@@ -55,9 +55,7 @@ const config = JSON.parse(readFileSync(join(values.model, 'config.json'), 'utf8'
 const context = Number(values.context ?? config.max_position_embeddings);
 // Questions run one at a time: the KV cache holds the longest prompt and the 16 tokens generated
 // after it (the tokenizer is read first to size it).
-const probe = await loadModel(values.model, { device: 'cpu', kvCacheTokens: 16 });
-const tok = probe.tokenizer;
-probe.dispose();
+const tok = await Tokenizer.load(values.model);
 const position = /^\d+$/.test(values.position) ? Number(values.position) : values.position;
 const options = { docLength: Number(values['doc-length']), confusability: Number(values.confusability), answerPosition: position };
 
