@@ -54,7 +54,7 @@ export class Model {
     this.#eos = init.eos;
     this.kvCacheTokens = init.kvCacheTokens;
     this.#prefillChunk = init.prefillChunk;
-    this.#scheduler = new Scheduler(init.native, { prefillChunk: init.prefillChunk, stepTokens: Math.max(init.prefillChunk, 2048) });
+    this.#scheduler = new Scheduler(init.native, { prefillChunk: init.prefillChunk, stepTokens: Math.max(init.prefillChunk, 2048), kvCacheTokens: init.kvCacheTokens });
   }
 
   #handle(what: string): NativeModel {

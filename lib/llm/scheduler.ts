@@ -122,7 +122,7 @@ export class Scheduler {
 
   constructor(
     private readonly model: NativeModel,
-    private readonly options: { prefillChunk: number; stepTokens: number },
+    private readonly options: { prefillChunk: number; stepTokens: number; kvCacheTokens: number },
   ) {}
 
   get active(): number {
@@ -258,7 +258,9 @@ export class Scheduler {
     const safe = req.text.length - hold;
     req.stream.push({ token, text: safe > req.emitted ? req.text.slice(req.emitted, safe) : '' });
     req.emitted = Math.max(req.emitted, safe);
-    if (req.generated.length >= req.init.maxTokens) {
+    // The token just sampled would sit at req.position: a sequence that has filled the KV cache
+    // ends as it would at maxTokens, not with an out-of-memory error on its next step.
+    if (req.generated.length >= req.init.maxTokens || req.position >= this.options.kvCacheTokens) {
       this.#end(req, 'length');
       return;
     }

@@ -76,8 +76,10 @@ describe('generate()', () => {
   });
 
   it('maxTokens ends with finishReason "length"', async () => {
-    const r = await model.generate(PROMPT, { maxTokens: 3, temperature: 1, seed: 1, stopTokens: [] }).result;
-    if (r.finishReason === 'length') expect(r.tokens).toHaveLength(3);
+    // Greedy on these ids runs for 25 tokens without </s> (the KV-cache test below), so only maxTokens stops it.
+    const r = await model.generate(Array.from({ length: 40 }, (_, i) => 10 + i), { maxTokens: 3 }).result;
+    expect(r.finishReason).toBe('length');
+    expect(r.tokens).toHaveLength(3);
   });
 
   it('a stop string ends the text before it, and is never streamed', async () => {
@@ -188,6 +190,21 @@ describe('bad input gives typed errors', () => {
       expect(failed.length).toBeGreaterThan(0);
       for (const f of failed) expect((f as PromiseRejectedResult).reason).toBeInstanceOf(OutOfMemoryError);
       expect(settled.some((s) => s.status === 'fulfilled')).toBe(true);
+    } finally {
+      small.dispose();
+    }
+  });
+
+  it('a generation that fills the KV cache ends with finishReason "length", not an error', async () => {
+    const small = await loadModel(dir, { device: 'cpu', kvCacheTokens: 64 });
+    try {
+      const prompt = Array.from({ length: 40 }, (_, i) => 10 + i);
+      const r = await small.generate(prompt, { maxTokens: 100 }).result;
+      // Greedy on the fixture never samples </s> here: tokens at positions 40..64, the last one
+      // sampled but never fed.
+      expect(r.finishReason).toBe('length');
+      expect(r.tokens).toHaveLength(64 - 40 + 1);
+      expect(small.freeKvPages).toBe((64 / 16) * small.config.numLayers);
     } finally {
       small.dispose();
     }
