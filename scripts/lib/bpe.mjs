@@ -83,3 +83,22 @@ export function learnMerges(texts, { newTokens, minCount = 1, mergeable = () => 
   }
   return { merges, tokens };
 }
+
+/**
+ * The "model" block of a tokenizer.json for a byte-level BPE: `vocab` maps token -> id, `merges`
+ * by rank, as "a b" strings or [a, b] pairs (tokenizers reads both).
+ */
+export function bpeModelJson(vocab, merges) {
+  return {
+    type: 'BPE',
+    dropout: null,
+    unk_token: null,
+    continuing_subword_prefix: null,
+    end_of_word_suffix: null,
+    fuse_unk: false,
+    byte_fallback: false,
+    ignore_merges: false,
+    vocab,
+    merges,
+  };
+}

@@ -16,7 +16,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { BYTE_CHARS, learnMerges } from '../lib/bpe.mjs';
+import { BYTE_CHARS, bpeModelJson, learnMerges } from '../lib/bpe.mjs';
 
 const require = createRequire(import.meta.url);
 
@@ -63,18 +63,7 @@ export function tokenizerJson({ vocab, merges }) {
       special_tokens: { [bos]: { id: bos, ids: [vocab.get(bos)], tokens: [bos] } },
     },
     decoder: byteLevel,
-    model: {
-      type: 'BPE',
-      dropout: null,
-      unk_token: null,
-      continuing_subword_prefix: null,
-      end_of_word_suffix: null,
-      fuse_unk: false,
-      byte_fallback: false,
-      ignore_merges: false,
-      vocab: Object.fromEntries(vocab),
-      merges: merges.map(([a, b]) => `${a} ${b}`),
-    },
+    model: bpeModelJson(Object.fromEntries(vocab), merges.map(([a, b]) => `${a} ${b}`)),
   };
 }
 
