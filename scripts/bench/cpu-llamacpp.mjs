@@ -102,6 +102,17 @@ function decodeRate(times) {
 // Engines (child processes)
 // ---------------------------------------------------------------------------------------------
 
+/** Prefill seconds of every prompt size: `timeOne(tokens)` runs one prefill and returns its seconds. */
+async function prefillRuns(timeOne) {
+  const prefill = [];
+  for (const n of prompts) {
+    const tokens = promptTokens(n, n);
+    const runs = await measure(() => timeOne(tokens));
+    prefill.push({ tokens: n, seconds: runs, tokensPerSecond: n / median(runs) });
+  }
+  return prefill;
+}
+
 async function runKvfocus(dir) {
   const require = createRequire(import.meta.url);
   const { loadModel, buildInfo } = require('../../dist/cjs/index.js');
@@ -111,16 +122,11 @@ async function runKvfocus(dir) {
   const model = await loadModel(dir, { device: 'cpu', kvDtype: 'f32', prefillChunk: batch, kvCacheTokens: SIZES.maxPositionEmbeddings });
   const loadSeconds = now() - t0;
   try {
-    const prefill = [];
-    for (const n of prompts) {
-      const tokens = promptTokens(n, n);
-      const runs = await measure(async () => {
-        const s = now();
-        await model.logits(tokens);
-        return now() - s;
-      });
-      prefill.push({ tokens: n, seconds: runs, tokensPerSecond: n / median(runs) });
-    }
+    const prefill = await prefillRuns(async (tokens) => {
+      const s = now();
+      await model.logits(tokens);
+      return now() - s;
+    });
     const prompt = promptTokens(decodePrompt, 7);
     let generated = [];
     const runs = await measure(async () => {
@@ -193,17 +199,12 @@ async function runLlamaCpp(dir) {
   });
   try {
     const sequence = context.getSequence();
-    const prefill = [];
-    for (const n of prompts) {
-      const tokens = promptTokens(n, n);
-      const runs = await measure(async () => {
-        await sequence.clearHistory();
-        const s = now();
-        await sequence.evaluateWithoutGeneratingNewTokens(tokens);
-        return now() - s;
-      });
-      prefill.push({ tokens: n, seconds: runs, tokensPerSecond: n / median(runs) });
-    }
+    const prefill = await prefillRuns(async (tokens) => {
+      await sequence.clearHistory();
+      const s = now();
+      await sequence.evaluateWithoutGeneratingNewTokens(tokens);
+      return now() - s;
+    });
     const prompt = promptTokens(decodePrompt, 7);
     let generated = [];
     const runs = await measure(async () => {
