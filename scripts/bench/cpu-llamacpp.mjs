@@ -113,6 +113,12 @@ async function prefillRuns(timeOne) {
   return prefill;
 }
 
+/** The decode record of one engine: its runs' token rates (tokens after the first per second). */
+function decodeSummary(runs, generated, extra = {}) {
+  const rates = runs.map((r) => r.rate);
+  return { promptTokens: decodePrompt, tokens: decodeTokens, tokensPerSecondRuns: rates, tokensPerSecond: median(rates), ...extra, generated };
+}
+
 async function runKvfocus(dir) {
   const require = createRequire(import.meta.url);
   const { loadModel, buildInfo } = require('../../dist/cjs/index.js');
@@ -149,14 +155,7 @@ async function runKvfocus(dir) {
       threads: info.cpuThreads,
       loadSeconds,
       prefill,
-      decode: {
-        promptTokens: decodePrompt,
-        tokens: decodeTokens,
-        tokensPerSecondRuns: runs.map((r) => r.rate),
-        tokensPerSecond: median(runs.map((r) => r.rate)),
-        engineReportedTokensPerSecond: median(runs.map((r) => r.engineRate)),
-        generated,
-      },
+      decode: decodeSummary(runs, generated, { engineReportedTokensPerSecond: median(runs.map((r) => r.engineRate)) }),
     };
   } finally {
     model.dispose();
@@ -227,13 +226,7 @@ async function runLlamaCpp(dir) {
       threads: context.currentThreads,
       loadSeconds,
       prefill,
-      decode: {
-        promptTokens: decodePrompt,
-        tokens: decodeTokens,
-        tokensPerSecondRuns: runs.map((r) => r.rate),
-        tokensPerSecond: median(runs.map((r) => r.rate)),
-        generated,
-      },
+      decode: decodeSummary(runs, generated),
     };
   } finally {
     await context.dispose();
