@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import type { DeviceName, LayerWeightsNative, ModelWeightsNative, NativeModel } from '../binding.js';
-import { DisposedError, InvalidArgumentError, ModelFormatError } from '../errors.js';
+import { DisposedError, InvalidArgumentError, ModelFormatError, UnsupportedError } from '../errors.js';
 import { addon, native, packageRoot } from '../loader.js';
 import { checkCheckpointTensors, type ModelConfig, openSafetensors, readModelConfig, ropeParameters, Tokenizer, type TensorInfo } from '../model/index.js';
 import type { ChatMessage } from '../model/tokenizer.js';
@@ -38,6 +38,12 @@ export class Model {
   readonly device: DeviceName;
   /** KV capacity in tokens per layer. */
   readonly kvCacheTokens: number;
+  /**
+   * Longest sequence (prompt + generated tokens) one request may reach: kvCacheTokens, and on a
+   * sliding-window checkpoint (Mistral v0.1, Qwen2 with use_sliding_window) at most the window,
+   * since the engine does not apply the window yet and would attend past it.
+   */
+  readonly maxSequenceTokens: number;
   #native: NativeModel | null;
   #scheduler: Scheduler;
   #weights: Tensor[];
@@ -53,8 +59,9 @@ export class Model {
     this.#weights = init.weights;
     this.#eos = init.eos;
     this.kvCacheTokens = init.kvCacheTokens;
+    this.maxSequenceTokens = Math.min(init.kvCacheTokens, init.config.slidingWindow ?? Infinity);
     this.#prefillChunk = init.prefillChunk;
-    this.#scheduler = new Scheduler(init.native, { prefillChunk: init.prefillChunk, stepTokens: Math.max(init.prefillChunk, 2048), kvCacheTokens: init.kvCacheTokens });
+    this.#scheduler = new Scheduler(init.native, { prefillChunk: init.prefillChunk, stepTokens: Math.max(init.prefillChunk, 2048), maxSequenceTokens: this.maxSequenceTokens });
   }
 
   #handle(what: string): NativeModel {
@@ -77,6 +84,12 @@ export class Model {
     if (tokens.length === 0) throw new InvalidArgumentError('prompt: is empty', 'prompt');
     const bad = tokens.findIndex((t) => !(t >= 0 && t < this.config.vocabSize));
     if (bad >= 0) throw new InvalidArgumentError(`prompt: token ${tokens[bad]} at index ${bad} is outside the vocabulary [0, ${this.config.vocabSize})`, 'prompt');
+    const window = this.config.slidingWindow;
+    if (window !== null && tokens.length + extra > window) {
+      throw new UnsupportedError(
+        `prompt: ${tokens.length} tokens${extra ? ` + ${extra} to generate` : ''} exceed the model's sliding window (${window} tokens); sliding-window attention is not applied yet, so longer sequences are refused`,
+      );
+    }
     if (tokens.length + extra > this.kvCacheTokens) {
       throw new InvalidArgumentError(
         `prompt: ${tokens.length} tokens${extra ? ` + ${extra} to generate` : ''} do not fit the KV cache (${this.kvCacheTokens} tokens; raise kvCacheTokens)`,

@@ -122,7 +122,7 @@ export class Scheduler {
 
   constructor(
     private readonly model: NativeModel,
-    private readonly options: { prefillChunk: number; stepTokens: number; kvCacheTokens: number },
+    private readonly options: { prefillChunk: number; stepTokens: number; maxSequenceTokens: number },
   ) {}
 
   get active(): number {
@@ -258,9 +258,10 @@ export class Scheduler {
     const safe = req.text.length - hold;
     req.stream.push({ token, text: safe > req.emitted ? req.text.slice(req.emitted, safe) : '' });
     req.emitted = Math.max(req.emitted, safe);
-    // The token just sampled would sit at req.position: a sequence that has filled the KV cache
-    // ends as it would at maxTokens, not with an out-of-memory error on its next step.
-    if (req.generated.length >= req.init.maxTokens || req.position >= this.options.kvCacheTokens) {
+    // The token just sampled would sit at req.position: a sequence that has reached its longest
+    // length (the KV cache, or a sliding window) ends as it would at maxTokens, not with an
+    // out-of-memory error on its next step.
+    if (req.generated.length >= req.init.maxTokens || req.position >= this.options.maxSequenceTokens) {
       this.#end(req, 'length');
       return;
     }
