@@ -2,7 +2,9 @@
 // files, its size, and its accuracy on held-out questions inside the training length with
 // kvfocus's own engine. The full bar (500 questions, logits against PyTorch) is
 // scripts/train/eval.mjs; this is a quick guard that the shipped files still work.
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
@@ -70,5 +72,36 @@ describe.skipIf(!shipped)('embedded default model (models/)', () => {
     }
     // eval.mjs holds the model to >= 95% on 500 questions; 40 of them leave room for chance.
     expect(correct / n).toBeGreaterThanOrEqual(0.85);
+  });
+
+  // The README's first command and the accuracy benchmark, end to end on this model (through the
+  // built package in dist/, which `npm test` builds first).
+  const ROOT = path.join(__dirname, '../..');
+  it('npm run demo answers held-out questions and prints accuracy and timings', () => {
+    const out = execFileSync(process.execPath, ['scripts/demo.mjs', '--model', DIR, '--count', '16'], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
+    expect(out).toMatch(/Documents/);
+    const m = out.match(/accuracy \(exact match\): (\d+)\/16/);
+    expect(m).not.toBeNull();
+    expect(Number(m![1])).toBeGreaterThanOrEqual(12);
+    expect(out).toMatch(/time to first token/);
+  });
+
+  it('npm run bench:quality writes its JSON, chart and README table', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'kvfocus-quality-'));
+    try {
+      const readme = path.join(dir, 'README.md');
+      writeFileSync(readme, 'before\n<!-- quality-table:begin -->\nold\n<!-- quality-table:end -->\nafter\n');
+      execFileSync(process.execPath, ['scripts/bench/quality.mjs', '--model', DIR, '--count', '4', '--docs', '2,24', '--json', path.join(dir, 'q.json'), '--svg', path.join(dir, 'q.svg'), '--readme', readme], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
+      const json = JSON.parse(readFileSync(path.join(dir, 'q.json'), 'utf8'));
+      expect(JSON.stringify(json)).toMatch(/full-unbounded/);
+      expect(readFileSync(path.join(dir, 'q.svg'), 'utf8')).toMatch(/^<svg/);
+      const table = readFileSync(readme, 'utf8');
+      expect(table).toMatch(/^before\n<!-- quality-table:begin -->\n/);
+      expect(table).not.toMatch(/\nold\n/);
+      expect(table).toMatch(/\| *full *\|/);
+      expect(table).toMatch(/<!-- quality-table:end -->\nafter\n$/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
