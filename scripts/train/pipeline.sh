@@ -4,7 +4,7 @@
 # machine (DEVICE=cuda; on it: bash .device/run.sh bash scripts/train/pipeline.sh), and runs on
 # the CPU too (slowly; SCALE=0.005 STEPS_0=2 STEPS_A=4 STEPS=8 checks the plumbing).
 #
-#   W=bench/tmp/train/t512 DEVICE=cuda JOBS=16 STEPS_0=800 STEPS_A=1100 STEPS=6000 bash scripts/train/pipeline.sh
+#   W=bench/tmp/train/t512 DEVICE=cuda JOBS=16 STEPS_0=800 STEPS_A=1100 STEPS=7000 bash scripts/train/pipeline.sh
 #
 # Phase 0: copy rows of random length alone, until the content-based match-and-copy (induction)
 # circuit forms; phase A: the curriculum corpus (1-3 short documents) mixed with copy rows, which
@@ -21,7 +21,7 @@ JOBS=${JOBS:-2}
 SCALE=${SCALE:-1}
 STEPS_0=${STEPS_0:-800}
 STEPS_A=${STEPS_A:-1100}
-STEPS=${STEPS:-6000}
+STEPS=${STEPS:-7000}
 BATCH_0=${BATCH_0:-32}
 BATCH_A=${BATCH_A:-32}
 BATCH_B=${BATCH_B:-16}
