@@ -107,7 +107,7 @@ model.dispose();
 const info = buildInfo();
 const report = {
   benchmark: 'quality',
-  command: `npm run bench:quality -- ${process.argv.slice(2).join(' ')}`.trim(),
+  command: ['npm run bench:quality', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '),
   date: new Date().toISOString(),
   model: { dir: modelDir, contextLength: T, layers: config.num_hidden_layers, hidden: config.hidden_size },
   device,

@@ -70,8 +70,8 @@ describe.skipIf(!shipped)('embedded default model (models/)', () => {
       const r = await model.generate(ids.slice(0, promptLength), { maxTokens: 16, temperature: 0 }).result;
       if (task.exactMatch(r.text, ex.answer)) correct++;
     }
-    // eval.mjs holds the model to >= 95% on 500 questions; 40 of them leave room for chance.
-    expect(correct / n).toBeGreaterThanOrEqual(0.85);
+    // eval.mjs measured 99.8% on 500 questions; 2 misses in 40 would be a regression worth a look.
+    expect(correct / n).toBeGreaterThanOrEqual(0.95);
   });
 
   // The README's first command and the accuracy benchmark, end to end on this model (through the
@@ -82,7 +82,7 @@ describe.skipIf(!shipped)('embedded default model (models/)', () => {
     expect(out).toMatch(/Documents/);
     const m = out.match(/accuracy \(exact match\): (\d+)\/16/);
     expect(m).not.toBeNull();
-    expect(Number(m![1])).toBeGreaterThanOrEqual(12);
+    expect(Number(m![1])).toBeGreaterThanOrEqual(15);
     expect(out).toMatch(/time to first token/);
   });
 
