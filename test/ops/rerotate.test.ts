@@ -68,15 +68,26 @@ describe('rerotate', () => {
     expect(maxAbsDiff(moved, atQ)).toBeLessThan(1e-3);
   });
 
-  it('keeps bf16 keys within one bf16 rounding of the f32 result', async () => {
-    const [tokens, heads, d] = [9, 2, 32];
-    const x = roundTo('bf16', rand(tokens * heads * d, 9));
-    const from = randInts(tokens, 0, 512, 5);
-    const to = randInts(tokens, 0, 512, 6);
-    const f32 = await ops.rerotate(Tensor.from(x, { shape: [tokens, heads, d] }), from, to).toArray();
-    const bf = await ops.rerotate(Tensor.from(x, { shape: [tokens, heads, d], dtype: 'bf16' }), from, to).toArray();
-    for (let i = 0; i < f32.length; i++) expect(Math.abs(bf[i]! - f32[i]!)).toBeLessThanOrEqual(Math.abs(f32[i]!) * 2 ** -8 + 1e-6);
-  });
+  // 16-bit keys are widened to f32, rotated, and rounded once (to nearest even): within one
+  // rounding (bf16: 2^-8 relative, f16: 2^-11) of the f32 result; in place gives the same bits.
+  for (const [dtype, rel] of [['bf16', 2 ** -8], ['f16', 2 ** -11]] as const) {
+    for (const layout of ['half', 'adjacent'] as const) {
+      it(`keeps ${dtype} keys within one ${dtype} rounding of the f32 result, in place too (${layout})`, async () => {
+        const [tokens, heads, d] = [9, 3, 64];
+        const x = roundTo(dtype, rand(tokens * heads * d, 9));
+        const from = randInts(tokens, 0, 512, 5);
+        const to = randInts(tokens, 0, 512, 6);
+        const f32 = await ops.rerotate(Tensor.from(x, { shape: [tokens, heads, d] }), from, to, { layout }).toArray();
+        const got = await ops.rerotate(Tensor.from(x, { shape: [tokens, heads, d], dtype }), from, to, { layout }).toArray();
+        for (let i = 0; i < f32.length; i++) expect(Math.abs(got[i]! - f32[i]!)).toBeLessThanOrEqual(Math.abs(f32[i]!) * rel + 1e-6);
+        // The rotation itself is the f32 path's arithmetic: the result is its rounding, exactly.
+        expect(got).toEqual(roundTo(dtype, f32));
+        const k = Tensor.from(x, { shape: [tokens, heads, d], dtype });
+        ops.rerotate(k, from, to, { layout, inPlace: true });
+        expect(await k.toArray()).toEqual(got);
+      });
+    }
+  }
 
   it('moving by zero leaves keys bit-identical, and inPlace rewrites the tensor', async () => {
     const x = rand(3 * 2 * 8, 11);
