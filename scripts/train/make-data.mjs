@@ -16,7 +16,7 @@
 // shorter length (a quarter of the context up to all of it) so that every length is trained.
 // --split train uses training seeds; --split valid uses held-out seeds from index 100000 on,
 // apart from the ones eval.mjs scores (held-out indices from 0).
-import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -42,9 +42,9 @@ export function exampleKnobs(seed, context, { docLength: [dlo, dhi] = [3, 8], ex
  * long as we waited; after this warm-up (a few hundred steps) the circuit is there to build on.
  */
 async function writeCopyCorpus(path, count, start, tokenizerDir, [alo, ahi], [nlo, nhi]) {
-  const tj = JSON.parse(readFileSync(`${tokenizerDir}/tokenizer.json`, 'utf8'));
-  const vocab = Math.max(...Object.values(tj.model.vocab), ...tj.added_tokens.map((t) => t.id)) + 1;
-  const newline = tj.model.vocab['Ċ'];
+  const tok = await Tokenizer.load(tokenizerDir);
+  const vocab = tok.vocabSize;
+  const newline = tok.tokenToId('Ċ');
   const rng = new task.Rng(start + 99_991);
   mkdirSync(dirname(path), { recursive: true });
   const lines = [];
@@ -52,7 +52,7 @@ async function writeCopyCorpus(path, count, start, tokenizerDir, [alo, ahi], [nl
     const alphabet = Array.from({ length: Math.min(rng.range(alo, ahi), vocab - 3) }, () => 3 + rng.int(vocab - 3));
     const n = rng.range(nlo, nhi);
     const xs = Array.from({ length: n }, () => rng.pick(alphabet));
-    const ids = [1, ...xs, newline, ...xs];
+    const ids = [tok.bosTokenId, ...xs, newline, ...xs];
     lines.push(JSON.stringify({ seed: start + i, ids, ans: [[n + 2 + 4, ids.length]], p: n + 2 }));
   }
   writeFileSync(path, `${lines.join('\n')}\n`);
