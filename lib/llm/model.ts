@@ -84,17 +84,14 @@ export class Model {
     if (tokens.length === 0) throw new InvalidArgumentError('prompt: is empty', 'prompt');
     const bad = tokens.findIndex((t) => !(t >= 0 && t < this.config.vocabSize));
     if (bad >= 0) throw new InvalidArgumentError(`prompt: token ${tokens[bad]} at index ${bad} is outside the vocabulary [0, ${this.config.vocabSize})`, 'prompt');
-    const window = this.config.slidingWindow;
-    if (window !== null && tokens.length + extra > window) {
-      throw new UnsupportedError(
-        `prompt: ${tokens.length} tokens${extra ? ` + ${extra} to generate` : ''} exceed the model's sliding window (${window} tokens); sliding-window attention is not applied yet, so longer sequences are refused`,
-      );
-    }
-    if (tokens.length + extra > this.kvCacheTokens) {
-      throw new InvalidArgumentError(
-        `prompt: ${tokens.length} tokens${extra ? ` + ${extra} to generate` : ''} do not fit the KV cache (${this.kvCacheTokens} tokens; raise kvCacheTokens)`,
-        'prompt',
-      );
+    if (tokens.length + extra > this.maxSequenceTokens) {
+      const what = `prompt: ${tokens.length} tokens${extra ? ` + ${extra} to generate` : ''}`;
+      if (this.maxSequenceTokens < this.kvCacheTokens) {
+        throw new UnsupportedError(
+          `${what} exceed the model's sliding window (${this.maxSequenceTokens} tokens); sliding-window attention is not applied yet, so longer sequences are refused`,
+        );
+      }
+      throw new InvalidArgumentError(`${what} do not fit the KV cache (${this.kvCacheTokens} tokens; raise kvCacheTokens)`, 'prompt');
     }
   }
 
