@@ -15,9 +15,21 @@
 namespace kvf {
 namespace {
 
+// One head widened to f32 and narrowed back: plain loops over the head, which vectorise;
+// converting inside the rotation loop kept it scalar (~0.1x of a copy).
+template <typename T>
+void widen(const T* src, float* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = to_f32(src[j]);
+}
+
+template <typename T>
+void narrow(const float* src, T* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = from_f32<T>(src[j]);
+}
+
 #if defined(__x86_64__)
-// f16 <-> f32 for one head with F16C (vcvtph2ps / vcvtps2ph, round to nearest even, as
-// f32_to_f16), 8 at a time: the portable conversions branch on subnormals and stay scalar.
+// f16 with F16C (vcvtph2ps / vcvtps2ph, round to nearest even, as f32_to_f16), 8 at a time: the
+// portable conversions branch on subnormals and stay scalar.
 __attribute__((target("arch=x86-64-v3"))) void widen_f16c(const f16_t* src, float* dst, int64_t n) {
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j))));
@@ -33,10 +45,18 @@ __attribute__((target("arch=x86-64-v3"))) void narrow_f16c(const float* src, f16
 }
 
 const bool kHasF16c = __builtin_cpu_supports("x86-64-v3");
-#else
-const bool kHasF16c = false;
-void widen_f16c(const f16_t*, float*, int64_t) {}
-void narrow_f16c(const float*, f16_t*, int64_t) {}
+
+template <>
+void widen<f16_t>(const f16_t* src, float* dst, int64_t n) {
+  if (kHasF16c) return widen_f16c(src, dst, n);
+  for (int64_t j = 0; j < n; ++j) dst[j] = f16_to_f32(src[j]);
+}
+
+template <>
+void narrow<f16_t>(const float* src, f16_t* dst, int64_t n) {
+  if (kHasF16c) return narrow_f16c(src, dst, n);
+  for (int64_t j = 0; j < n; ++j) dst[j] = f32_to_f16(src[j]);
+}
 #endif
 
 // Rotates one head's pairs in f32: out = (x0 c - x1 s, x0 s + x1 c) for pair i. Split layout
@@ -63,9 +83,7 @@ void rerotate_rows(const RerotateArgs& a, int64_t t0, int64_t t1) {
   const T* in = static_cast<const T*>(a.in);
   T* out = static_cast<T*>(a.out);
   std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
-  // 16-bit heads are widened to f32 first and narrowed after, each a plain loop over the head
-  // (vectorised); converting inside the rotation loop kept it scalar (~0.1x of a copy).
-  std::vector<float> x(static_cast<size_t>(a.head_dim)), y(static_cast<size_t>(a.head_dim));
+  std::vector<float> x(static_cast<size_t>(a.head_dim)), y(static_cast<size_t>(a.head_dim));  // 16-bit heads in f32
   const bool adjacent = a.layout == RopeLayout::adjacent;
   // Re-positioning usually moves a whole block by one shift, so consecutive tokens share the
   // same (q - p) and the sin/cos table is computed once per run of equal shifts.
@@ -87,17 +105,9 @@ void rerotate_rows(const RerotateArgs& a, int64_t t0, int64_t t1) {
         // In place too: each output pair depends only on its own input pair.
         rotate_head(in + base, out + base, c.data(), s.data(), half, adjacent);
       } else {
-        if constexpr (std::is_same_v<T, f16_t>) {
-          if (kHasF16c) {
-            widen_f16c(in + base, x.data(), a.head_dim);
-            rotate_head(x.data(), y.data(), c.data(), s.data(), half, adjacent);
-            narrow_f16c(y.data(), out + base, a.head_dim);
-            continue;
-          }
-        }
-        for (int64_t j = 0; j < a.head_dim; ++j) x[j] = to_f32(in[base + j]);
+        widen(in + base, x.data(), a.head_dim);
         rotate_head(x.data(), y.data(), c.data(), s.data(), half, adjacent);
-        for (int64_t j = 0; j < a.head_dim; ++j) out[base + j] = from_f32<T>(y[j]);
+        narrow(y.data(), out + base, a.head_dim);
       }
     }
   }
