@@ -19,9 +19,8 @@ import { buildInfo, defaultModelDir, loadDefaultModel, loadModel, multidocQa } f
 import { opt, positiveInt } from './bench/args.mjs';
 
 if (!opt('--model') && !existsSync(join(defaultModelDir(), 'config.json'))) {
-  // No embedded model in this checkout (it ships once it reaches its quality bar; see
-  // scripts/train/README.md): run the kernel smoke job instead, and say so.
-  console.log(`No embedded model in ${defaultModelDir()} yet (scripts/train/README.md trains it); --model DIR runs this demo on a checkpoint.`);
+  // models/ missing (a package or checkout without it): run the kernel smoke job instead, and say so.
+  console.log(`No embedded model in ${defaultModelDir()} (scripts/train/README.md trains one); --model DIR runs this demo on a checkpoint.`);
   await import('./demo-kernels.mjs');
 }
 

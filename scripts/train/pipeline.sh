@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The embedded model from nothing, in one command: tokenizer, corpora, training in two phases,
+# The embedded model from nothing, in one command: tokenizer, corpora, training in three phases,
 # evaluation through kvfocus (500 held-out questions, logits against PyTorch). Meant for the GPU
 # machine (DEVICE=cuda; on it: bash .device/run.sh bash scripts/train/pipeline.sh), and runs on
 # the CPU too (slowly; SCALE=0.005 STEPS_0=2 STEPS_A=4 STEPS=8 checks the plumbing).
@@ -10,8 +10,7 @@
 # circuit forms; phase A: the curriculum corpus (1-3 short documents) mixed with copy rows, which
 # keep that circuit alive while the model learns the task's text; phase B: the full corpus (as
 # many documents as fit T) with a few copy rows. One learning-rate schedule spans all three
-# (train.py --until). Leaves the
-# model in $W/model, the evaluation in $W/eval.json and the logits fixture in
+# (train.py --until). Leaves the model in $W/model, the evaluation in $W/eval.json and the logits fixture in
 # $W/default-model-logits.json (copy both to models/ and test/fixtures/ when it passes the bar).
 # Training resumes from $W/work/ckpt.pt when it exists: remove $W/work for a fresh run.
 set -euo pipefail
