@@ -321,6 +321,33 @@ def evaluate(model, rows, args, device):
     return {"valid_answer_loss": loss_sum / max(weight_sum, 1e-9), "valid_answer_em_tf": hits / max(total, 1)}
 
 
+def grow_from(model, src_dir, layer_map):
+    """Depth growth: start a deeper model from a trained shallower one of the same width. Layer
+    i is a copy of source layer layer_map[i]; every copy after the first of a source layer gets
+    zero o_proj and down_proj, so it adds nothing to the residual stream at the start and the
+    grown model computes exactly what the source does. Training then gives the new layers work
+    (their input projections are trained weights, so their gradients are useful from step one)."""
+    src, src_cfg = load_exported(src_dir)
+    cfg = model.cfg
+    for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size"):
+        if src_cfg[k] != cfg[k]:
+            raise SystemExit(f"--grow-from: {k} is {src_cfg[k]} in {src_dir}, {cfg[k]} here")
+    if len(layer_map) != cfg["num_hidden_layers"] or max(layer_map) >= src_cfg["num_hidden_layers"]:
+        raise SystemExit(f"--grow-map needs {cfg['num_hidden_layers']} indices below {src_cfg['num_hidden_layers']}")
+    with torch.no_grad():
+        model.model.embed_tokens.load_state_dict(src.model.embed_tokens.state_dict())
+        model.model.norm.load_state_dict(src.model.norm.state_dict())
+        model.lm_head.load_state_dict(src.lm_head.state_dict())
+        seen = set()
+        for i, j in enumerate(layer_map):
+            model.model.layers[i].load_state_dict(src.model.layers[j].state_dict())
+            if j in seen:
+                model.model.layers[i].self_attn.o_proj.weight.zero_()
+                model.model.layers[i].mlp.down_proj.weight.zero_()
+            seen.add(j)
+    print(json.dumps({"grown_from": src_dir, "layer_map": layer_map}), flush=True)
+
+
 def save_checkpoint(path, model, opt, step, args, rng_state):
     tmp = path + ".tmp"
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "args": vars(args), "rng": rng_state}, tmp)
@@ -340,6 +367,8 @@ def train(args):
     cfg = model_config(args, vocab_size)
     model = LlamaForCausalLM(cfg)
     model.init_weights(args.seed)
+    if args.grow_from and not os.path.exists(os.path.join(args.work, "ckpt.pt")):
+        grow_from(model, args.grow_from, [int(x) for x in args.grow_map.split(",")])
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -474,6 +503,8 @@ def main():
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--grow-from", metavar="MODELDIR", help="start from this trained HF checkpoint (same width), deepened by --grow-map (depth growth)")
+    p.add_argument("--grow-map", help="comma-separated source layer of each layer, e.g. 0,0,0,1,1,1; copies after the first start with zero output projections")
     p.add_argument("--dump-logits", metavar="MODELDIR")
     p.add_argument("--ids", help="JSON list of token ids (with --dump-logits)")
     p.add_argument("--out-logits", help="output file (with --dump-logits)")
