@@ -174,18 +174,31 @@ export class Model {
 }
 
 /**
- * Folder of the embedded default model shipped with the package (models/): a small test and demo
- * model trained on the multi-document QA task (scripts/train/), not a general language model.
+ * The embedded models shipped with the package (scripts/train/), small test and evaluation
+ * models trained on the multi-document QA task, not general language models:
+ * - 'fast' (models/): 2 layers; the demo's model and the default.
+ * - 'deep' (models/deep/): 6 layers, the same width and tokenizer; for measuring the layer-adaptive
+ *   cache methods, which need layers before and after the ones where retrieval happens.
  */
-export function defaultModelDir(): string {
-  return join(packageRoot(), 'models');
+export type DefaultModelVariant = 'fast' | 'deep';
+const VARIANT_DIRS: Record<DefaultModelVariant, string[]> = { fast: ['models'], deep: ['models', 'deep'] };
+
+/** Folder of an embedded model (`variant`: 'fast', the default, or 'deep'). */
+export function defaultModelDir(variant: DefaultModelVariant = 'fast'): string {
+  const parts = Object.hasOwn(VARIANT_DIRS, variant) ? VARIANT_DIRS[variant] : undefined;
+  if (!parts) throw new InvalidArgumentError(`variant: expected one of ${Object.keys(VARIANT_DIRS).map((v) => `'${v}'`).join(', ')} but received ${describe(variant)}`, 'variant');
+  return join(packageRoot(), ...parts);
 }
 
-/** Loads the embedded default model (defaultModelDir()); throws ModelFormatError when it is missing. */
-export async function loadDefaultModel(options: LoadModelOptions = {}): Promise<Model> {
-  const dir = defaultModelDir();
-  if (!existsSync(join(dir, 'config.json'))) throw new ModelFormatError(`the embedded default model is missing: ${dir} has no config.json (a source checkout without models/?)`, join(dir, 'config.json'));
-  return loadModel(dir, options);
+/**
+ * Loads an embedded model (defaultModelDir(variant)); the other options are loadModel's. Throws
+ * ModelFormatError when its files are missing.
+ */
+export async function loadDefaultModel(options: LoadModelOptions & { variant?: DefaultModelVariant } = {}): Promise<Model> {
+  const { variant, ...rest } = options ?? {};
+  const dir = defaultModelDir(variant);
+  if (!existsSync(join(dir, 'config.json'))) throw new ModelFormatError(`the embedded model '${variant ?? 'fast'}' is missing: ${dir} has no config.json (a source checkout without models/?)`, join(dir, 'config.json'));
+  return loadModel(dir, rest);
 }
 
 /** Loads a Llama / Mistral / Qwen2 checkpoint folder (config.json, *.safetensors, tokenizer.json). */

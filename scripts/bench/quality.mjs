@@ -2,10 +2,12 @@
 // against the number of documents, from well inside the model's training length T to 4x T and
 // beyond, for every context method kvfocus has, with time to first token.
 //
-//   npm run bench:quality -- [--model models] [--count 100] [--docs 2,4,6,8,12,16,24,32,48]
+//   npm run bench:quality -- [--model models,models/deep] [--count 100] [--docs 2,4,6,8,12,16,24,32,48]
 //        [--methods full,full-unbounded] [--device cpu] [--start 0]
 //        [--json bench/quality.json] [--svg bench/quality.svg] [--readme README.md | --no-readme]
 //
+// --model takes one checkpoint folder or several, comma-separated (default: every embedded
+// model, models/ and models/deep/); they must share a tokenizer, and each answers the same prompts.
 // Question i of every point is held-out seed i (from --start), generated with numDocs documents
 // (the task's other knobs at their defaults: 6 sentences a document, confusability 0.7, answer
 // document anywhere), so each method answers the very same questions. Greedy decoding, at most
@@ -20,10 +22,10 @@
 //
 // Writes JSON (every point, the machine, the command) and an SVG chart, and replaces the table
 // between the `quality-table` markers in the README.
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { encodeExample, task, Tokenizer } from '../train/common.mjs';
@@ -34,7 +36,8 @@ const require = createRequire(import.meta.url);
 const { loadModel, buildInfo } = require('../../dist/cjs/index.js');
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
-const modelDir = resolve(opt('--model', join(root, 'models')));
+const embedded = [join(root, 'models'), join(root, 'models/deep')].filter((d) => existsSync(join(d, 'config.json')));
+const modelDirs = String(opt('--model', embedded.join(','))).split(',').map((d) => resolve(d));
 const count = positiveInt('--count', 100);
 const docCounts = intList('--docs', '2,4,6,8,12,16,24,32,48');
 const methodNames = String(opt('--methods', Object.keys(METHODS).join(','))).split(',');
@@ -45,11 +48,19 @@ const jsonPath = resolve(opt('--json', join(root, 'bench/quality.json')));
 const svgPath = resolve(opt('--svg', join(root, 'bench/quality.svg')));
 const readmePath = flag('--no-readme') ? null : resolve(opt('--readme', join(root, 'README.md')));
 
-const config = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8'));
-const T = config.max_position_embeddings;
+const models = modelDirs.map((dir) => {
+  const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+  const rel = relative(root, dir);
+  const label = rel && !rel.startsWith('..') ? rel : dir;
+  return { dir, label, contextLength: config.max_position_embeddings, layers: config.num_hidden_layers, hidden: config.hidden_size };
+});
 
-// Encode every point's examples first: the longest prompt sizes the KV cache.
-const tok = await Tokenizer.load(modelDir);
+// Encode every point's examples first (one tokenizer: the models must share it): the longest
+// prompt sizes the KV cache.
+const tok = await Tokenizer.load(modelDirs[0]);
+for (const m of models.slice(1)) {
+  if (readFileSync(join(m.dir, 'tokenizer.json'), 'utf8') !== readFileSync(join(modelDirs[0], 'tokenizer.json'), 'utf8')) throw new Error(`--model: ${m.dir} has another tokenizer than ${modelDirs[0]}`);
+}
 const points = docCounts.map((numDocs) => {
   const examples = Array.from({ length: count }, (_, i) => {
     const ex = task.generateExample(task.heldOutSeed(start + i), { numDocs });
@@ -58,17 +69,16 @@ const points = docCounts.map((numDocs) => {
   return { numDocs, examples };
 });
 const longest = Math.max(...points.flatMap((p) => p.examples.map((e) => e.enc.promptLength)));
-const model = await loadModel(modelDir, { device, kvCacheTokens: Math.ceil((longest + MAX_NEW_TOKENS + 16) / 16) * 16 });
 
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length ? (s[(s.length - 1) >> 1] + s[s.length >> 1]) / 2 : 0;
 };
 
-const results = [];
-const t0 = performance.now();
-for (const name of methodNames) {
+/** One method on one model at every point: a result row per number of documents. */
+async function measure(model, m, name) {
   const method = METHODS[name];
+  const rows = [];
   for (const { numDocs, examples } of points) {
     let correct = 0;
     let answerKept = 0;
@@ -76,7 +86,7 @@ for (const name of methodNames) {
     const promptTokens = [];
     const fullTokens = [];
     for (const { ex, enc } of examples) {
-      const { tokens, keptDocs } = method.prompt(enc, T);
+      const { tokens, keptDocs } = method.prompt(enc, m.contextLength);
       const r = await model.generate(tokens, { maxTokens: MAX_NEW_TOKENS, temperature: 0 }).result;
       if (task.exactMatch(r.text, ex.answer)) correct++;
       if (ex.answerDoc >= ex.documents.length - keptDocs) answerKept++;
@@ -86,6 +96,7 @@ for (const name of methodNames) {
     }
     const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
     const row = {
+      model: m.label,
       method: name,
       docs: numDocs,
       count,
@@ -97,19 +108,27 @@ for (const name of methodNames) {
       ttftMsMean: +mean(ttft).toFixed(2),
       ttftMsMedian: +median(ttft).toFixed(2),
     };
-    results.push(row);
+    rows.push(row);
     console.log(JSON.stringify(row));
   }
+  return rows;
+}
+
+const results = [];
+const t0 = performance.now();
+for (const m of models) {
+  const model = await loadModel(m.dir, { device, kvCacheTokens: Math.ceil((longest + MAX_NEW_TOKENS + 16) / 16) * 16 });
+  for (const name of methodNames) results.push(...(await measure(model, m, name)));
+  model.dispose();
 }
 const seconds = (performance.now() - t0) / 1000;
-model.dispose();
 
 const info = buildInfo();
 const report = {
   benchmark: 'quality',
   command: ['npm run bench:quality', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '),
   date: new Date().toISOString(),
-  model: { dir: modelDir, contextLength: T, layers: config.num_hidden_layers, hidden: config.hidden_size },
+  models,
   device,
   machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, threads: info.cpuThreads, backend: info.backend },
   task: { ...task.DEFAULT_OPTIONS, heldOutStart: start, maxNewTokens: MAX_NEW_TOKENS },
@@ -131,7 +150,8 @@ function chart(rep) {
   const H = 420;
   const m = { l: 64, r: 24, t: 44, b: 64 };
   const xs = [...new Set(rep.results.map((r) => r.meanDocumentTokens))];
-  const xMax = Math.max(...xs, rep.model.contextLength) * 1.05;
+  const T = rep.models[0].contextLength;
+  const xMax = Math.max(...xs, T) * 1.05;
   const X = (v) => m.l + (v / xMax) * (W - m.l - m.r);
   const Y = (a) => H - m.b - a * (H - m.t - m.b);
   const colors = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b'];
@@ -149,11 +169,11 @@ function chart(rep) {
   out.push(`<line x1="${m.l}" x2="${m.l}" y1="${m.t}" y2="${H - m.b}" stroke="#333"/>`);
   out.push(`<text x="${(m.l + W - m.r) / 2}" y="${H - 20}" text-anchor="middle">prompt tokens (documents + question); the number of documents labels each point</text>`);
   out.push(`<text transform="translate(16 ${(m.t + H - m.b) / 2}) rotate(-90)" text-anchor="middle">exact match</text>`);
-  const Tx = X(rep.model.contextLength);
+  const Tx = X(T);
   out.push(`<line x1="${Tx}" x2="${Tx}" y1="${m.t}" y2="${H - m.b}" stroke="#888" stroke-dasharray="5 4"/>`);
-  out.push(`<text x="${Tx + 4}" y="${m.t + 12}" fill="#555">T = ${rep.model.contextLength}</text>`);
-  Object.keys(rep.methods).forEach((name, i) => {
-    const rows = rep.results.filter((r) => r.method === name);
+  out.push(`<text x="${Tx + 4}" y="${m.t + 12}" fill="#555">T = ${T}</text>`);
+  series(rep).forEach(({ model, method: name, label }, i) => {
+    const rows = rep.results.filter((r) => r.model === model && r.method === name);
     const c = colors[i % colors.length];
     out.push(`<polyline fill="none" stroke="${c}" stroke-width="2" points="${rows.map((r) => `${X(r.meanDocumentTokens).toFixed(1)},${Y(r.accuracy).toFixed(1)}`).join(' ')}"/>`);
     for (const r of rows) {
@@ -161,11 +181,17 @@ function chart(rep) {
       if (i === 0) out.push(`<text x="${X(r.meanDocumentTokens).toFixed(1)}" y="${H - m.b - 6}" text-anchor="middle" fill="#777" font-size="10">${r.docs}</text>`);
     }
     const ly = m.t + 16 + i * 18;
-    out.push(`<line x1="${W - m.r - 330}" x2="${W - m.r - 306}" y1="${ly}" y2="${ly}" stroke="${c}" stroke-width="2"/>`);
-    out.push(`<text x="${W - m.r - 300}" y="${ly + 4}">${name}: ${escapeXml(rep.methods[name])}</text>`);
+    out.push(`<line x1="${W - m.r - 390}" x2="${W - m.r - 366}" y1="${ly}" y2="${ly}" stroke="${c}" stroke-width="2"/>`);
+    out.push(`<text x="${W - m.r - 360}" y="${ly + 4}">${escapeXml(label)}: ${escapeXml(rep.methods[name])}</text>`);
   });
   out.push('</svg>');
   return `${out.join('\n')}\n`;
+}
+
+/** The chart's lines and the table's rows: every method on every model, in run order. */
+function series(rep) {
+  const many = rep.models.length > 1;
+  return rep.models.flatMap((m) => Object.keys(rep.methods).map((method) => ({ model: m.label, method, label: many ? `${m.label} (${m.layers} layers), ${method}` : method })));
 }
 
 function escapeXml(s) {
@@ -176,15 +202,16 @@ function escapeXml(s) {
 export function qualityTable(rep) {
   const docs = [...new Set(rep.results.map((r) => r.docs))];
   const tokens = (d) => Math.round(rep.results.find((r) => r.docs === d).meanDocumentTokens);
-  const head = `| method | ${docs.map((d) => `${d} docs (~${tokens(d)} tok${tokens(d) > rep.model.contextLength ? `, ${(tokens(d) / rep.model.contextLength).toFixed(1)}xT` : ''})`).join(' | ')} |`;
+  const T = rep.models[0].contextLength;
+  const head = `| model, method | ${docs.map((d) => `${d} docs (~${tokens(d)} tok${tokens(d) > T ? `, ${(tokens(d) / T).toFixed(1)}xT` : ''})`).join(' | ')} |`;
   const rule = `| --- | ${docs.map(() => '---:').join(' | ')} |`;
-  const cell = (name, d, f) => {
-    const r = rep.results.find((x) => x.method === name && x.docs === d);
+  const cell = (s, d, f) => {
+    const r = rep.results.find((x) => x.model === s.model && x.method === s.method && x.docs === d);
     return r ? f(r) : '';
   };
-  const rows = (f) => Object.keys(rep.methods).map((name) => `| ${name} | ${docs.map((d) => cell(name, d, f)).join(' | ')} |`);
+  const rows = (f) => series(rep).map((s) => `| ${s.label} | ${docs.map((d) => cell(s, d, f)).join(' | ')} |`);
   return [
-    `Exact match on ${rep.results[0].count} held-out questions a point (model T = ${rep.model.contextLength} tokens, ${rep.device}):`,
+    `Exact match on ${rep.results[0].count} held-out questions a point (T = ${T} tokens, ${rep.device}):`,
     '',
     head,
     rule,

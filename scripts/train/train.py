@@ -85,7 +85,10 @@ class Attention(nn.Module):
         v = v.repeat_interleave(rep, dim=1)
         scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.hd))
         scores = scores.masked_fill(mask, float("-inf"))
-        out = torch.softmax(scores, dim=-1) @ v
+        probs = torch.softmax(scores, dim=-1)
+        if getattr(self, "keep_probs", False):  # --dump-attention reads them back
+            self.probs = probs
+        out = probs @ v
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.h * self.hd))
 
 
@@ -471,6 +474,42 @@ def dump_logits(args):
     print(json.dumps({"rows": len(ids), "vocab": cfg["vocab_size"], "out": args.out_logits}))
 
 
+def dump_attention(args):
+    """Per layer and query head, how much of the question's attention lands on the answer
+    document (the signal CacheFocus prunes documents by). For each example: the mean over the
+    question's tokens of the probability mass on each document; reported as the answer
+    document's mass, its share of the mass on all documents, and how often it is the document
+    with the most mass (top-1), plus the same with the heads averaged (CacheFocus's default)."""
+    torch.set_num_threads(args.threads or 2)
+    model, cfg = load_exported(args.dump_attention, torch.float32)
+    with open(args.examples) as f:
+        examples = json.load(f)
+    L, H = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    for layer in model.model.layers:
+        layer.self_attn.keep_probs = True
+    mass = torch.zeros(L, H + 1)
+    share = torch.zeros(L, H + 1)
+    top1 = torch.zeros(L, H + 1)
+    with torch.no_grad():
+        for ex in examples:
+            model(torch.tensor([ex["ids"]], dtype=torch.long))
+            q0, q1 = ex["query"]
+            for l, layer in enumerate(model.model.layers):
+                p = layer.self_attn.probs[0, :, q0:q1, :].mean(dim=1)  # [H, T]: mean over question tokens
+                p = torch.cat([p, p.mean(dim=0, keepdim=True)])  # + heads averaged
+                per_doc = torch.stack([p[:, s:e].sum(dim=1) for s, e in ex["docs"]], dim=1)  # [H+1, docs]
+                a = per_doc[:, ex["answerDoc"]]
+                mass[l] += a
+                share[l] += a / per_doc.sum(dim=1).clamp_min(1e-30)
+                top1[l] += (per_doc.argmax(dim=1) == ex["answerDoc"]).float()
+    n = len(examples)
+    out = {"layers": L, "heads": H, "examples": n,
+           "answerMass": (mass / n).tolist(), "answerShare": (share / n).tolist(), "answerTop1": (top1 / n).tolist()}
+    with open(args.out_attention, "w") as f:
+        json.dump(out, f)
+    print(json.dumps({"examples": n, "out": args.out_attention}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="training JSONL from make-data.mjs")
@@ -506,6 +545,9 @@ def main():
     p.add_argument("--grow-from", metavar="MODELDIR", help="start from this trained HF checkpoint (same width), deepened by --grow-map (depth growth)")
     p.add_argument("--grow-map", help="comma-separated source layer of each layer, e.g. 0,0,0,1,1,1; copies after the first start with zero output projections")
     p.add_argument("--dump-logits", metavar="MODELDIR")
+    p.add_argument("--dump-attention", metavar="MODELDIR", help="attention of the question on the answer document (needs --examples, --out-attention)")
+    p.add_argument("--examples", help="JSON examples for --dump-attention (scripts/train/attention.mjs writes them)")
+    p.add_argument("--out-attention", help="output JSON (with --dump-attention)")
     p.add_argument("--ids", help="JSON list of token ids (with --dump-logits)")
     p.add_argument("--out-logits", help="output file (with --dump-logits)")
     args = p.parse_args()
@@ -513,6 +555,10 @@ def main():
         if not args.ids or not args.out_logits:
             p.error("--dump-logits needs --ids and --out-logits")
         return dump_logits(args)
+    if args.dump_attention:
+        if not args.examples or not args.out_attention:
+            p.error("--dump-attention needs --examples and --out-attention")
+        return dump_attention(args)
     if not args.work or not args.tokenizer or (not args.export_only and not args.data):
         p.error("training needs --data, --tokenizer and --work (and usually --export)")
     train(args)

@@ -1,22 +1,57 @@
-// The embedded default model in models/ (trained by scripts/train/), when it is shipped: its
-// files, its size, and its accuracy on held-out questions inside the training length with
-// kvfocus's own engine. The full bar (500 questions, logits against PyTorch) is
-// scripts/train/eval.mjs; this is a quick guard that the shipped files still work.
+// The embedded models (trained by scripts/train/), when they are shipped: models/ (the fast
+// default) and models/deep/ (6 layers): their files, their size, their logits against PyTorch's,
+// and their accuracy on held-out questions inside the training length with kvfocus's own engine.
+// The full bar (500 questions, logits at every position) is scripts/train/eval.mjs; this is a
+// quick guard that the shipped files still work.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { loadModel, type Model } from '../../lib/index.js';
+import { defaultModelDir, loadDefaultModel, loadModel, type Model } from '../../lib/index.js';
 import * as task from '../../lib/task/multidoc-qa.js';
 import { fitExample } from '../../scripts/train/common.mjs';
 
-// KVFOCUS_MODEL_DIR points the test at a candidate checkpoint before it is copied to models/.
-const DIR = path.resolve(process.env['KVFOCUS_MODEL_DIR'] ?? path.join(__dirname, '../../models'));
-const shipped = existsSync(path.join(DIR, 'config.json'));
+const MODELS = path.join(__dirname, '../../models');
+const FIXTURES = path.join(__dirname, '../fixtures');
+// KVFOCUS_MODEL_DIR / KVFOCUS_DEEP_MODEL_DIR point the test at a candidate checkpoint before it
+// is copied to models/ (the PyTorch logits check is then skipped: the fixture is the shipped one's).
+const VARIANTS = [
+  { variant: 'fast', env: 'KVFOCUS_MODEL_DIR', dir: MODELS, reference: 'default-model-logits.json', layers: 2 },
+  { variant: 'deep', env: 'KVFOCUS_DEEP_MODEL_DIR', dir: path.join(MODELS, 'deep'), reference: 'deep-model-logits.json', layers: 6 },
+] as const;
 
-describe.skipIf(!shipped)('embedded default model (models/)', () => {
+function bytesUnder(dir: string): number {
+  return readdirSync(dir, { withFileTypes: true }).reduce((n, e) => n + (e.isDirectory() ? bytesUnder(path.join(dir, e.name)) : statSync(path.join(dir, e.name)).size), 0);
+}
+
+describe.skipIf(!existsSync(MODELS))('embedded models', () => {
+  it('fit in 20 MB together, and defaultModelDir names each variant', () => {
+    expect(bytesUnder(MODELS)).toBeLessThanOrEqual(20 * 1024 * 1024);
+    expect(defaultModelDir()).toBe(path.resolve(MODELS));
+    expect(defaultModelDir('deep')).toBe(path.resolve(MODELS, 'deep'));
+    expect(() => defaultModelDir('huge' as never)).toThrow(/variant: expected one of 'fast', 'deep'/);
+  });
+
+  it.skipIf(!existsSync(path.join(MODELS, 'deep', 'config.json')))('loadDefaultModel({ variant }) picks the model', async () => {
+    const model = await loadDefaultModel({ variant: 'deep', device: 'cpu', kvCacheTokens: 64 });
+    try {
+      expect(model.config.numLayers).toBe(6);
+    } finally {
+      model.dispose();
+    }
+  });
+});
+
+describe.each(VARIANTS)('embedded model $variant', ({ variant, env, reference, layers, ...v }) => {
+  const DIR = path.resolve(process.env[env] ?? v.dir);
+  const shipped = existsSync(path.join(DIR, 'config.json'));
+  const REFERENCE = path.join(FIXTURES, reference);
+  if (!shipped) {
+    it.skip(`${DIR} is not there`, () => {});
+    return;
+  }
   let model: Model;
   beforeAll(async () => {
     // Room for the prompt (up to the training length) and the 16 tokens generated after it.
@@ -27,17 +62,17 @@ describe.skipIf(!shipped)('embedded default model (models/)', () => {
 
   it('is a small Llama-architecture HF checkpoint with its tokenizer', () => {
     for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) expect(existsSync(path.join(DIR, f))).toBe(true);
-    const bytes = readdirSync(DIR).reduce((n, f) => n + statSync(path.join(DIR, f)).size, 0);
-    expect(bytes).toBeLessThanOrEqual(20 * 1024 * 1024);
     const config = JSON.parse(readFileSync(path.join(DIR, 'config.json'), 'utf8'));
     expect(config.architectures).toEqual(['LlamaForCausalLM']);
+    expect(config.num_hidden_layers).toBe(layers);
+    // Every embedded model shares one tokenizer (the quality benchmark runs them on the same prompts).
+    expect(readFileSync(path.join(DIR, 'tokenizer.json'), 'utf8')).toBe(readFileSync(path.join(MODELS, 'tokenizer.json'), 'utf8'));
     expect(config.num_key_value_heads).toBeLessThan(config.num_attention_heads);
     expect(model.tokenizer.eosTokenId).toBe(config.eos_token_id);
   });
 
   // PyTorch's own logits of the shipped checkpoint (scripts/train/eval.mjs --write-reference).
-  const REFERENCE = path.join(__dirname, '../fixtures/default-model-logits.json');
-  it.skipIf(!existsSync(REFERENCE) || process.env['KVFOCUS_MODEL_DIR'] !== undefined)('computes the logits PyTorch computes for the shipped checkpoint', async () => {
+  it.skipIf(!existsSync(REFERENCE) || process.env[env] !== undefined)('computes the logits PyTorch computes for the shipped checkpoint', async () => {
     const ref = JSON.parse(readFileSync(REFERENCE, 'utf8')) as { ids: number[]; rows: number[]; vocab: number; logitsF32Base64: string };
     const buf = Buffer.from(ref.logitsF32Base64, 'base64');
     const want = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
@@ -77,7 +112,7 @@ describe.skipIf(!shipped)('embedded default model (models/)', () => {
   // The README's first command and the accuracy benchmark, end to end on this model (through the
   // built package in dist/, which `npm test` builds first).
   const ROOT = path.join(__dirname, '../..');
-  it('npm run demo answers held-out questions and prints accuracy and timings', () => {
+  it.skipIf(variant !== 'fast')('npm run demo answers held-out questions and prints accuracy and timings', () => {
     const out = execFileSync(process.execPath, ['scripts/demo.mjs', '--model', DIR, '--count', '16'], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
     expect(out).toMatch(/Documents/);
     const m = out.match(/accuracy \(exact match\): (\d+)\/16/);
