@@ -101,20 +101,22 @@ class CpuBackend final : public Backend {
     return Status::Ok();
   }
   void free(void* ptr) override { cache_.put(ptr); }
+  // Zero-element tensors have null data pointers, and memcpy/memset with a null pointer is
+  // undefined even for 0 bytes: every copy returns early on an empty range.
   Status memset_zero(void* ptr, size_t bytes) override {
-    std::memset(ptr, 0, bytes);
+    if (bytes) std::memset(ptr, 0, bytes);
     return Status::Ok();
   }
   Status copy_to_host(void* dst, const void* src, size_t bytes) override {
-    std::memcpy(dst, src, bytes);
+    if (bytes) std::memcpy(dst, src, bytes);
     return Status::Ok();
   }
   Status copy_from_host(void* dst, const void* src, size_t bytes) override {
-    std::memcpy(dst, src, bytes);
+    if (bytes) std::memcpy(dst, src, bytes);
     return Status::Ok();
   }
   Status copy_on_device(void* dst, const void* src, size_t bytes) override {
-    std::memmove(dst, src, bytes);
+    if (bytes) std::memmove(dst, src, bytes);
     return Status::Ok();
   }
   Status synchronize() override { return Status::Ok(); }
