@@ -92,9 +92,15 @@ export class Model {
     throw new InvalidArgumentError(`prompt: expected a string, { messages }, or token ids but received ${describe(prompt)}`, 'prompt');
   }
 
-  // Tokens come from encode(), which checked each id.
-  #checkTokens(tokens: Int32Array, extra: number): void {
-    if (tokens.length === 0) throw new InvalidArgumentError('prompt: is empty', 'prompt');
+  // Tokens come from encode(), which checked each id. One rule for every prompt form: it must
+  // hold content of its own. '' and { messages: [] } are refused like [] rather than running on
+  // the BOS (or template) the tokenizer adds; starting from BOS alone takes [bosTokenId].
+  #checkTokens(tokens: Int32Array, extra: number, prompt: Prompt): void {
+    const messages = (prompt as { messages?: unknown }).messages;
+    if (tokens.length === 0 || prompt === '' || (Array.isArray(messages) && messages.length === 0)) {
+      const bos = this.tokenizer.bosTokenId;
+      throw new InvalidArgumentError(`prompt: is empty${bos === null ? '' : ` (to start from BOS alone, pass [${bos}])`}`, 'prompt');
+    }
     if (tokens.length + extra > this.maxSequenceTokens) {
       const what = `prompt: ${tokens.length} tokens${extra ? ` + ${extra} to generate` : ''}`;
       if (this.maxSequenceTokens < this.kvCacheTokens) {
@@ -115,7 +121,7 @@ export class Model {
     const { all: allRows = false } = checkOptions(options, LOGITS_OPTIONS);
     if (typeof allRows !== 'boolean') throw new InvalidArgumentError(`all: expected a boolean but received ${describe(allRows)}`, 'all');
     const tokens = this.encode(prompt);
-    this.#checkTokens(tokens, 0);
+    this.#checkTokens(tokens, 0, prompt);
     const seq = m.newSequence();
     try {
       const rows: Float32Array[] = [];
@@ -150,7 +156,7 @@ export class Model {
     const opts = checkOptions(options, GENERATE_OPTIONS);
     const tokens = this.encode(prompt);
     const limits = generationLimits(opts, this.config.vocabSize);
-    this.#checkTokens(tokens, 0);
+    this.#checkTokens(tokens, 0, prompt);
     if (tokens.length + limits.maxTokens > this.config.maxPositionEmbeddings * 64) {
       throw new InvalidArgumentError(`maxTokens: ${limits.maxTokens} is beyond any usable position range`, 'maxTokens');
     }

@@ -116,3 +116,23 @@ describe('options', () => {
     await expectInvalid(() => model.generate([1, 2], { stopTokens: [2, 1.5] }), 'stopTokens', /stopTokens\[1\]: expected an integer token id but received number 1\.5/);
   });
 });
+
+describe('empty prompts', () => {
+  // One rule for every form: a prompt must hold at least one token of its own. Text is not
+  // padded to BOS alone; pass [bosTokenId] to generate unconditionally.
+  for (const [name, prompt] of [
+    ["''", ''],
+    ['[]', []],
+    ['an empty Int32Array', new Int32Array(0)],
+  ] as const) {
+    it(`${name} is refused by generate() and logits()`, async () => {
+      await expectInvalid(() => model.generate(prompt, { maxTokens: 1 }), 'prompt', /prompt: is empty/);
+      await expectInvalid(() => model.logits(prompt), 'prompt', /prompt: is empty/);
+    });
+  }
+
+  it('[bosTokenId] runs', async () => {
+    const r = await model.generate([model.tokenizer.bosTokenId!], { maxTokens: 2 }).result;
+    expect(r.promptTokens).toBe(1);
+  });
+});
