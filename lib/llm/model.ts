@@ -1,8 +1,8 @@
 // loadModel() and Model: a Hugging Face checkpoint on a device, with a tokenizer, a paged KV
 // pool, logits() for scoring and generate() for streaming generation.
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile, stat } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 
 import type { DeviceName, LayerWeightsNative, ModelWeightsNative, NativeModel } from '../binding.js';
 import { DisposedError, InvalidArgumentError, ModelFormatError, UnsupportedError } from '../errors.js';
@@ -225,6 +225,12 @@ export async function loadDefaultModel(options?: (LoadModelOptions & { variant?:
 export async function loadModel(dir: string, loadOptions?: LoadModelOptions | null): Promise<Model> {
   if (typeof dir !== 'string' || dir.length === 0) throw new InvalidArgumentError(`dir: expected a model folder path but received ${describe(dir)}`, 'dir');
   const options = checkOptions(loadOptions, LOAD_OPTIONS);
+  // A file inside the checkpoint (config.json, model.safetensors) is a common slip; without this
+  // check it surfaces as a confusing error about a missing shard index.
+  const isFile = await stat(dir).then((s) => !s.isDirectory(), () => false);
+  if (isFile) {
+    throw new InvalidArgumentError(`dir: ${dir} is a file, not a directory; loadModel() expects the model directory holding config.json, *.safetensors and tokenizer.json (${dirname(resolve(dir))}?)`, 'dir');
+  }
   const device: DeviceName =
     options.device === undefined || options.device === 'auto' ? (addon().binding.buildInfo().devices.length > 0 ? 'cuda' : 'cpu') : checkDevice(options.device, 'device');
   const config = await readModelConfig(dir);

@@ -136,3 +136,14 @@ describe('empty prompts', () => {
     expect(r.promptTokens).toBe(1);
   });
 });
+
+describe('loadModel()', () => {
+  it('a file path instead of the model directory is refused, naming the path', async () => {
+    const file = join(MODELS, 'config.json');
+    const e = await failure(() => loadModel(file));
+    expect(e).toBeInstanceOf(InvalidArgumentError);
+    expect((e as InvalidArgumentError).argument).toBe('dir');
+    expect((e as Error).message).toContain(`dir: ${file} is a file, not a directory`);
+    expect((e as Error).message).toContain(`(${MODELS}?)`);
+  });
+});
