@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { InvalidArgumentError, loadModel, ops, Tensor, type Model } from '../../lib/index.js';
+import { AbortError, InvalidArgumentError, loadModel, ops, Tensor, type Model } from '../../lib/index.js';
 
 const MODELS = join(__dirname, '..', '..', 'models');
 let model: Model;
@@ -145,5 +145,27 @@ describe('loadModel()', () => {
     expect((e as InvalidArgumentError).argument).toBe('dir');
     expect((e as Error).message).toContain(`dir: ${file} is a file, not a directory`);
     expect((e as Error).message).toContain(`(${MODELS}?)`);
+  });
+});
+
+describe('abort', () => {
+  it('AbortError carries the signal’s reason as its cause', async () => {
+    const controller = new AbortController();
+    const reason = new Error('the user left');
+    const stream = model.generate([1, 40, 41], { maxTokens: 200, stopTokens: [], signal: controller.signal });
+    for await (const _ of stream) {
+      controller.abort(reason);
+      break;
+    }
+    const e = await failure(() => stream.result);
+    expect(e).toBeInstanceOf(AbortError);
+    expect((e as Error).cause).toBe(reason);
+  });
+
+  it('a signal aborted before generate() gives its reason too', async () => {
+    const signal = AbortSignal.abort('shutting down');
+    const e = await failure(() => model.generate([1, 40], { signal }));
+    expect(e).toBeInstanceOf(AbortError);
+    expect((e as Error).cause).toBe('shutting down');
   });
 });
