@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { AbortError, InvalidArgumentError, loadModel, ops, Tensor, type Model } from '../../lib/index.js';
+import { AbortError, InvalidArgumentError, loadDefaultModel, loadModel, ops, Tensor, type Model } from '../../lib/index.js';
 
 const MODELS = join(__dirname, '..', '..', 'models');
 let model: Model;
@@ -105,6 +105,12 @@ describe('options', () => {
     await expectInvalid(() => model.tokenizer.encode('x', { add_special_tokens: false } as never), 'options', /did you mean 'addSpecialTokens'/);
     const t = Tensor.from(new Float32Array(4), { shape: [1, 4] });
     await expectInvalid(() => ops.softmax(t, { temperature: 2 } as never), 'options', /softmax: options: unknown option 'temperature'; known options: scale/);
+  });
+
+  it('loadDefaultModel() checks its options as loadModel() does, variant included', async () => {
+    await expectInvalid(() => loadDefaultModel({ varient: 'fast' } as never), 'options', /unknown option 'varient'; known options: device, .*, variant/);
+    (await loadDefaultModel({ variant: 'fast', device: 'cpu' })).dispose();
+    (await loadDefaultModel(null)).dispose();
   });
 
   it('logits({ all }) must be a boolean', async () => {
