@@ -70,10 +70,10 @@ export class ModelFormatError extends KvfocusError {
   }
 }
 
-/** The operation was cancelled through an AbortSignal. */
+/** The operation was cancelled through an AbortSignal; `cause` is the signal's reason. */
 export class AbortError extends KvfocusError {
-  constructor(message = 'The operation was aborted') {
-    super(message, 'KVFOCUS_ABORTED');
+  constructor(message = 'The operation was aborted', options?: { cause?: unknown }) {
+    super(message, 'KVFOCUS_ABORTED', options);
   }
 }
 

@@ -5,6 +5,7 @@ import type { DeviceName, RopeLayout } from './binding.js';
 import { InvalidArgumentError } from './errors.js';
 import { native } from './loader.js';
 import { describe, type DType, type FloatDType, isFloat, Tensor } from './tensor.js';
+import { checkInt32Array, checkOptions } from './validate.js';
 
 export type { RopeLayout } from './binding.js';
 
@@ -58,9 +59,7 @@ function indexTensor(v: unknown, device: DeviceName, what: string): { t: Tensor;
     return { t: v, temporary: false };
   }
   if (v instanceof Int32Array) return { t: Tensor.from(v, { device }), temporary: true };
-  if (Array.isArray(v) && v.every((x) => Number.isInteger(x) && x >= -(2 ** 31) && x < 2 ** 31)) {
-    return { t: Tensor.from(Int32Array.from(v as number[]), { device }), temporary: true };
-  }
+  if (Array.isArray(v)) return { t: Tensor.from(checkInt32Array(v, what), { device }), temporary: true };
   throw new InvalidArgumentError(`${what}: expected an i32 Tensor, an Int32Array or an array of 32-bit integers but received ${describe(v)}`, what);
 }
 
@@ -87,6 +86,8 @@ interface RopeFrequencies {
   /** Pair layout: 'half' (HF rotate_half, default) or 'adjacent' (GPT-J / llama.cpp NORM). */
   layout?: RopeLayout;
 }
+
+const ROPE_FREQUENCY_OPTIONS = ['invFreq', 'base', 'layout'] as const satisfies readonly (keyof RopeFrequencies)[];
 
 function ropeSetup(op: string, x: Tensor, opts: RopeFrequencies) {
   requireRank(x, [3], `${op}: x`);
@@ -123,7 +124,8 @@ export const ops = {
    * a: [m, k] or [batch, m, k]; b: [k, n] / [n, k], or batched with the same batch.
    * The output dtype defaults to a's.
    */
-  matmul(a: Tensor, b: Tensor, options: { transposeB?: boolean; dtype?: FloatDType } = {}): Tensor {
+  matmul(a: Tensor, b: Tensor, matmulOptions?: { transposeB?: boolean; dtype?: FloatDType } | null): Tensor {
+    const options = checkOptions(matmulOptions, ['transposeB', 'dtype'], 'matmul');
     requireTensor(a, 'matmul: a');
     requireTensor(b, 'matmul: b');
     requireFloat(a, 'matmul: a');
@@ -155,7 +157,8 @@ export const ops = {
   },
 
   /** y = x / sqrt(mean(x²) + eps) · weight over the last axis. */
-  rmsnorm(x: Tensor, weight: Tensor, options: { eps?: number } = {}): Tensor {
+  rmsnorm(x: Tensor, weight: Tensor, rmsnormOptions?: { eps?: number } | null): Tensor {
+    const options = checkOptions(rmsnormOptions, ['eps'], 'rmsnorm');
     requireTensor(x, 'rmsnorm: x');
     requireTensor(weight, 'rmsnorm: weight');
     requireFloat(x, 'rmsnorm: x');
@@ -173,7 +176,8 @@ export const ops = {
   },
 
   /** Rotary embedding of x [tokens, heads, headDim] at positions [tokens]. */
-  rope(x: Tensor, positions: Tensor | Int32Array | number[], options: RopeFrequencies & { attnFactor?: number } = {}): Tensor {
+  rope(x: Tensor, positions: Tensor | Int32Array | number[], ropeOptions?: (RopeFrequencies & { attnFactor?: number }) | null): Tensor {
+    const options = checkOptions(ropeOptions, [...ROPE_FREQUENCY_OPTIONS, 'attnFactor'], 'rope');
     requireTensor(x, 'rope: x');
     requireFloat(x, 'rope: x');
     const { tokens, heads, headDim, layout, freq } = ropeSetup('rope', x, options);
@@ -200,8 +204,9 @@ export const ops = {
     keys: Tensor,
     from: Tensor | Int32Array | number[],
     to: Tensor | Int32Array | number[],
-    options: RopeFrequencies & { inPlace?: boolean } = {},
+    rerotateOptions?: (RopeFrequencies & { inPlace?: boolean }) | null,
   ): Tensor {
+    const options = checkOptions(rerotateOptions, [...ROPE_FREQUENCY_OPTIONS, 'inPlace'], 'rerotate');
     requireTensor(keys, 'rerotate: keys');
     requireFloat(keys, 'rerotate: keys');
     const { tokens, heads, headDim, layout, freq } = ropeSetup('rerotate', keys, options);
@@ -222,7 +227,8 @@ export const ops = {
   },
 
   /** softmax(scale · x) over the last axis; fully masked (-inf) rows give zeros. */
-  softmax(x: Tensor, options: { scale?: number } = {}): Tensor {
+  softmax(x: Tensor, softmaxOptions?: { scale?: number } | null): Tensor {
+    const options = checkOptions(softmaxOptions, ['scale'], 'softmax');
     requireTensor(x, 'softmax: x');
     requireFloat(x, 'softmax: x');
     if (x.shape.length < 1) throw new InvalidArgumentError('softmax: x must have at least one dimension', 'x');
@@ -249,13 +255,15 @@ export const ops = {
   },
 
   /** Rows of table [vocab, dim] for ids [tokens] → [tokens, dim]. An id out of range rejects at read. */
-  embedding(table: Tensor, ids: Tensor | Int32Array | number[], options: { dtype?: FloatDType } = {}): Tensor {
+  embedding(table: Tensor, ids: Tensor | Int32Array | number[], embeddingOptions?: { dtype?: FloatDType } | null): Tensor {
+    const options = checkOptions(embeddingOptions, ['dtype'], 'embedding');
     requireTensor(table, 'embedding: table');
     requireFloat(table, 'embedding: table');
     requireRank(table, [2], 'embedding: table');
     const [vocab, dim] = table.shape as [number, number];
     if (Array.isArray(ids) || ids instanceof Int32Array) {
-      const bad = Array.from(ids).findIndex((id) => !(id >= 0 && id < vocab));
+      const checked = Array.isArray(ids) ? checkInt32Array(ids, 'embedding: ids') : ids;
+      const bad = checked.findIndex((id) => !(id >= 0 && id < vocab));
       if (bad >= 0) throw new InvalidArgumentError(`embedding: ids[${bad}] = ${ids[bad]} is outside the vocabulary [0, ${vocab})`, 'ids');
     }
     const idt = indexTensor(ids, table.device, 'embedding: ids');

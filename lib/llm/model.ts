@@ -1,8 +1,8 @@
 // loadModel() and Model: a Hugging Face checkpoint on a device, with a tokenizer, a paged KV
 // pool, logits() for scoring and generate() for streaming generation.
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile, stat } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 
 import type { DeviceName, LayerWeightsNative, ModelWeightsNative, NativeModel } from '../binding.js';
 import { DisposedError, InvalidArgumentError, ModelFormatError, UnsupportedError } from '../errors.js';
@@ -10,7 +10,8 @@ import { addon, native, packageRoot } from '../loader.js';
 import { checkCheckpointTensors, type ModelConfig, openSafetensors, readModelConfig, ropeParameters, Tokenizer, type TensorInfo } from '../model/index.js';
 import type { ChatMessage } from '../model/tokenizer.js';
 import { checkDevice, describe, type DType, type FloatDType, Tensor } from '../tensor.js';
-import { generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
+import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
+import { GENERATE_OPTIONS, generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
 import { type GenerationStream, Scheduler } from './scheduler.js';
 
 export interface LoadModelOptions {
@@ -29,6 +30,14 @@ export interface LoadModelOptions {
 }
 
 export type Prompt = string | { messages: ChatMessage[] } | readonly number[] | Int32Array;
+
+export interface LogitsOptions {
+  /** Logits of every position (rows x vocab) instead of the last one. */
+  all?: boolean;
+}
+
+const LOAD_OPTIONS = optionNames<LoadModelOptions>({ device: true, dtype: true, kvCacheTokens: true, pageSize: true, kvDtype: true, prefillChunk: true });
+const LOGITS_OPTIONS = optionNames<LogitsOptions>({ all: true });
 
 const ST_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
@@ -69,21 +78,29 @@ export class Model {
     return this.#native;
   }
 
-  /** Prompt tokens: text is encoded with the tokenizer's special tokens, messages with the chat template. */
+  /**
+   * Prompt tokens: text is encoded with the tokenizer's special tokens, messages with the chat
+   * template; token ids are checked as given (integers in [0, vocabSize)), never converted.
+   */
   encode(prompt: Prompt): Int32Array {
-    if (typeof prompt === 'string') return Int32Array.from(this.tokenizer.encode(prompt));
-    if (prompt instanceof Int32Array) return Int32Array.from(prompt);
-    if (Array.isArray(prompt)) return Int32Array.from(prompt as number[]);
+    const vocab = this.config.vocabSize;
+    if (typeof prompt === 'string') return checkTokenIds(this.tokenizer.encode(prompt), vocab, 'prompt');
+    if (prompt instanceof Int32Array || Array.isArray(prompt)) return checkTokenIds(prompt, vocab, 'prompt');
     if (prompt && typeof prompt === 'object' && Array.isArray((prompt as { messages?: unknown }).messages)) {
-      return Int32Array.from(this.tokenizer.encodeChat((prompt as { messages: ChatMessage[] }).messages, { addGenerationPrompt: true }));
+      return checkTokenIds(this.tokenizer.encodeChat((prompt as { messages: ChatMessage[] }).messages, { addGenerationPrompt: true }), vocab, 'prompt');
     }
     throw new InvalidArgumentError(`prompt: expected a string, { messages }, or token ids but received ${describe(prompt)}`, 'prompt');
   }
 
-  #checkTokens(tokens: Int32Array, extra: number): void {
-    if (tokens.length === 0) throw new InvalidArgumentError('prompt: is empty', 'prompt');
-    const bad = tokens.findIndex((t) => !(t >= 0 && t < this.config.vocabSize));
-    if (bad >= 0) throw new InvalidArgumentError(`prompt: token ${tokens[bad]} at index ${bad} is outside the vocabulary [0, ${this.config.vocabSize})`, 'prompt');
+  // Tokens come from encode(), which checked each id. One rule for every prompt form: it must
+  // hold content of its own. '' and { messages: [] } are refused like [] rather than running on
+  // the BOS (or template) the tokenizer adds; starting from BOS alone takes [bosTokenId].
+  #checkTokens(tokens: Int32Array, extra: number, prompt: Prompt): void {
+    const messages = (prompt as { messages?: unknown }).messages;
+    if (tokens.length === 0 || prompt === '' || (Array.isArray(messages) && messages.length === 0)) {
+      const bos = this.tokenizer.bosTokenId;
+      throw new InvalidArgumentError(`prompt: is empty${bos === null ? '' : ` (to start from BOS alone, pass [${bos}])`}`, 'prompt');
+    }
     if (tokens.length + extra > this.maxSequenceTokens) {
       const what = `prompt: ${tokens.length} tokens${extra ? ` + ${extra} to generate` : ''}`;
       if (this.maxSequenceTokens < this.kvCacheTokens) {
@@ -99,17 +116,19 @@ export class Model {
    * Logits of the last position (or of every position, with `all`) for a token sequence, as one
    * Float32Array of rows x vocab. For scoring and evaluation harnesses.
    */
-  async logits(prompt: Prompt, options: { all?: boolean } = {}): Promise<Float32Array> {
+  async logits(prompt: Prompt, options?: LogitsOptions | null): Promise<Float32Array> {
     const m = this.#handle('logits');
+    const { all: allRows = false } = checkOptions(options, LOGITS_OPTIONS);
+    if (typeof allRows !== 'boolean') throw new InvalidArgumentError(`all: expected a boolean but received ${describe(allRows)}`, 'all');
     const tokens = this.encode(prompt);
-    this.#checkTokens(tokens, 0);
+    this.#checkTokens(tokens, 0, prompt);
     const seq = m.newSequence();
     try {
       const rows: Float32Array[] = [];
       for (let at = 0; at < tokens.length; at += this.#prefillChunk) {
         const chunk = tokens.subarray(at, at + this.#prefillChunk);
         const last = at + chunk.length >= tokens.length;
-        const mode = options.all ? 'all' : last ? 'last' : 'none';
+        const mode = allRows ? 'all' : last ? 'last' : 'none';
         const positions = Int32Array.from({ length: chunk.length }, (_, i) => at + i);
         const out = await m.step([{ seq, tokens: Int32Array.from(chunk), positions, logits: mode }]);
         if (out.logits[0]) rows.push(out.logits[0]);
@@ -132,16 +151,17 @@ export class Model {
    * `await stream.result` for the text, counts, finish reason and timings. Concurrent calls are
    * batched into shared forward steps.
    */
-  generate(prompt: Prompt, options: GenerateOptions = {}): GenerationStream {
+  generate(prompt: Prompt, options?: GenerateOptions | null): GenerationStream {
     const m = this.#handle('generate');
+    const opts = checkOptions(options, GENERATE_OPTIONS);
     const tokens = this.encode(prompt);
-    const limits = generationLimits(options);
-    this.#checkTokens(tokens, 0);
+    const limits = generationLimits(opts, this.config.vocabSize);
+    this.#checkTokens(tokens, 0, prompt);
     if (tokens.length + limits.maxTokens > this.config.maxPositionEmbeddings * 64) {
       throw new InvalidArgumentError(`maxTokens: ${limits.maxTokens} is beyond any usable position range`, 'maxTokens');
     }
-    const sampling = samplingSpec(options);
-    const seq = m.newSequence(seedOf(options));
+    const sampling = samplingSpec(opts);
+    const seq = m.newSequence(seedOf(opts));
     return this.#scheduler.submit({
       seq,
       prompt: tokens,
@@ -150,7 +170,7 @@ export class Model {
       stop: limits.stop,
       stopTokens: new Set([...this.#eos, ...limits.stopTokens]),
       decoder: this.tokenizer.createStreamDecoder({ skipSpecialTokens: true }),
-      signal: options.signal,
+      signal: opts.signal,
     });
   }
 
@@ -194,16 +214,23 @@ export function defaultModelDir(variant: DefaultModelVariant = 'fast'): string {
  * Loads an embedded model (defaultModelDir(variant)); the other options are loadModel's. Throws
  * ModelFormatError when its files are missing.
  */
-export async function loadDefaultModel(options: LoadModelOptions & { variant?: DefaultModelVariant } = {}): Promise<Model> {
-  const { variant, ...rest } = options ?? {};
+export async function loadDefaultModel(options?: (LoadModelOptions & { variant?: DefaultModelVariant }) | null): Promise<Model> {
+  const { variant, ...rest } = checkOptions(options, [...LOAD_OPTIONS, 'variant']);
   const dir = defaultModelDir(variant);
   if (!existsSync(join(dir, 'config.json'))) throw new ModelFormatError(`the embedded model '${variant ?? 'fast'}' is missing: ${dir} has no config.json (a source checkout without models/?)`, join(dir, 'config.json'));
   return loadModel(dir, rest);
 }
 
 /** Loads a Llama / Mistral / Qwen2 checkpoint folder (config.json, *.safetensors, tokenizer.json). */
-export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<Model> {
+export async function loadModel(dir: string, loadOptions?: LoadModelOptions | null): Promise<Model> {
   if (typeof dir !== 'string' || dir.length === 0) throw new InvalidArgumentError(`dir: expected a model folder path but received ${describe(dir)}`, 'dir');
+  const options = checkOptions(loadOptions, LOAD_OPTIONS);
+  // A file inside the checkpoint (config.json, model.safetensors) is a common slip; without this
+  // check it surfaces as a confusing error about a missing shard index.
+  const isFile = await stat(dir).then((s) => !s.isDirectory(), () => false);
+  if (isFile) {
+    throw new InvalidArgumentError(`dir: ${dir} is a file, not a directory; loadModel() expects the model directory holding config.json, *.safetensors and tokenizer.json (${dirname(resolve(dir))}?)`, 'dir');
+  }
   const device: DeviceName =
     options.device === undefined || options.device === 'auto' ? (addon().binding.buildInfo().devices.length > 0 ? 'cuda' : 'cpu') : checkDevice(options.device, 'device');
   const config = await readModelConfig(dir);

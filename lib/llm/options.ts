@@ -3,6 +3,7 @@
 import type { SamplingSpec } from '../binding.js';
 import { InvalidArgumentError } from '../errors.js';
 import { describe } from '../tensor.js';
+import { optionNames } from '../validate.js';
 
 export interface SamplingOptions {
   /** 0 (default) is greedy decoding. */
@@ -31,6 +32,21 @@ export interface GenerateOptions extends SamplingOptions {
   signal?: AbortSignal;
 }
 
+/** Every GenerateOptions key; any other key is refused (a misspelt option must not be ignored). */
+export const GENERATE_OPTIONS = optionNames<GenerateOptions>({
+  temperature: true,
+  topK: true,
+  topP: true,
+  minP: true,
+  repetitionPenalty: true,
+  penaltyWindow: true,
+  seed: true,
+  maxTokens: true,
+  stop: true,
+  stopTokens: true,
+  signal: true,
+});
+
 function num(v: unknown, name: string, fallback: number, ok: (x: number) => boolean, expected: string): number {
   if (v === undefined) return fallback;
   if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) {
@@ -55,16 +71,23 @@ export function seedOf(o: SamplingOptions): number {
   return num(o.seed, 'seed', 0, (x) => Number.isSafeInteger(x) && x >= 0, 'a non-negative safe integer');
 }
 
-export function generationLimits(o: GenerateOptions): { maxTokens: number; stop: string[]; stopTokens: number[] } {
+export function generationLimits(o: GenerateOptions, vocabSize: number): { maxTokens: number; stop: string[]; stopTokens: number[] } {
   const maxTokens = num(o.maxTokens, 'maxTokens', 256, (x) => Number.isInteger(x) && x >= 1, 'an integer >= 1');
   const stop = o.stop === undefined ? [] : typeof o.stop === 'string' ? [o.stop] : o.stop;
   if (!Array.isArray(stop) || !stop.every((s) => typeof s === 'string' && s.length > 0)) {
     throw new InvalidArgumentError(`stop: expected a non-empty string or an array of them but received ${describe(o.stop)}`, 'stop');
   }
   const stopTokens = o.stopTokens ?? [];
-  if (!Array.isArray(stopTokens) || !stopTokens.every((t) => Number.isInteger(t))) {
+  if (!Array.isArray(stopTokens)) {
     throw new InvalidArgumentError(`stopTokens: expected an array of token ids but received ${describe(o.stopTokens)}`, 'stopTokens');
   }
+  // An id the model can never sample would never stop anything: refuse it rather than ignore it.
+  stopTokens.forEach((t: unknown, i) => {
+    if (typeof t !== 'number' || !Number.isInteger(t)) {
+      throw new InvalidArgumentError(`stopTokens[${i}]: expected an integer token id but received ${t === undefined ? 'undefined' : describe(t)}`, 'stopTokens');
+    }
+    if (t < 0 || t >= vocabSize) throw new InvalidArgumentError(`stopTokens[${i}]: ${t} is outside the vocabulary [0, ${vocabSize})`, 'stopTokens');
+  });
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) {
     throw new InvalidArgumentError(`signal: expected an AbortSignal but received ${describe(o.signal)}`, 'signal');
   }

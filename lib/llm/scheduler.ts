@@ -133,7 +133,7 @@ export class Scheduler {
     const req = new Request(init, this);
     if (init.signal?.aborted) {
       init.seq.release();
-      req.stream.fail(new AbortError());
+      req.stream.fail(new AbortError(undefined, { cause: init.signal.reason }));
       return req.stream;
     }
     init.signal?.addEventListener('abort', req.onAbort, { once: true });
@@ -144,7 +144,7 @@ export class Scheduler {
 
   abort(req: Request): void {
     if (req.done) return;
-    this.#end(req, new AbortError());
+    this.#end(req, new AbortError(undefined, { cause: req.init.signal?.reason }));
   }
 
   // Ends a request: frees its KV pages at once (a step in flight keeps its own reference until

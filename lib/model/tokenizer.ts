@@ -28,6 +28,7 @@ import { readFile } from 'node:fs/promises';
 import type { Tokenizer as PortTokenizer } from '@huggingface/tokenizers' with { 'resolution-mode': 'import' };
 import type { Template } from '@huggingface/jinja' with { 'resolution-mode': 'import' };
 import { InvalidArgumentError, ModelFormatError, UnsupportedError } from '../errors.js';
+import { checkOptions, optionNames } from '../validate.js';
 import { createDecoder } from './decoders.js';
 import { describeValue, fileExists, isJsonObject, readJsonFile, readOptionalJsonFile, type JsonObject } from './json-file.js';
 
@@ -80,6 +81,10 @@ function loadModules(): Promise<[TokenizersModule, JinjaModule]> {
   modules ??= Promise.all([import('@huggingface/tokenizers'), import('@huggingface/jinja')]);
   return modules;
 }
+
+const ENCODE_OPTIONS = optionNames<EncodeOptions>({ addSpecialTokens: true });
+const DECODE_OPTIONS = optionNames<DecodeOptions>({ skipSpecialTokens: true });
+const CHAT_TEMPLATE_OPTIONS = optionNames<ChatTemplateOptions>({ addGenerationPrompt: true, templateName: true, tools: true, documents: true, variables: true });
 
 const GPT2_PRETOKENIZER_REGEX = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
@@ -209,9 +214,10 @@ export class Tokenizer {
   }
 
   /** Token ids of `text`. */
-  encode(text: string, options: EncodeOptions = {}): number[] {
+  encode(text: string, options?: EncodeOptions | null): number[] {
     if (typeof text !== 'string') throw new InvalidArgumentError(`text must be a string, got ${describeValue(text)}`, 'text');
-    const { ids } = this.#port.encode(text, { add_special_tokens: options.addSpecialTokens ?? true });
+    const { addSpecialTokens = true } = checkOptions(options, ENCODE_OPTIONS);
+    const { ids } = this.#port.encode(text, { add_special_tokens: addSpecialTokens });
     // The port maps a token string it cannot find to unk_token's id, which is undefined when the
     // model has none; an id array must hold ids only.
     return (ids as (number | undefined)[]).filter((id): id is number => typeof id === 'number');
@@ -221,13 +227,13 @@ export class Tokenizer {
    * Text of `ids`. Ids with no token (e.g. the padding rows of an embedding larger than the
    * vocabulary) decode to nothing, as in the Rust library.
    */
-  decode(ids: readonly number[], options: DecodeOptions = {}): string {
-    return this.#decode(this.#tokensOf(ids, options.skipSpecialTokens ?? false));
+  decode(ids: readonly number[], options?: DecodeOptions | null): string {
+    return this.#decode(this.#tokensOf(ids, checkOptions(options, DECODE_OPTIONS).skipSpecialTokens ?? false));
   }
 
   /** Decodes token by token for streaming; see StreamDecoder. */
-  createStreamDecoder(options: DecodeOptions = {}): StreamDecoder {
-    return new StreamDecoder(this, options);
+  createStreamDecoder(options?: DecodeOptions | null): StreamDecoder {
+    return new StreamDecoder(this, checkOptions(options, DECODE_OPTIONS));
   }
 
   idToToken(id: number): string | undefined {
@@ -252,7 +258,8 @@ export class Tokenizer {
    * tokenize=False. The result already contains the special tokens the template writes (BOS
    * included, for Llama), so encode it with { addSpecialTokens: false }, as transformers does.
    */
-  applyChatTemplate(messages: readonly ChatMessage[], options: ChatTemplateOptions = {}): string {
+  applyChatTemplate(messages: readonly ChatMessage[], chatOptions?: ChatTemplateOptions | null): string {
+    const options = checkOptions(chatOptions, CHAT_TEMPLATE_OPTIONS);
     if (!Array.isArray(messages)) throw new InvalidArgumentError(`messages must be an array, got ${describeValue(messages)}`, 'messages');
     messages.forEach((message: unknown, i) => {
       if (!isJsonObject(message) || typeof message['role'] !== 'string') {
@@ -284,14 +291,17 @@ export class Tokenizer {
   }
 
   /** Same as applyChatTemplate followed by encode(..., { addSpecialTokens: false }). */
-  encodeChat(messages: readonly ChatMessage[], options: ChatTemplateOptions = {}): number[] {
+  encodeChat(messages: readonly ChatMessage[], options?: ChatTemplateOptions | null): number[] {
     return this.encode(this.applyChatTemplate(messages, options), { addSpecialTokens: false });
   }
 
   #tokensOf(ids: readonly number[], skipSpecial: boolean): string[] {
     const tokens: string[] = [];
-    for (const id of ids) {
-      if (!Number.isSafeInteger(id)) throw new InvalidArgumentError(`token ids must be integers, got ${describeValue(id)}`, 'ids');
+    if (!Array.isArray(ids) && !ArrayBuffer.isView(ids)) throw new InvalidArgumentError(`ids must be an array of token ids, got ${describeValue(ids)}`, 'ids');
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      // String(): describeValue goes through JSON, which writes NaN and Infinity as null.
+      if (!Number.isSafeInteger(id)) throw new InvalidArgumentError(`ids[${i}]: expected an integer token id but received ${typeof id === 'number' ? String(id) : describeValue(id)}`, 'ids');
       if (skipSpecial && this.#special.has(id)) continue;
       const token = id >= 0 ? this.#tokens[id] : undefined;
       if (token !== undefined) tokens.push(token);
