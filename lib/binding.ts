@@ -37,6 +37,8 @@ export interface NativeOps {
   siluMul(gate: T, up: T, out: T, p: { n: number }): void;
   embedding(table: T, ids: T, out: T, p: { tokens: number; vocab: number; dim: number }): void;
   topk(x: T, values: T, indices: T, p: { rows: number; cols: number; k: number }): void;
+  /** The engine's sampling op (kernels/sample.h), bound for tests: params are rows x 32 bytes (u8). */
+  sample(logits: T, params: T, penaltyStart: T, penaltyIds: T, out: T, p: { rows: number; vocab: number; penalties: number }): void;
   cast(x: T, out: T): void;
   add(a: T, b: T, out: T, p: { rows: number; cols: number; broadcastB: boolean }): void;
   kvWrite(k: T, v: T, kPool: T, vPool: T, slots: T, p: { tokens: number; kvHeads: number; headDim: number; pageSize: number; numPages: number }): void;
@@ -110,6 +112,8 @@ export interface BindingModule {
   createModel(spec: ModelSpecNative, weights: ModelWeightsNative, kv: { numPages: number; pageSize: number; dtype: DType }): NativeModel;
   mapTensors(path: string, entries: { offset: number; bytes: number; dtype: DType; shape: number[] }[], device: DeviceName): NativeTensor[];
   buildInfo(): NativeBuildInfo;
+  /** Times the host has waited for a device, over all devices (a debug counter for tests). */
+  hostSyncs(): number;
   setErrorFactory(factory: (code: number, message: string) => Error): void;
   empty(device: DeviceName, dtype: DType, shape: number[], zero: boolean): NativeTensor;
   fromBytes(device: DeviceName, dtype: DType, shape: number[], data: ArrayBufferView | ArrayBuffer): NativeTensor;

@@ -17,6 +17,7 @@
 #include "../kernels/rerotate.h"
 #include "../kernels/rmsnorm.h"
 #include "../kernels/rope.h"
+#include "../kernels/sample.h"
 #include "../kernels/silu_mul.h"
 #include "../kernels/softmax.h"
 #include "../kernels/topk.h"
@@ -46,6 +47,9 @@ class Backend {
   virtual Status copy_to_host(void* host_dst, const void* src, size_t bytes) = 0;
   virtual Status copy_from_host(void* dst, const void* host_src, size_t bytes) = 0;
   virtual Status copy_on_device(void* dst, const void* src, size_t bytes) = 0;
+  // An upload that does not wait: `host_src` must stay unchanged until the next call that
+  // waits (copy_to_host, synchronize), which also reports the copy's failure.
+  virtual Status copy_from_host_async(void* dst, const void* host_src, size_t bytes) = 0;
   // Waits until all work issued so far has finished.
   virtual Status synchronize() = 0;
 
@@ -62,7 +66,14 @@ class Backend {
   virtual Status add(const AddArgs& a) = 0;
   virtual Status kv_write(const KvWriteArgs& a) = 0;
   virtual Status paged_attention(const PagedAttentionArgs& a) = 0;
+  virtual Status sample(const SampleArgs& a) = 0;
 };
+
+// Times the host has waited for a device, over every backend: each copy_to_host,
+// copy_from_host and synchronize counts one (the CPU backend counts them too, so that tests
+// on the CPU see the structure a step has on a GPU). For tests and benchmarks.
+uint64_t host_sync_count();
+void count_host_sync();
 
 Backend& cpu_backend();
 

@@ -1,5 +1,6 @@
 // The CPU backend: 64-byte aligned host memory and the kernels' CPU twins. Work runs on the
 // CPU job queue's thread and fans out through the thread pool (kernels/parallel.h).
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -108,10 +109,12 @@ class CpuBackend final : public Backend {
     return Status::Ok();
   }
   Status copy_to_host(void* dst, const void* src, size_t bytes) override {
+    count_host_sync();
     if (bytes) std::memcpy(dst, src, bytes);
     return Status::Ok();
   }
   Status copy_from_host(void* dst, const void* src, size_t bytes) override {
+    count_host_sync();
     if (bytes) std::memcpy(dst, src, bytes);
     return Status::Ok();
   }
@@ -119,7 +122,14 @@ class CpuBackend final : public Backend {
     if (bytes) std::memmove(dst, src, bytes);
     return Status::Ok();
   }
-  Status synchronize() override { return Status::Ok(); }
+  Status copy_from_host_async(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+    return Status::Ok();
+  }
+  Status synchronize() override {
+    count_host_sync();
+    return Status::Ok();
+  }
 
   Status matmul(const MatmulArgs& a) override { return matmul_cpu(a); }
   Status rmsnorm(const RmsNormArgs& a) override { return rmsnorm_cpu(a); }
@@ -133,12 +143,20 @@ class CpuBackend final : public Backend {
   Status add(const AddArgs& a) override { return add_cpu(a); }
   Status kv_write(const KvWriteArgs& a) override { return kv_write_cpu(a); }
   Status paged_attention(const PagedAttentionArgs& a) override { return paged_attention_cpu(a); }
+  Status sample(const SampleArgs& a) override { return sample_cpu(a); }
 
  private:
   BlockCache cache_;
 };
 
 }  // namespace
+
+namespace {
+std::atomic<uint64_t> host_syncs{0};
+}  // namespace
+
+uint64_t host_sync_count() { return host_syncs.load(std::memory_order_relaxed); }
+void count_host_sync() { host_syncs.fetch_add(1, std::memory_order_relaxed); }
 
 Backend& cpu_backend() {
   static CpuBackend* b = new CpuBackend();  // leaked on purpose: outlives every tensor

@@ -70,11 +70,13 @@ class CudaBackend final : public Backend {
     return cuda_status(cudaMemsetAsync(ptr, 0, bytes, stream_), "cudaMemsetAsync");
   }
   Status copy_to_host(void* dst, const void* src, size_t bytes) override {
+    count_host_sync();
     KVF_CUDA_TRY(cudaSetDevice(index_), "cudaSetDevice");
     KVF_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "cudaMemcpy (device to host)");
     return cuda_status(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
   Status copy_from_host(void* dst, const void* src, size_t bytes) override {
+    count_host_sync();
     KVF_CUDA_TRY(cudaSetDevice(index_), "cudaSetDevice");
     KVF_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "cudaMemcpy (host to device)");
     // Pageable source: the copy is staged before cudaMemcpyAsync returns, but sync anyway so the
@@ -85,7 +87,14 @@ class CudaBackend final : public Backend {
     KVF_CUDA_TRY(cudaSetDevice(index_), "cudaSetDevice");
     return cuda_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "cudaMemcpy (device)");
   }
+  Status copy_from_host_async(void* dst, const void* src, size_t bytes) override {
+    KVF_CUDA_TRY(cudaSetDevice(index_), "cudaSetDevice");
+    // From pageable memory the driver may stage the copy (and even wait for it) before this
+    // returns; either way the caller keeps `src` alive until its next wait.
+    return cuda_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "cudaMemcpy (host to device)");
+  }
   Status synchronize() override {
+    count_host_sync();
     KVF_CUDA_TRY(cudaSetDevice(index_), "cudaSetDevice");
     return cuda_status(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
@@ -102,6 +111,7 @@ class CudaBackend final : public Backend {
   Status add(const AddArgs& a) override { return run(add_cuda, a); }
   Status kv_write(const KvWriteArgs& a) override { return run(kv_write_cuda, a); }
   Status paged_attention(const PagedAttentionArgs& a) override { return run(paged_attention_cuda, a); }
+  Status sample(const SampleArgs& a) override { return run(sample_cuda, a); }
 
   // Kernels launch asynchronously: a launch error is reported by the launcher, an execution
   // error at the next synchronisation (the read that waits for it).

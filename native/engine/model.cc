@@ -22,13 +22,28 @@ struct StepPlan {
   std::vector<int32_t> max_kv;             // per layer
   std::vector<int32_t> logit_rows;         // rows of the final hidden state to project
   std::vector<std::pair<int32_t, int32_t>> logit_range;  // per request [first, count) in logit_rows
-  std::vector<std::vector<int32_t>> histories;           // per request, for repetition penalties
-  std::vector<uint64_t*> rng;                             // per request (owned by the sequence)
+  // Sampling, on the device: one row per request that samples (its last logit row), with its
+  // parameters and penalised ids packed into `ints` too, so the step uploads once.
+  std::vector<int32_t> sample_rows;        // per sampled row: its row in the logits
+  std::vector<int32_t> sample_of;          // per request: its sampled row, or -1
+  size_t sample_params = 0, penalty_start = 0, penalty_ids = 0;
 };
 
 size_t push(std::vector<int32_t>& v, const std::vector<int32_t>& xs) {
   const size_t at = v.size();
   v.insert(v.end(), xs.begin(), xs.end());
+  return at;
+}
+
+// Packs plain structs into the i32 upload at an 8-byte aligned offset (the buffer itself is at
+// least 64-byte aligned), for kernels that read them as structs.
+template <typename T>
+size_t push_structs(std::vector<int32_t>& v, const std::vector<T>& xs) {
+  static_assert(sizeof(T) % 8 == 0, "packed structs keep 8-byte alignment");
+  if (v.size() % 2) v.push_back(0);
+  const size_t at = v.size();
+  v.resize(at + xs.size() * sizeof(T) / sizeof(int32_t));
+  if (!xs.empty()) std::memcpy(v.data() + at, xs.data(), xs.size() * sizeof(T));
   return at;
 }
 
@@ -68,7 +83,8 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
   void* g = scratch.get(T * F, act);
   void* u = scratch.get(T * F, act);
   KVF_RETURN_IF_ERROR(scratch.status());
-  KVF_RETURN_IF_ERROR(be.copy_from_host(ints, plan.ints.data(), plan.ints.size() * sizeof(int32_t)));
+  // Not waited for: the plan outlives the step, and the step's one wait comes at its end.
+  KVF_RETURN_IF_ERROR(be.copy_from_host_async(ints, plan.ints.data(), plan.ints.size() * sizeof(int32_t)));
 
   auto linear = [&](const void* in, const Weight& wt, void* out, int64_t n, int64_t kdim) {
     MatmulArgs a;
@@ -207,14 +223,18 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
     KVF_RETURN_IF_ERROR(add_into(x, o, act, T, D, false));
   }
 
-  // Logits only for the rows asked for: gather them, final norm, LM head.
+  // Logits only for the rows asked for: gather them, final norm, LM head; then the sampled
+  // tokens. The host waits once per step: for one copy of the tokens (and the logits asked for).
   const int64_t R = static_cast<int64_t>(plan.logit_rows.size());
+  const int64_t S = static_cast<int64_t>(plan.sample_rows.size());
   result->logits.assign(plan.batch.size(), {});
   result->sampled.assign(plan.batch.size(), -1);
-  if (R == 0) return Status::Ok();
+  if (R == 0) return be.synchronize();
   void* xr = scratch.get(R * D, act);
   void* hr = scratch.get(R * D, act);
-  void* logits = scratch.get(R * s.vocab, DType::f32);
+  // Logits (R x vocab f32) and the sampled ids (S i32) in one buffer: one copy brings both back.
+  float* logits = static_cast<float*>(scratch.get(R * s.vocab + S, DType::f32));
+  int32_t* sampled = reinterpret_cast<int32_t*>(logits + R * s.vocab);
   KVF_RETURN_IF_ERROR(scratch.status());
   const size_t row_bytes = static_cast<size_t>(D) * dtype_size(act);
   for (int64_t r = 0; r < R; ++r) {
@@ -236,19 +256,40 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
     a.trans_b = true;
     KVF_RETURN_IF_ERROR(be.matmul(a));
   }
-  std::vector<float> host(static_cast<size_t>(R * s.vocab));
-  KVF_RETURN_IF_ERROR(be.copy_to_host(host.data(), logits, host.size() * sizeof(float)));
-  for (size_t i = 0; i < plan.batch.size(); ++i) {
-    const auto [first, count] = plan.logit_range[i];
-    if (count == 0) continue;
-    const StepRequest& req = plan.batch[i];
-    std::vector<float> rows(host.begin() + static_cast<ptrdiff_t>(first) * s.vocab,
-                            host.begin() + static_cast<ptrdiff_t>(first + count) * s.vocab);
-    if (req.sample) {
-      std::vector<float> last(rows.end() - s.vocab, rows.end());
-      result->sampled[i] = sample_token(last, req.sampling, plan.histories[i], plan.rng[i]);
+  if (S > 0) {
+    // A copy of each sampled row: the penalty rewrites it, and returned logits stay as computed.
+    float* rows = static_cast<float*>(scratch.get(S * s.vocab, DType::f32));
+    double* workspace = be.kind() == DeviceKind::cuda ? static_cast<double*>(scratch.get(2 * S * s.vocab, DType::f32)) : nullptr;
+    KVF_RETURN_IF_ERROR(scratch.status());
+    const size_t vocab_bytes = static_cast<size_t>(s.vocab) * sizeof(float);
+    for (int64_t r = 0; r < S; ++r) {
+      KVF_RETURN_IF_ERROR(be.copy_on_device(rows + r * s.vocab, logits + static_cast<int64_t>(plan.sample_rows[r]) * s.vocab, vocab_bytes));
     }
-    if (req.logits != StepRequest::Logits::none) result->logits[i] = std::move(rows);
+    SampleArgs a;
+    a.logits = rows;
+    a.rows = S;
+    a.vocab = s.vocab;
+    a.params = reinterpret_cast<const SampleParams*>(ints + plan.sample_params);
+    a.penalty_start = ints + plan.penalty_start;
+    a.penalty_ids = ints + plan.penalty_ids;
+    a.out = sampled;
+    a.workspace = workspace;
+    KVF_RETURN_IF_ERROR(be.sample(a));
+  }
+  bool want_logits = false;
+  for (const StepRequest& req : plan.batch) want_logits |= req.logits != StepRequest::Logits::none;
+  std::vector<float> host(static_cast<size_t>(R * s.vocab + S));
+  if (want_logits) {
+    KVF_RETURN_IF_ERROR(be.copy_to_host(host.data(), logits, host.size() * sizeof(float)));
+  } else {
+    KVF_RETURN_IF_ERROR(be.copy_to_host(host.data() + R * s.vocab, sampled, static_cast<size_t>(S) * sizeof(int32_t)));
+  }
+  for (size_t i = 0; i < plan.batch.size(); ++i) {
+    if (plan.sample_of[i] >= 0) std::memcpy(&result->sampled[i], host.data() + R * s.vocab + plan.sample_of[i], sizeof(int32_t));
+    const auto [first, count] = plan.logit_range[i];
+    if (count == 0 || plan.batch[i].logits == StepRequest::Logits::none) continue;
+    result->logits[i].assign(host.begin() + static_cast<ptrdiff_t>(first) * s.vocab,
+                             host.begin() + static_cast<ptrdiff_t>(first + count) * s.vocab);
   }
   return Status::Ok();
 }
@@ -318,9 +359,28 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
     }
     plan->logit_range.emplace_back(first, static_cast<int32_t>(plan->logit_rows.size()) - first);
     r.seq->history.insert(r.seq->history.end(), r.tokens.begin(), r.tokens.end());
-    plan->histories.push_back(r.sample && r.sampling.repetition_penalty != 1.0f ? r.seq->history : std::vector<int32_t>{});
-    plan->rng.push_back(&r.seq->rng_state);
   }
+  // Sampling parameters, the draws and the penalised ids, per sampled row. The draw is taken
+  // here, on the JS thread, in step order: the same generator values as sampling on the host.
+  std::vector<SampleParams> params;
+  std::vector<int32_t> penalty_start{0}, penalty_ids;
+  for (size_t i = 0; i < S; ++i) {
+    const StepRequest& r = batch[i];
+    const auto [first, count] = plan->logit_range[i];
+    if (!r.sample || count == 0) {
+      plan->sample_of.push_back(-1);
+      continue;
+    }
+    plan->sample_of.push_back(static_cast<int32_t>(plan->sample_rows.size()));
+    plan->sample_rows.push_back(first + count - 1);
+    params.push_back(sample_params(r.sampling, &r.seq->rng_state));
+    const std::vector<int32_t> ids = penalized_tokens(r.sampling, r.seq->history, static_cast<int32_t>(spec_.vocab));
+    penalty_ids.insert(penalty_ids.end(), ids.begin(), ids.end());
+    penalty_start.push_back(static_cast<int32_t>(penalty_ids.size()));
+  }
+  plan->penalty_start = push(plan->ints, penalty_start);
+  plan->penalty_ids = push(plan->ints, penalty_ids);
+  plan->sample_params = push_structs(plan->ints, params);
   plan->batch = std::move(batch);
 
   // The job holds the model (weights, pool) and the plan (and through it every sequence).

@@ -1,10 +1,12 @@
-// Token sampling from one row of logits, on the host: repetition penalty, temperature, top-k,
-// top-p (nucleus), min-p, then a draw from a seeded generator kept per sequence, so a seed
-// reproduces a generation exactly. temperature 0 is greedy (ties: lowest id).
+// Sampling settings of a request, and what the sample op (kernels/sample.h) needs from the
+// host per step: the parameters with this step's draw from the sequence's seeded generator, and
+// the distinct recent tokens the repetition penalty applies to. temperature 0 is greedy.
 #pragma once
 
 #include <cstdint>
 #include <vector>
+
+#include "../kernels/sample.h"
 
 namespace kvf {
 
@@ -17,8 +19,12 @@ struct SamplingParams {
   int32_t penalty_window = 64;      // how many recent tokens the penalty sees
 };
 
-// Picks a token from logits (vocab entries; modified in place by the penalty).
-int32_t sample_token(std::vector<float>& logits, const SamplingParams& p, const std::vector<int32_t>& history,
-                     uint64_t* rng_state);
+// The sample op's parameters for one row. Takes one draw from *rng_state when the row samples
+// (temperature > 0), none when it is greedy, so a seed reproduces a generation.
+SampleParams sample_params(const SamplingParams& p, uint64_t* rng_state);
+
+// The distinct ids in [0, vocab) among the last penalty_window tokens of `history` (empty
+// when the penalty is off), in order of first appearance in the window.
+std::vector<int32_t> penalized_tokens(const SamplingParams& p, const std::vector<int32_t>& history, int32_t vocab);
 
 }  // namespace kvf

@@ -38,6 +38,12 @@ Napi::Value build_info(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// How many times the host has waited for a device so far (backend.h): tests check a forward
+// step's structure with it.
+Napi::Value host_syncs(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(host_sync_count()));
+}
+
 Napi::Value set_error_factory(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) throw_invalid(info.Env(), "setErrorFactory: expected a function");
   Instance::get(info.Env())->error_factory = Napi::Persistent(info[0].As<Napi::Function>());
@@ -124,6 +130,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   inst->tensor_ctor = Napi::Persistent(ctor);
   exports.Set("NativeTensor", ctor);
   exports.Set("buildInfo", Napi::Function::New<guard<build_info>>(env, "buildInfo"));
+  exports.Set("hostSyncs", Napi::Function::New<guard<host_syncs>>(env, "hostSyncs"));
   exports.Set("setErrorFactory", Napi::Function::New<guard<set_error_factory>>(env, "setErrorFactory"));
   exports.Set("empty", Napi::Function::New<guard<empty>>(env, "empty"));
   exports.Set("fromBytes", Napi::Function::New<guard<from_bytes>>(env, "fromBytes"));

@@ -249,6 +249,45 @@ Napi::Value topk(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// sample(logits, params, penaltyStart, penaltyIds, out, { rows, vocab, penalties }): params are
+// `rows` SampleParams packed as u8 (32 bytes each). Not part of `ops`: the engine calls the op
+// itself; tests use this to compare the CUDA kernel with its CPU twin, and build valid inputs
+// (offsets and ids are on the device and not re-checked here).
+Napi::Value sample(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 5, "sample");
+  SampleArgs a;
+  a.rows = p.i64("rows");
+  a.vocab = p.i64("vocab");
+  const int64_t penalties = p.i64("penalties");
+  NativeTensor* tl = arg(info, 0, "sample", "logits", a.rows * a.vocab);
+  NativeTensor* tp = arg(info, 1, "sample", "params", a.rows * static_cast<int64_t>(sizeof(SampleParams)));
+  NativeTensor* ts = arg(info, 2, "sample", "penaltyStart", a.rows + 1);
+  NativeTensor* ti = arg(info, 3, "sample", "penaltyIds", penalties);
+  NativeTensor* to = arg(info, 4, "sample", "out", a.rows);
+  require_dtype(env, tl, DType::f32, "sample", "logits");
+  require_dtype(env, tp, DType::u8, "sample", "params");
+  require_dtype(env, ts, DType::i32, "sample", "penaltyStart");
+  require_dtype(env, ti, DType::i32, "sample", "penaltyIds");
+  require_dtype(env, to, DType::i32, "sample", "out");
+  Device* d = same_device(env, "sample", {tl, tp, ts, ti, to});
+  a.logits = static_cast<float*>(tl->buffer()->data());
+  a.params = static_cast<const SampleParams*>(tp->buffer()->data());
+  a.penalty_start = static_cast<const int32_t*>(ts->buffer()->data());
+  a.penalty_ids = static_cast<const int32_t*>(ti->buffer()->data());
+  a.out = static_cast<int32_t*>(to->buffer()->data());
+  enqueue_op(d, {tp->buffer(), ts->buffer(), ti->buffer()}, {tl->buffer(), to->buffer()}, [a](Backend& be) mutable {
+    if (be.kind() != DeviceKind::cuda) return be.sample(a);
+    void* workspace = nullptr;
+    KVF_RETURN_IF_ERROR(be.alloc(static_cast<size_t>(a.rows * a.vocab) * sizeof(double), &workspace));
+    a.workspace = static_cast<double*>(workspace);
+    Status st = be.sample(a);
+    be.free(workspace);  // stream-ordered: after the kernel
+    return st;
+  });
+  return env.Undefined();
+}
+
 Napi::Value cast(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   NativeTensor* ti = NativeTensor::unwrap(info[0], "cast: x");
@@ -390,6 +429,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
   ops.Set("siluMul", Napi::Function::New<guard<silu_mul>>(env, "siluMul"));
   ops.Set("embedding", Napi::Function::New<guard<embedding>>(env, "embedding"));
   ops.Set("topk", Napi::Function::New<guard<topk>>(env, "topk"));
+  ops.Set("sample", Napi::Function::New<guard<sample>>(env, "sample"));
   ops.Set("cast", Napi::Function::New<guard<cast>>(env, "cast"));
   ops.Set("add", Napi::Function::New<guard<add>>(env, "add"));
   ops.Set("kvWrite", Napi::Function::New<guard<kv_write>>(env, "kvWrite"));
