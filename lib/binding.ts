@@ -45,6 +45,7 @@ export interface NativeOps {
   pagedAttention(
     q: T, kPool: T, vPool: T, out: T, qStart: T, kvLen: T, tableStart: T, pageTable: T, visible: T, attnSum: T | null,
     p: { heads: number; kvHeads: number; headDim: number; pageSize: number; numPages: number; seqs: number; totalQ: number; maxKv: number; scale: number },
+    firstVisible?: T | null,
   ): void;
 }
 
@@ -73,6 +74,8 @@ export interface StepRequest {
   positions: Int32Array;
   logits: 'none' | 'last' | 'all';
   sample?: SamplingSpec;
+  /** RoPE inverse frequencies (headDim / 2) for this request's tokens; default: the model's. */
+  invFreq?: Float32Array;
 }
 
 export interface NativeModel {
@@ -93,11 +96,15 @@ export interface ModelSpecNative {
   rmsEps: number;
   ropeLayout: RopeLayout;
   ropeAttnFactor: number;
+  /** Sliding-window size of the layers marked in slidingLayers; 0 or absent: none. */
+  slidingWindow?: number;
+  slidingLayers?: boolean[];
 }
 
 type W = NativeTensor;
 export interface LayerWeightsNative {
-  attnNorm: W; wq: W; wk: W; wv: W; wo: W; bq?: W; bk?: W; bv?: W; ffnNorm: W; gate: W; up: W; down: W;
+  attnNorm: W; wq: W; wk: W; wv: W; wo: W; bq?: W; bk?: W; bv?: W; bo?: W; ffnNorm: W; gate: W; up: W; down: W;
+  bGate?: W; bUp?: W; bDown?: W;
 }
 
 export interface ModelWeightsNative {

@@ -357,6 +357,8 @@ export const ops = {
    * [numPages, pageSize, kvHeads, headDim], for a batch of sequences whose query rows follow each
    * other in q. Each query row sees the slots before `visible[row]` of its sequence's cache;
    * by default the queries are the newest `queries` slots of the cache (causal prefill/decode).
+   * `window` (sliding-window attention, as HF masks it) also hides the slots before
+   * visible[row] - window, so a row sees at most `window` slots, its own included.
    * With `attnSum`, also returns the softmax probabilities summed over each sequence's query
    * rows, f32 [seqs, heads, maxKv] (the per-token scores of score-based cache policies).
    */
@@ -367,6 +369,7 @@ export const ops = {
     options: {
       sequences: { queries: number; kvLength: number; pages: readonly number[] }[];
       visible?: Int32Array | readonly number[];
+      window?: number;
       scale?: number;
       attnSum?: boolean;
     },
@@ -429,15 +432,20 @@ export const ops = {
       });
     }
     const scale = optNumber(options.scale, 1 / Math.sqrt(headDim), 'pagedAttention: scale', () => true, 'a finite number');
+    const window = options.window;
+    if (window !== undefined && !(Number.isSafeInteger(window) && window >= 1)) {
+      throw new InvalidArgumentError(`pagedAttention: window: expected a positive integer but received ${describe(window)}`, 'window');
+    }
     const maxKv = Math.max(0, ...kvLen);
     const idx = [qStart, kvLen, tableStart, Int32Array.from(table.length ? table : [0]), visible].map((a) => Tensor.from(a, { device }));
+    if (window !== undefined) idx.push(Tensor.from(visible.map((v) => Math.max(0, v - window)), { device }));
     const out = Tensor.empty(q.shape, { dtype: q.dtype, device });
     const attnSum = options.attnSum ? Tensor.zeros([seqs.length, heads, maxKv], { dtype: 'f32', device }) : undefined;
     try {
-      const [qs, kl, ts, pt, vis] = idx.map((t) => t.handle()) as [ReturnType<Tensor['handle']>, ...ReturnType<Tensor['handle']>[]];
+      const [qs, kl, ts, pt, vis, first] = idx.map((t) => t.handle()) as [ReturnType<Tensor['handle']>, ...ReturnType<Tensor['handle']>[]];
       native().ops.pagedAttention(q.handle(), kPool.handle(), vPool.handle(), out.handle(), qs, kl!, ts!, pt!, vis!, attnSum ? attnSum.handle() : null, {
         heads, kvHeads, headDim, pageSize, numPages, seqs: seqs.length, totalQ, maxKv, scale,
-      });
+      }, first ?? null);
     } finally {
       for (const t of idx) t.dispose();
     }

@@ -5,7 +5,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 
 import type { DeviceName, LayerWeightsNative, ModelWeightsNative, NativeModel } from '../binding.js';
-import { DisposedError, InvalidArgumentError, ModelFormatError, UnsupportedError } from '../errors.js';
+import { DisposedError, InvalidArgumentError, ModelFormatError } from '../errors.js';
 import { addon, native, packageRoot } from '../loader.js';
 import { checkCheckpointTensors, type ModelConfig, openSafetensors, readModelConfig, ropeParameters, Tokenizer, type TensorInfo } from '../model/index.js';
 import type { ChatMessage } from '../model/tokenizer.js';
@@ -48,9 +48,9 @@ export class Model {
   /** KV capacity in tokens per layer. */
   readonly kvCacheTokens: number;
   /**
-   * Longest sequence (prompt + generated tokens) one request may reach: kvCacheTokens, and on a
-   * sliding-window checkpoint (Mistral v0.1, Qwen2 with use_sliding_window) at most the window,
-   * since the engine does not apply the window yet and would attend past it.
+   * Longest sequence (prompt + generated tokens) one request may reach: kvCacheTokens. On a
+   * sliding-window checkpoint the window is applied in attention, but the pages of tokens that
+   * left it stay allocated, so the KV cache bounds the length there too.
    */
   readonly maxSequenceTokens: number;
   #native: NativeModel | null;
@@ -68,9 +68,14 @@ export class Model {
     this.#weights = init.weights;
     this.#eos = init.eos;
     this.kvCacheTokens = init.kvCacheTokens;
-    this.maxSequenceTokens = Math.min(init.kvCacheTokens, init.config.slidingWindow ?? Infinity);
+    this.maxSequenceTokens = init.kvCacheTokens;
     this.#prefillChunk = init.prefillChunk;
-    this.#scheduler = new Scheduler(init.native, { prefillChunk: init.prefillChunk, stepTokens: Math.max(init.prefillChunk, 2048), maxSequenceTokens: this.maxSequenceTokens });
+    this.#scheduler = new Scheduler(init.native, {
+      prefillChunk: init.prefillChunk,
+      stepTokens: Math.max(init.prefillChunk, 2048),
+      maxSequenceTokens: this.maxSequenceTokens,
+      ropeFrequencies: (length) => this.#ropeFrequencies(length),
+    });
   }
 
   #handle(what: string): NativeModel {
@@ -92,6 +97,18 @@ export class Model {
     throw new InvalidArgumentError(`prompt: expected a string, { messages }, or token ids but received ${describe(prompt)}`, 'prompt');
   }
 
+  /**
+   * RoPE frequencies of a forward step whose sequence length (HF: largest position id + 1) is
+   * `length`, when they differ from the model's: dynamic NTK scaling past
+   * max_position_embeddings. HF recomputes them per forward and never re-rotates cached keys, so
+   * each step's new keys keep the frequencies of their step; undefined means the model's.
+   */
+  #ropeFrequencies(length: number): Float32Array | undefined {
+    const { ropeScaling, maxPositionEmbeddings } = this.config;
+    if (ropeScaling?.type !== 'dynamic' || length <= maxPositionEmbeddings) return undefined;
+    return ropeParameters(this.config, length).invFreq;
+  }
+
   // Tokens come from encode(), which checked each id. One rule for every prompt form: it must
   // hold content of its own. '' and { messages: [] } are refused like [] rather than running on
   // the BOS (or template) the tokenizer adds; starting from BOS alone takes [bosTokenId].
@@ -103,11 +120,6 @@ export class Model {
     }
     if (tokens.length + extra > this.maxSequenceTokens) {
       const what = `prompt: ${tokens.length} tokens${extra ? ` + ${extra} to generate` : ''}`;
-      if (this.maxSequenceTokens < this.kvCacheTokens) {
-        throw new UnsupportedError(
-          `${what} exceed the model's sliding window (${this.maxSequenceTokens} tokens); sliding-window attention is not applied yet, so longer sequences are refused`,
-        );
-      }
       throw new InvalidArgumentError(`${what} do not fit the KV cache (${this.kvCacheTokens} tokens; raise kvCacheTokens)`, 'prompt');
     }
   }
@@ -123,6 +135,8 @@ export class Model {
     const tokens = this.encode(prompt);
     this.#checkTokens(tokens, 0, prompt);
     const seq = m.newSequence();
+    // One HF forward over the whole sequence: every chunk rotates with the frequencies of its length.
+    const invFreq = this.#ropeFrequencies(tokens.length);
     try {
       const rows: Float32Array[] = [];
       for (let at = 0; at < tokens.length; at += this.#prefillChunk) {
@@ -130,7 +144,7 @@ export class Model {
         const last = at + chunk.length >= tokens.length;
         const mode = allRows ? 'all' : last ? 'last' : 'none';
         const positions = Int32Array.from({ length: chunk.length }, (_, i) => at + i);
-        const out = await m.step([{ seq, tokens: Int32Array.from(chunk), positions, logits: mode }]);
+        const out = await m.step([{ seq, tokens: Int32Array.from(chunk), positions, logits: mode, ...(invFreq ? { invFreq } : {}) }]);
         if (out.logits[0]) rows.push(out.logits[0]);
       }
       if (rows.length === 1) return rows[0]!;
@@ -292,10 +306,17 @@ export async function loadModel(dir: string, loadOptions?: LoadModelOptions | nu
       up: get(`${p}mlp.up_proj.weight`, wd).handle(),
       down: get(`${p}mlp.down_proj.weight`, wd).handle(),
     };
+    // Biases stay f32 whatever the weight dtype: they are added to f32 activations.
     if (config.qkvBias) {
       lw.bq = get(`${p}self_attn.q_proj.bias`, 'f32').handle();
       lw.bk = get(`${p}self_attn.k_proj.bias`, 'f32').handle();
       lw.bv = get(`${p}self_attn.v_proj.bias`, 'f32').handle();
+    }
+    if (config.outputBias) lw.bo = get(`${p}self_attn.o_proj.bias`, 'f32').handle();
+    if (config.mlpBias) {
+      lw.bGate = get(`${p}mlp.gate_proj.bias`, 'f32').handle();
+      lw.bUp = get(`${p}mlp.up_proj.bias`, 'f32').handle();
+      lw.bDown = get(`${p}mlp.down_proj.bias`, 'f32').handle();
     }
     layers.push(lw);
   }
@@ -325,6 +346,8 @@ export async function loadModel(dir: string, loadOptions?: LoadModelOptions | nu
         rmsEps: config.rmsNormEps,
         ropeLayout: 'half', // HF checkpoints of these families use rotate_half
         ropeAttnFactor: rope.attentionScaling,
+        slidingWindow: config.slidingWindow ?? 0,
+        slidingLayers: config.layerAttention.map((a) => a === 'sliding'),
       },
       weights,
       { numPages, pageSize, dtype: kvDtype },

@@ -122,7 +122,13 @@ export class Scheduler {
 
   constructor(
     private readonly model: NativeModel,
-    private readonly options: { prefillChunk: number; stepTokens: number; maxSequenceTokens: number },
+    private readonly options: {
+      prefillChunk: number;
+      stepTokens: number;
+      maxSequenceTokens: number;
+      /** RoPE frequencies for a forward step of this sequence length, when not the model's. */
+      ropeFrequencies?: (length: number) => Float32Array | undefined;
+    },
   ) {}
 
   get active(): number {
@@ -216,11 +222,21 @@ export class Scheduler {
       const tokens = req.pending.subarray(0, n);
       const positions = Int32Array.from({ length: n }, (_, i) => req.position + i);
       const sampling = n === req.pending.length; // the prompt (or last token) is complete
+      // The sequence length HF would see in this forward: the whole prompt for each prompt chunk
+      // (HF reads it in one forward), then each decode step's own length.
+      const invFreq = this.options.ropeFrequencies?.(Math.max(req.init.prompt.length, req.position + n));
       batch.push({
         req,
         fed: n,
         sampling,
-        step: { seq: req.init.seq, tokens: Int32Array.from(tokens), positions, logits: 'none', ...(sampling ? { sample: req.init.sampling } : {}) },
+        step: {
+          seq: req.init.seq,
+          tokens: Int32Array.from(tokens),
+          positions,
+          logits: 'none',
+          ...(sampling ? { sample: req.init.sampling } : {}),
+          ...(invFreq ? { invFreq } : {}),
+        },
       });
     }
     return batch;
@@ -258,9 +274,8 @@ export class Scheduler {
     const safe = req.text.length - hold;
     req.stream.push({ token, text: safe > req.emitted ? req.text.slice(req.emitted, safe) : '' });
     req.emitted = Math.max(req.emitted, safe);
-    // The token just sampled would sit at req.position: a sequence that has reached its longest
-    // length (the KV cache, or a sliding window) ends as it would at maxTokens, not with an
-    // out-of-memory error on its next step.
+    // The token just sampled would sit at req.position: a sequence that has filled the KV cache
+    // ends as it would at maxTokens, not with an out-of-memory error on its next step.
     if (req.generated.length >= req.init.maxTokens || req.position >= this.options.maxSequenceTokens) {
       this.#end(req, 'length');
       return;

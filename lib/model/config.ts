@@ -5,7 +5,10 @@
 //
 // Optional fields take the defaults of the matching transformers Config class, so a checkpoint
 // means the same thing here as in transformers. Anything we cannot run faithfully is refused with
-// a ModelFormatError naming config.json and the field.
+// a ModelFormatError naming config.json and the field. README (loadModel) lists every field read
+// here and what it does; fields not read are ones transformers' inference ignores too
+// (initializer_range, use_cache, attention_dropout) or computes the same with
+// (pretraining_tp > 1 splits each projection into slices whose sum is the whole product).
 
 import * as path from 'node:path';
 import { ModelFormatError } from '../errors.js';
@@ -196,8 +199,9 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
     const method = isJsonObject(json['quantization_config']) ? json['quantization_config']['quant_method'] : undefined;
     throw fields.error('quantization_config', `(${describeValue(method ?? 'unknown method')}) is not supported; kvfocus loads unquantized F32/F16/BF16 weights`);
   }
+  // transformers' ACT2FN maps "swish" to the same SiLU.
   const hiddenAct = json['hidden_act'] ?? 'silu';
-  if (hiddenAct !== 'silu') {
+  if (hiddenAct !== 'silu' && hiddenAct !== 'swish') {
     throw fields.error('hidden_act', `${describeValue(hiddenAct)} is not supported; ${architecture} uses "silu"`);
   }
 
@@ -235,6 +239,12 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
 
   const attentionBias = fields.boolean('attention_bias', false);
   const mlpBias = fields.boolean('mlp_bias', false);
+  // Mistral and Qwen2 fix their biases in code; a config asking for others is not theirs.
+  if (modelType !== 'llama') {
+    for (const [field, value] of [['attention_bias', attentionBias], ['mlp_bias', mlpBias]] as const) {
+      if (value) throw fields.error(field, `(true) is not supported for ${architecture}, whose projections have fixed biases`);
+    }
+  }
   // Qwen2 always has q/k/v biases and never an o_proj bias; Mistral has none; Llama has
   // attention_bias on all four projections and mlp_bias on the MLP.
   const qkvBias = modelType === 'qwen2' ? true : modelType === 'llama' ? attentionBias : false;
@@ -384,8 +394,15 @@ function readRope(fields: ConfigFields, maxPositionEmbeddings: number): { ropeTh
   const factor = rope.positiveNumber('factor');
   if (factor < 1) throw rope.error('factor', `(${factor}) must be >= 1`);
   switch (type) {
+    case 'dynamic': {
+      // transformers scales from max_position_embeddings; a different original length in the
+      // scaling block has no single meaning across its versions.
+      if (rope.has('original_max_position_embeddings') && raw['original_max_position_embeddings'] !== maxPositionEmbeddings) {
+        throw rope.error('original_max_position_embeddings', `(${describeValue(raw['original_max_position_embeddings'])}) is not supported with dynamic scaling unless it equals max_position_embeddings (${maxPositionEmbeddings})`);
+      }
+      return { ropeTheta, ropeScaling: { type, factor } };
+    }
     case 'linear':
-    case 'dynamic':
       return { ropeTheta, ropeScaling: { type, factor } };
     default: {
       const lowFreqFactor = rope.positiveNumber('low_freq_factor');

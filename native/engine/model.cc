@@ -1,10 +1,12 @@
 // The forward step. One job on the device queue per step: embeddings, then per layer
 // RMSNorm -> q/k/v projections (+bias) -> RoPE at the tokens' positions -> write k/v into the
-// layer's pages -> paged attention -> output projection + residual -> RMSNorm -> SwiGLU MLP +
-// residual; then the final norm and the LM head for the rows whose logits were asked for.
+// layer's pages -> paged attention (within the sliding window on sliding layers) -> output
+// projection (+bias) + residual -> RMSNorm -> SwiGLU MLP (+biases) + residual; then the final
+// norm and the LM head for the rows whose logits were asked for.
 // Every op goes through the Backend, so the same code drives the CPU and CUDA kernels.
 #include "model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -20,6 +22,9 @@ struct StepPlan {
   std::vector<size_t> slots, table_start, page_table;  // per layer offsets into ints
   std::vector<int64_t> table_len;          // per layer page-table length
   std::vector<int32_t> max_kv;             // per layer
+  std::vector<int64_t> first_visible;      // per layer offset into ints, -1: the layer does not slide
+  std::vector<float> floats;               // per-request RoPE frequencies, packed: one upload
+  std::vector<int64_t> inv_freq;           // per request offset into floats, -1: the model's
   std::vector<int32_t> logit_rows;         // rows of the final hidden state to project
   std::vector<std::pair<int32_t, int32_t>> logit_range;  // per request [first, count) in logit_rows
   // Sampling, on the device: one row per request that samples (its last logit row), with its
@@ -73,6 +78,7 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
   const DType act = s.act_dtype;
   Scratch scratch(dev);
   int32_t* ints = static_cast<int32_t*>(scratch.get(static_cast<int64_t>(plan.ints.size()), DType::i32));
+  float* floats = plan.floats.empty() ? nullptr : static_cast<float*>(scratch.get(static_cast<int64_t>(plan.floats.size()), DType::f32));
   void* x = scratch.get(T * D, act);
   void* h = scratch.get(T * D, act);
   void* q = scratch.get(T * H * hd, act);
@@ -85,6 +91,7 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
   KVF_RETURN_IF_ERROR(scratch.status());
   // Not waited for: the plan outlives the step, and the step's one wait comes at its end.
   KVF_RETURN_IF_ERROR(be.copy_from_host_async(ints, plan.ints.data(), plan.ints.size() * sizeof(int32_t)));
+  if (floats != nullptr) KVF_RETURN_IF_ERROR(be.copy_from_host_async(floats, plan.floats.data(), plan.floats.size() * sizeof(float)));
 
   auto linear = [&](const void* in, const Weight& wt, void* out, int64_t n, int64_t kdim) {
     MatmulArgs a;
@@ -124,19 +131,33 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
     a.eps = s.rms_eps;
     return be.rmsnorm(a);
   };
-  auto rope = [&](void* t, int64_t heads) {
+  // Rows [row0, row0 + rows) rotated with the given frequencies.
+  auto rope_rows = [&](void* t, int64_t heads, int64_t row0, int64_t rows, const float* inv_freq) {
     RopeArgs a;
-    a.in = t;
-    a.out = t;
+    a.in = static_cast<char*>(t) + row0 * heads * hd * static_cast<int64_t>(dtype_size(act));
+    a.out = const_cast<void*>(a.in);
     a.dtype = act;
-    a.tokens = T;
+    a.tokens = rows;
     a.heads = heads;
     a.head_dim = hd;
-    a.positions = ints + plan.positions;
-    a.inv_freq = static_cast<const float*>(w.inv_freq->data());
+    a.positions = ints + plan.positions + row0;
+    a.inv_freq = inv_freq;
     a.layout = s.rope_layout;
     a.attn_factor = s.rope_attn_factor;
     return be.rope(a);
+  };
+  const float* model_freq = static_cast<const float*>(w.inv_freq->data());
+  // One call for the step, or one per request when some request brings its own frequencies.
+  auto rope = [&](void* t, int64_t heads) {
+    if (plan.floats.empty()) return rope_rows(t, heads, 0, T, model_freq);
+    int64_t row0 = 0;
+    for (size_t i = 0; i < plan.batch.size(); ++i) {
+      const int64_t rows = static_cast<int64_t>(plan.batch[i].tokens.size());
+      const float* f = plan.inv_freq[i] < 0 ? model_freq : floats + plan.inv_freq[i];
+      if (rows > 0) KVF_RETURN_IF_ERROR(rope_rows(t, heads, row0, rows, f));
+      row0 += rows;
+    }
+    return Status::Ok();
   };
 
   {
@@ -202,14 +223,19 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
       a.page_table_len = plan.table_len[static_cast<size_t>(l)];
       a.max_kv = plan.max_kv[static_cast<size_t>(l)];
       a.visible = ints + plan.visible + static_cast<size_t>(l * T);
+      const int64_t fv = plan.first_visible[static_cast<size_t>(l)];
+      a.first_visible = fv < 0 ? nullptr : ints + fv;
       a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
       KVF_RETURN_IF_ERROR(be.paged_attention(a));
     }
     KVF_RETURN_IF_ERROR(linear(attn, lw.wo, o, D, H * hd));
+    if (lw.bo) KVF_RETURN_IF_ERROR(add_into(o, lw.bo.buf->data(), lw.bo.dtype, T, D, true));
     KVF_RETURN_IF_ERROR(add_into(x, o, act, T, D, false));
     KVF_RETURN_IF_ERROR(rmsnorm(x, lw.ffn_norm, h, T));
     KVF_RETURN_IF_ERROR(linear(h, lw.gate, g, F, D));
     KVF_RETURN_IF_ERROR(linear(h, lw.up, u, F, D));
+    if (lw.b_gate) KVF_RETURN_IF_ERROR(add_into(g, lw.b_gate.buf->data(), lw.b_gate.dtype, T, F, true));
+    if (lw.b_up) KVF_RETURN_IF_ERROR(add_into(u, lw.b_up.buf->data(), lw.b_up.dtype, T, F, true));
     {
       SiluMulArgs a;
       a.gate = g;
@@ -220,6 +246,7 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
       KVF_RETURN_IF_ERROR(be.silu_mul(a));
     }
     KVF_RETURN_IF_ERROR(linear(g, lw.down, o, D, F));
+    if (lw.b_down) KVF_RETURN_IF_ERROR(add_into(o, lw.b_down.buf->data(), lw.b_down.dtype, T, D, true));
     KVF_RETURN_IF_ERROR(add_into(x, o, act, T, D, false));
   }
 
@@ -332,6 +359,25 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
   }
   plan->kv_len = push(plan->ints, kv_len);
   plan->visible = push(plan->ints, visible);
+  // Sliding layers: a row at slot p (visible p + 1) sees slots j > p - window, as HF masks
+  // kv_idx > q_idx - sliding_window. Slots past the window stay allocated in the pages.
+  const int64_t T = static_cast<int64_t>(ids.size());
+  for (size_t l = 0; l < L; ++l) {
+    if (spec_.sliding_window <= 0 || !spec_.sliding_layers[l]) {
+      plan->first_visible.push_back(-1);
+      continue;
+    }
+    std::vector<int32_t> first(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t v = visible[l * static_cast<size_t>(T) + static_cast<size_t>(t)];
+      first[static_cast<size_t>(t)] = static_cast<int32_t>(std::max<int64_t>(0, v - spec_.sliding_window));
+    }
+    plan->first_visible.push_back(static_cast<int64_t>(push(plan->ints, first)));
+  }
+  for (const StepRequest& r : batch) {
+    plan->inv_freq.push_back(r.inv_freq.empty() ? -1 : static_cast<int64_t>(plan->floats.size()));
+    plan->floats.insert(plan->floats.end(), r.inv_freq.begin(), r.inv_freq.end());
+  }
   for (size_t l = 0; l < L; ++l) {
     std::vector<int32_t> layer_slots, table, table_start{0};
     int32_t max_kv = 0;

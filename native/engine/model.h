@@ -17,6 +17,10 @@ struct ModelSpec {
   RopeLayout rope_layout = RopeLayout::half;
   float rope_attn_factor = 1.0f;  // YaRN's mscale, 1 otherwise
   DType act_dtype = DType::f32;   // activations between ops
+  // Sliding-window attention (Mistral v0.1, Qwen2 use_sliding_window): a query at slot i of a
+  // sliding layer sees slots j > i - sliding_window. 0: no layer slides.
+  int64_t sliding_window = 0;
+  std::vector<bool> sliding_layers;  // (layers) when sliding_window > 0
 };
 
 struct Weight {
@@ -28,9 +32,11 @@ struct Weight {
 struct LayerWeights {
   Weight attn_norm;             // (hidden)
   Weight wq, wk, wv, wo;        // (heads*head_dim, hidden), (kv_heads*head_dim, hidden) x2, (hidden, heads*head_dim)
-  Weight bq, bk, bv;            // optional biases (Qwen2)
+  Weight bq, bk, bv;            // optional biases (Qwen2, Llama attention_bias): (heads*head_dim), (kv_heads*head_dim) x2
+  Weight bo;                    // optional (hidden) (Llama attention_bias)
   Weight ffn_norm;              // (hidden)
   Weight gate, up, down;        // (intermediate, hidden) x2, (hidden, intermediate)
+  Weight b_gate, b_up, b_down;  // optional (intermediate) x2, (hidden) (Llama mlp_bias)
 };
 
 struct ModelWeights {
@@ -46,6 +52,9 @@ struct StepRequest {
   std::shared_ptr<Sequence> seq;
   std::vector<int32_t> tokens;
   std::vector<int32_t> positions;  // one per token
+  // RoPE inverse frequencies (head_dim / 2) for this request's tokens; empty: the model's.
+  // Dynamic NTK scaling recomputes them from the sequence length of each forward step.
+  std::vector<float> inv_freq;
   enum class Logits { none, last, all } logits = Logits::last;
   bool sample = false;
   SamplingParams sampling;

@@ -20,8 +20,12 @@
 // recomputes the score of slot jj and adds exp(s - max) / sum with the row's final (max, sum)
 // from the first pass. One thread adds each column's total: no atomics, deterministic.
 //
+// Sliding window: a row sees slots [first_visible, visible); the split and the warps share out
+// that range only, and attn_sum leaves the slots before it alone.
+//
 // Bad data: nothing here can read outside the buffers. A row's visible count is clamped to
-// [0, min(kv_len, table pages * page_size)] (0 for a table range outside the page table), a
+// [0, min(kv_len, table pages * page_size)] (0 for a table range outside the page table) and its
+// first visible slot to [0, visible], a
 // slot whose page id is outside the pool is skipped, and a row outside every sequence gets
 // zeros. The CPU twin reports these as invalid_argument; here a report would cost a stream
 // sync per call (per layer), so the engine, which owns the tables, is trusted to have checked
@@ -88,23 +92,31 @@ __device__ __forceinline__ int64_t backed_slots(const PagedAttentionArgs& a, int
 
 struct Row {
   int64_t seq;  // -1: the row belongs to no sequence
-  int64_t visible;
+  int64_t first, visible;  // the row sees slots [first, visible)
 };
 
+// Row t's first visible slot, clamped to [0, visible].
+__device__ __forceinline__ int64_t first_visible(const PagedAttentionArgs& a, int64_t t, int64_t visible) {
+  if (a.first_visible == nullptr) return 0;
+  const int64_t f = a.first_visible[t];
+  return f < 0 ? 0 : (f > visible ? visible : f);
+}
+
 // Query row t's sequence (the last s with q_start[s] <= t, so empty sequences are passed over)
-// and its visible slot count, clamped to what the table backs.
+// and its visible slot range, clamped to what the table backs.
 __device__ Row find_row(const PagedAttentionArgs& a, int64_t t) {
-  if (a.seqs <= 0) return {-1, 0};
+  if (a.seqs <= 0) return {-1, 0, 0};
   int64_t lo = 0, hi = a.seqs - 1;
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
     if (a.q_start[mid] <= t) lo = mid;
     else hi = mid - 1;
   }
-  if (t < a.q_start[lo] || t >= a.q_start[lo + 1]) return {-1, 0};
+  if (t < a.q_start[lo] || t >= a.q_start[lo + 1]) return {-1, 0, 0};
   const int64_t cap = backed_slots(a, lo);
   const int64_t v = a.visible[t];
-  return {lo, v < 0 ? 0 : (v > cap ? cap : v)};
+  const int64_t vis = v < 0 ? 0 : (v > cap ? cap : v);
+  return {lo, first_visible(a, t, vis), vis};
 }
 
 // Element offset of slot j (of the table starting at `table`) for kv head g; -1 when the page
@@ -125,8 +137,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(PagedAttentionArgs 
   const int64_t d = a.head_dim;
   const int64_t g = h / (a.heads / a.kv_heads);
   const Row row = find_row(a, t);
-  const int64_t chunk = (row.visible + splits - 1) / splits;
-  const int64_t begin = min64(row.visible, split * chunk);
+  const int64_t chunk = (row.visible - row.first + splits - 1) / splits;
+  const int64_t begin = min64(row.visible, row.first + split * chunk);
   const int64_t end = min64(row.visible, begin + chunk);
   const int64_t table = row.seq >= 0 ? a.table_start[row.seq] : 0;
   const KV* __restrict__ kp = static_cast<const KV*>(a.k_pool);
@@ -284,12 +296,13 @@ __global__ void __launch_bounds__(kThreads) attn_sum_kernel(PagedAttentionArgs a
   for (int64_t t = r0 + warp; t < r1; t += kWarps) {
     const int64_t v = a.visible[t];
     const int64_t vis = v < 0 ? 0 : (v > cap ? cap : v);
-    if (tile0 >= vis) continue;  // warp-uniform
+    const int64_t first = first_visible(a, t, vis);
+    if (tile0 >= vis || tile0 + kTile <= first) continue;  // warp-uniform
     const float2 ml = stats[t * a.heads + h];
     __syncwarp();  // the previous row's readers of q_row are done
     for (int64_t i = lane; i < d; i += 32) q_row[i] = load_f32(a.q, a.q_dtype, (t * a.heads + h) * d + i);
     __syncwarp();
-    if (tile0 + lane < vis && my_off >= 0 && ml.y > 0.0f) {
+    if (tile0 + lane >= first && tile0 + lane < vis && my_off >= 0 && ml.y > 0.0f) {
       float dot = 0.0f;
       for (int64_t i = 0; i < d; ++i) dot += q_row[i] * k_row[i];
       total += expf(dot * a.scale - ml.x) / ml.y;

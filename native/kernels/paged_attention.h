@@ -4,8 +4,10 @@
 // For sequence s, its queries are rows q_start[s] .. q_start[s+1]-1 of q, and its cache is the
 // slots 0 .. kv_len[s]-1 of its page table page_table[table_start[s] .. table_start[s+1]-1]:
 // slot j is row j % page_size of pool page page_table[table_start[s] + j / page_size].
-// Query row t of sequence s sees slots j < visible[t] (slot-ordered causal masking: a prefill
-// token at slot p sets visible = p + 1; a decode token sees the whole cache).
+// Query row t of sequence s sees slots first_visible[t] <= j < visible[t] (slot-ordered causal
+// masking: a prefill token at slot p sets visible = p + 1; a decode token sees the whole cache).
+// first_visible is the lower bound of sliding-window attention (HF: a query at position i sees
+// keys at positions > i - window, so first_visible = max(0, visible - window)); null means 0.
 //
 //   q:      (total_q, heads, head_dim), dtype q_dtype, already rotated (RoPE) at its positions
 //   k_pool, v_pool: (num_pages, page_size, kv_heads, head_dim), dtype kv_dtype (keys rotated)
@@ -40,6 +42,7 @@ struct PagedAttentionArgs {
   const int32_t* page_table = nullptr;   // concatenated page ids
   int64_t page_table_len = 0;            // entries in page_table (bounds table_start)
   const int32_t* visible = nullptr;      // (total_q)
+  const int32_t* first_visible = nullptr;  // optional (total_q), 0 <= first_visible <= visible
   float scale = 1.0f;
   float* attn_sum = nullptr;             // optional (seqs, heads, max_kv)
   int64_t max_kv = 0;

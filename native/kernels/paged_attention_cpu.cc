@@ -1,7 +1,7 @@
 // CPU twin of paged_attention.cu (paged_attention.h has the contract).
 //
 // Validation first: everything that comes from data (q_start, table_start, kv_len, page ids,
-// visible) is checked before any slot is read, and a bad value is an invalid_argument status.
+// visible, first_visible) is checked before any slot is read, and a bad value is an invalid_argument status.
 //
 // Work item: (query row t, kv head g, chunk c). One item serves the `group` query heads that
 // share kv head g, so each key and value row is read (and, for 16-bit pools, widened to f32)
@@ -220,6 +220,9 @@ inline void slot_offsets(const Layout& L, int64_t s, int64_t j0, int64_t n, int6
   }
 }
 
+// First slot row t sees (the sliding window's lower bound; 0 without one).
+inline int64_t first_visible(const PagedAttentionArgs& a, int64_t t) { return a.first_visible != nullptr ? a.first_visible[t] : 0; }
+
 // Per-thread scratch for one parallel_for chunk.
 struct Scratch {
   std::vector<float> q, acc, m, l, scores, kbuf, vbuf;
@@ -313,7 +316,7 @@ KVF_CPU_CLONES void attend_items(const Layout& L, Split& sp, float* stats, int64
     const int64_t g = tg % a.kv_heads, t = tg / a.kv_heads;
     const int64_t s = L.row_seq[t];
     const int64_t vis = a.visible[t];
-    const int64_t jb = std::min(vis, c * sp.chunk_len);
+    const int64_t jb = std::min(vis, first_visible(a, t) + c * sp.chunk_len);
     const int64_t je = sp.chunks == 1 ? vis : std::min(vis, jb + sp.chunk_len);
     const int64_t h0 = g * G;
     load_row(a.q, a.q_dtype, (t * a.heads + h0) * d, G * d, w.q.data());
@@ -395,16 +398,18 @@ KVF_CPU_CLONES void attn_sum_items(const Layout& L, const std::vector<SumItem>& 
     slot_offsets(L, s, j0, n, g, offs.data());
     gather_rows(kp, offs.data(), n, d, kbuf.data(), krows.data());
     for (int64_t t = a.q_start[s]; t < a.q_start[s + 1]; ++t) {
-      const int64_t nt = std::min<int64_t>(n, a.visible[t] - j0);  // this row's slots in the block
-      if (nt <= 0) continue;
+      // This row's slots in the block: [jf, nt) of it.
+      const int64_t nt = std::min<int64_t>(n, a.visible[t] - j0);
+      const int64_t jf = std::max<int64_t>(0, first_visible(a, t) - j0);
+      if (nt <= jf) continue;
       for (int64_t hh = 0; hh < G; ++hh) {
         const int64_t h = g * G + hh;
         const float m = stats[2 * (t * a.heads + h)];
         const float inv_l = 1.0f / stats[2 * (t * a.heads + h) + 1];  // l >= 1: the row sees a slot
         load_row(a.q, a.q_dtype, (t * a.heads + h) * d, d, q.data());
-        block_scores(q.data(), krows.data(), nt, d, a.scale, scores.data());
-        float* dst = a.attn_sum + (s * a.heads + h) * a.max_kv + j0;
-        for (int64_t jj = 0; jj < nt; ++jj) dst[jj] += exp_f32(scores[jj] - m) * inv_l;
+        block_scores(q.data(), krows.data() + jf, nt - jf, d, a.scale, scores.data());
+        float* dst = a.attn_sum + (s * a.heads + h) * a.max_kv + j0 + jf;
+        for (int64_t jj = 0; jj < nt - jf; ++jj) dst[jj] += exp_f32(scores[jj] - m) * inv_l;
       }
     }
   }
@@ -414,7 +419,8 @@ KVF_CPU_CLONES void attn_sum_items(const Layout& L, const std::vector<SumItem>& 
 
 std::string at(const char* what, int64_t i) { return std::string(what) + "[" + std::to_string(i) + "]"; }
 
-Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_visible) {
+// max_span: the most slots one row sees (visible - first_visible).
+Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_span) {
   const std::string op = "paged_attention: ";
   if (a.heads < 0 || a.kv_heads <= 0 || a.heads % a.kv_heads != 0)
     return invalid_argument(op + "kv_heads (" + std::to_string(a.kv_heads) + ") must divide heads (" + std::to_string(a.heads) + ")");
@@ -426,7 +432,7 @@ Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_visible) {
   if (a.q_start[0] != 0) return invalid_argument(op + "q_start[0] must be 0, got " + std::to_string(a.q_start[0]));
   if (a.table_start[0] < 0) return invalid_argument(op + "table_start[0] is negative");
   L.row_seq.assign(a.total_q, 0);
-  *max_visible = 0;
+  *max_span = 0;
   for (int64_t s = 0; s < a.seqs; ++s) {
     const int64_t q0 = a.q_start[s], q1 = a.q_start[s + 1];
     if (q1 < q0 || q1 > a.total_q)
@@ -457,8 +463,12 @@ Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_visible) {
       if (v < 0 || v > kv)
         return invalid_argument(op + at("visible", t) + " = " + std::to_string(v) + " is outside [0, " + std::to_string(kv) +
                                 "] (kv_len of sequence " + std::to_string(s) + ")");
+      const int64_t f = first_visible(a, t);
+      if (f < 0 || f > v)
+        return invalid_argument(op + at("first_visible", t) + " = " + std::to_string(f) + " is outside [0, " + std::to_string(v) +
+                                "] (visible[" + std::to_string(t) + "])");
       L.row_seq[t] = static_cast<int32_t>(s);
-      *max_visible = std::max(*max_visible, v);
+      *max_span = std::max(*max_span, v - f);
     }
   }
   if (a.q_start[a.seqs] != a.total_q)
@@ -470,24 +480,24 @@ Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_visible) {
 template <typename KV>
 Status run(const PagedAttentionArgs& a) {
   Layout L{a, a.heads / a.kv_heads, a.kv_heads * a.head_dim, {}};
-  int64_t max_visible = 0;
-  KVF_RETURN_IF_ERROR(validate(a, L, &max_visible));
+  int64_t max_span = 0;
+  KVF_RETURN_IF_ERROR(validate(a, L, &max_span));
   if (a.total_q == 0 || a.heads == 0 || a.head_dim == 0) return Status::Ok();
 
   // Decode split: only when (row, kv head) items are too few to feed the threads.
   Split sp;
   const int64_t items = a.total_q * a.kv_heads;
   const int64_t threads = cpu::num_threads();
-  if (items < threads && max_visible >= 2 * kMinChunk) {
-    sp.chunks = std::min((threads + items - 1) / items, max_visible / kMinChunk);
+  if (items < threads && max_span >= 2 * kMinChunk) {
+    sp.chunks = std::min((threads + items - 1) / items, max_span / kMinChunk);
   }
-  sp.chunk_len = (max_visible + sp.chunks - 1) / sp.chunks;
+  sp.chunk_len = (max_span + sp.chunks - 1) / sp.chunks;
   if (sp.chunks > 1) sp.partial.resize(items * sp.chunks * L.group * (a.head_dim + 2));
 
   std::vector<float> stats(a.attn_sum != nullptr ? 2 * a.total_q * a.heads : 0);
   float* st = a.attn_sum != nullptr ? stats.data() : nullptr;
   // Grain: about 4K slot-rows of work per chunk so short rows don't drown in dispatch.
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, max_visible / sp.chunks));
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, max_span / sp.chunks));
   cpu::parallel_for(items * sp.chunks, grain, [&](int64_t u0, int64_t u1) { attend_items<KV>(L, sp, st, u0, u1); });
   if (sp.chunks > 1) {
     cpu::parallel_for(items, 1, [&](int64_t v0, int64_t v1) { merge_chunks(L, sp, st, v0, v1); });

@@ -159,6 +159,15 @@ Napi::Value NativeModel::create(const Napi::CallbackInfo& info) {
   s.rope_layout = layout == "adjacent" ? RopeLayout::adjacent : RopeLayout::half;
   if (s.kv_heads == 0 || s.heads % s.kv_heads != 0 || s.head_dim % 2 != 0 || s.layers == 0)
     throw_invalid(env, "createModel: inconsistent spec (heads, kvHeads, headDim, layers)");
+  // slidingWindow (0: none) and slidingLayers (one boolean per layer).
+  Napi::Value sw = so.Get("slidingWindow");
+  if (!sw.IsUndefined() && !sw.IsNull()) s.sliding_window = get_int(env, so, "slidingWindow", "spec");
+  if (s.sliding_window > 0) {
+    if (!so.Get("slidingLayers").IsArray()) throw_invalid(env, "createModel: spec.slidingLayers must be an array");
+    Napi::Array sl = so.Get("slidingLayers").As<Napi::Array>();
+    if (sl.Length() != static_cast<uint32_t>(s.layers)) throw_invalid(env, "createModel: spec.slidingLayers needs one entry per layer");
+    for (uint32_t i = 0; i < sl.Length(); ++i) s.sliding_layers.push_back(sl.Get(i).ToBoolean().Value());
+  }
 
   NativeTensor* embed = NativeTensor::unwrap(wo.Get("embed"), "createModel: weight embed");
   Device* dev = embed->device();
@@ -185,10 +194,14 @@ Napi::Value NativeModel::create(const Napi::CallbackInfo& info) {
     lw.bq = weight(env, lo, "bq", dev, qd, true);
     lw.bk = weight(env, lo, "bk", dev, kd, true);
     lw.bv = weight(env, lo, "bv", dev, kd, true);
+    lw.bo = weight(env, lo, "bo", dev, D, true);
     lw.ffn_norm = weight(env, lo, "ffnNorm", dev, D);
     lw.gate = weight(env, lo, "gate", dev, F * D);
     lw.up = weight(env, lo, "up", dev, F * D);
     lw.down = weight(env, lo, "down", dev, D * F);
+    lw.b_gate = weight(env, lo, "bGate", dev, F, true);
+    lw.b_up = weight(env, lo, "bUp", dev, F, true);
+    lw.b_down = weight(env, lo, "bDown", dev, D, true);
     w.layers.push_back(std::move(lw));
   }
   KvPoolSpec ks;
@@ -241,6 +254,15 @@ Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
       sr.tokens = int_array(env, r.Get("tokens"), "step: tokens");
       sr.positions = int_array(env, r.Get("positions"), "step: positions");
       if (sr.positions.size() != sr.tokens.size()) throw_invalid(env, "step: positions must have one entry per token");
+      Napi::Value fv = r.Get("invFreq");
+      if (!fv.IsUndefined() && !fv.IsNull()) {
+        if (!fv.IsTypedArray() || fv.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+          throw_invalid(env, "step: invFreq must be a Float32Array");
+        Napi::Float32Array f = fv.As<Napi::Float32Array>();
+        if (static_cast<int64_t>(f.ElementLength()) != m.spec().head_dim / 2)
+          throw_invalid(env, "step: invFreq must have headDim / 2 entries");
+        sr.inv_freq.assign(f.Data(), f.Data() + f.ElementLength());
+      }
       for (int32_t t : sr.tokens)
         if (t < 0 || t >= m.spec().vocab) throw_invalid(env, "step: token id " + std::to_string(t) + " is outside the vocabulary");
       const std::string lg = r.Get("logits").IsString() ? r.Get("logits").As<Napi::String>().Utf8Value() : "last";

@@ -356,7 +356,8 @@ Napi::Value kv_write(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// pagedAttention(q, kPool, vPool, out, qStart, kvLen, tableStart, pageTable, visible, attnSum | null, params)
+// pagedAttention(q, kPool, vPool, out, qStart, kvLen, tableStart, pageTable, visible, attnSum | null, params,
+//                firstVisible?)
 Napi::Value paged_attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "pagedAttention";
@@ -408,6 +409,13 @@ Napi::Value paged_attention(const Napi::CallbackInfo& info) {
   a.visible = static_cast<const int32_t*>(tvis->buffer()->data());
   std::vector<BufferRef> inputs{tq->buffer(), tkp->buffer(), tvp->buffer(), tqs->buffer(), tkl->buffer(),
                                 tts->buffer(), tpt->buffer(), tvis->buffer()};
+  if (info.Length() > 11 && !info[11].IsNull() && !info[11].IsUndefined()) {
+    NativeTensor* tfv = arg(info, 11, op, "firstVisible", a.total_q);
+    require_dtype(env, tfv, DType::i32, op, "firstVisible");
+    if (tfv->device() != d) throw_invalid(env, "pagedAttention: firstVisible must be on the same device");
+    a.first_visible = static_cast<const int32_t*>(tfv->buffer()->data());
+    inputs.push_back(tfv->buffer());
+  }
   enqueue_op(d, std::move(inputs), std::move(outputs), [a](Backend& be) { return be.paged_attention(a); });
   return env.Undefined();
 }

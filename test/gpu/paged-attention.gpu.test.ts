@@ -1,6 +1,6 @@
 // pagedAttention on CUDA against its CPU twin (which test/ops checks against float64): outputs
 // and attnSum, over prefill, decode (including the split-over-slots path), GQA, every head size
-// the CUDA kernel has a variant for, and every pool dtype.
+// the CUDA kernel has a variant for, every pool dtype, and sliding windows.
 import { describe, expect, it } from 'vitest';
 
 import { Tensor, ops } from '../../lib/index.js';
@@ -45,7 +45,7 @@ function inputs(s: Setup) {
   };
 }
 
-async function both(s: Setup, options: { visible?: Int32Array; attnSum?: boolean } = {}) {
+async function both(s: Setup, options: { visible?: Int32Array; attnSum?: boolean; window?: number } = {}) {
   const x = inputs(s);
   const res = [];
   for (const device of ['cpu', 'cuda'] as const) {
@@ -140,6 +140,29 @@ describe.skipIf(!hasCuda)('pagedAttention (CUDA vs CPU)', () => {
     );
     const got = (await out.toArray()) as Float32Array;
     expect(got.every((x) => Number.isFinite(x))).toBe(true);
+  });
+
+  // Sliding window (HF: a query at position i sees keys at positions > i - window): the warps,
+  // the decode split and attnSum all cover only [visible - window, visible).
+  for (const window of [1, 8, 100, 4096]) {
+    it(`sliding window ${window}: mixed batch with attnSum, and long decodes on the split path`, async () => {
+      const seqs = [...mixed, { queries: 40, kvLength: 600 }];
+      const a = await both({ heads: 8, kvHeads: 2, d: 128, seqs, kvDtype: 'bf16', seed: 20 + window }, { window, attnSum: true });
+      expect(maxAbsDiff(a.cuda.out, a.cpu.out)).toBeLessThan(F32_TOL);
+      expect(maxAbsDiff(a.cuda.attnSum!, a.cpu.attnSum!)).toBeLessThan(40 * F32_TOL);
+      const decode = [5000, 300, 1].map((kvLength) => ({ queries: 1, kvLength }));
+      const b = await both({ heads: 8, kvHeads: 2, d: 64, seqs: decode, seed: 30 + window }, { window, attnSum: true });
+      expect(maxAbsDiff(b.cuda.out, b.cpu.out)).toBeLessThan(F32_TOL);
+      expect(maxAbsDiff(b.cuda.attnSum!, b.cpu.attnSum!)).toBeLessThan(F32_TOL);
+    });
+  }
+
+  it('sliding window with a custom visible per row', async () => {
+    const r = rng(40);
+    const visible: number[] = [];
+    for (const s of mixed) for (let i = 0; i < s.queries; i++) visible.push(Math.floor(r() * (s.kvLength + 1)));
+    const { cpu, cuda } = await both({ heads: 4, kvHeads: 4, d: 64, seqs: mixed, seed: 41 }, { visible: Int32Array.from(visible), window: 7 });
+    expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
   });
 
   it('attnSum of a causal prefill with the default visibility', async () => {

@@ -164,6 +164,17 @@ describe('parseModelConfig: published checkpoints', () => {
     expect(parseModelConfig({ ...llama2Config(), pad_token_id: -1 }).padTokenId).toBeNull();
   });
 
+  it('takes hidden_act "swish" as SiLU, as transformers does', () => {
+    expect(parseModelConfig({ ...llama2Config(), hidden_act: 'swish' }).hiddenSize).toBe(4096);
+  });
+
+  it('accepts attention_bias and mlp_bias false on Mistral and Qwen2, and a dynamic original length equal to max_position_embeddings', () => {
+    expect(parseModelConfig({ ...mistralConfig(), attention_bias: false, mlp_bias: false }).qkvBias).toBe(false);
+    expect(parseModelConfig({ ...qwen25Config(), attention_bias: false }).qkvBias).toBe(true);
+    const rope = { type: 'dynamic', factor: 2, original_max_position_embeddings: 4096 };
+    expect(parseModelConfig({ ...llama2Config(), rope_scaling: rope }).ropeScaling).toEqual({ type: 'dynamic', factor: 2 });
+  });
+
   it('finds the architecture from model_type when architectures is absent', () => {
     const json: Record<string, unknown> = { ...mistralConfig() };
     delete json['architectures'];
@@ -227,6 +238,12 @@ describe('parseModelConfig: rejected configs', () => {
     ['layer_types of the wrong length', { ...qwen25Config(), use_sliding_window: true, layer_types: ['full_attention'] },
       'config.json: layer_types must list one attention type per layer (24), got ["full_attention"]'],
     ['a config that is not an object', [1, 2], 'config.json: must be a JSON object, got [1,2]'],
+    ['attention_bias on Mistral', { ...mistralConfig(), attention_bias: true },
+      'config.json: attention_bias (true) is not supported for MistralForCausalLM, whose projections have fixed biases'],
+    ['mlp_bias on Qwen2', { ...qwen25Config(), mlp_bias: true },
+      'config.json: mlp_bias (true) is not supported for Qwen2ForCausalLM, whose projections have fixed biases'],
+    ['dynamic scaling from another original length', { ...llama2Config(), rope_scaling: { type: 'dynamic', factor: 2, original_max_position_embeddings: 2048 } },
+      'config.json: rope_scaling.original_max_position_embeddings (2048) is not supported with dynamic scaling unless it equals max_position_embeddings (4096)'],
   ];
 
   it.each(cases)('rejects %s', (_what, json, message) => {

@@ -80,8 +80,11 @@ function causalVisible(c: Case): Int32Array {
   return Int32Array.from(out);
 }
 
-/** float64 dense attention over each row's visible slots, gathered through the page tables. */
-function reference(c: Case, visible: Int32Array, scale: number): { out: Float64Array; attnSum: Float64Array; maxKv: number } {
+/**
+ * float64 dense attention over each row's visible slots, gathered through the page tables; with a
+ * window, only the last `window` of them (slots j >= visible - window).
+ */
+function reference(c: Case, visible: Int32Array, scale: number, window = Infinity): { out: Float64Array; attnSum: Float64Array; maxKv: number } {
   const { heads, kvHeads, d, pageSize } = c;
   const group = heads / kvHeads;
   const maxKv = Math.max(0, ...c.sequences.map((s) => s.kvLength));
@@ -92,12 +95,13 @@ function reference(c: Case, visible: Int32Array, scale: number): { out: Float64A
   c.sequences.forEach((s, si) => {
     for (let r = 0; r < s.queries; r++, t++) {
       const vis = visible[t]!;
+      const first = Math.max(0, vis - window);
       for (let h = 0; h < heads; h++) {
         const kvh = Math.floor(h / group);
         const rowOf = (j: number) => ((s.pages[Math.floor(j / pageSize)]! * pageSize + (j % pageSize)) * kvHeads + kvh) * d;
         const scores = new Float64Array(vis);
         let max = -Infinity;
-        for (let j = 0; j < vis; j++) {
+        for (let j = first; j < vis; j++) {
           const kb = rowOf(j);
           let dot = 0;
           for (let i = 0; i < d; i++) dot += c.q[(t * heads + h) * d + i]! * c.k[kb + i]!;
@@ -105,8 +109,8 @@ function reference(c: Case, visible: Int32Array, scale: number): { out: Float64A
           max = Math.max(max, scores[j]!);
         }
         let sum = 0;
-        for (let j = 0; j < vis; j++) sum += (scores[j] = Math.exp(scores[j]! - max));
-        for (let j = 0; j < vis; j++) {
+        for (let j = first; j < vis; j++) sum += (scores[j] = Math.exp(scores[j]! - max));
+        for (let j = first; j < vis; j++) {
           const p = scores[j]! / sum;
           const vb = rowOf(j);
           const ob = (t * heads + h) * d;
@@ -130,13 +134,13 @@ function tensors(c: Case): { q: Tensor; kPool: Tensor; vPool: Tensor } {
   };
 }
 
-async function run(c: Case, options: { visible?: Int32Array; scale?: number; attnSum?: boolean } = {}) {
+async function run(c: Case, options: { visible?: Int32Array; scale?: number; attnSum?: boolean; window?: number } = {}) {
   const { q, kPool, vPool } = tensors(c);
   const res = ops.pagedAttention(q, kPool, vPool, { sequences: c.sequences, ...options });
   const out = (await res.out.toArray()) as Float32Array;
   const attnSum = res.attnSum ? ((await res.attnSum.toArray()) as Float32Array) : undefined;
   for (const t of [q, kPool, vPool, res.out, res.attnSum]) t?.dispose();
-  const want = reference(c, options.visible ?? causalVisible(c), options.scale ?? 1 / Math.sqrt(c.d));
+  const want = reference(c, options.visible ?? causalVisible(c), options.scale ?? 1 / Math.sqrt(c.d), options.window);
   return { out, attnSum, want };
 }
 
@@ -237,6 +241,45 @@ describe('pagedAttention (CPU) vs float64 dense attention', () => {
   });
 });
 
+describe('pagedAttention with a sliding window (CPU) vs float64', () => {
+  // HF's sliding-window mask: a query at position i sees keys at positions > i - window.
+  for (const window of [1, 8, 16, 40]) {
+    it(`window ${window}: each row sees only the last ${window} of its visible slots (prefill, decode, GQA, attnSum)`, async () => {
+      const c = makeCase({ heads: 8, kvHeads: 2, d: 64, seqs: mixedBatch, kvDtype: 'bf16', seed: 30 + window });
+      const { out, attnSum, want } = await run(c, { window, attnSum: true });
+      expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+      expect(maxAbsDiff(attnSum!, want.attnSum)).toBeLessThan(4 * F32_TOL);
+      // Not the full causal result: the window changes what the late rows see.
+      const full = reference(c, causalVisible(c), 1 / Math.sqrt(c.d));
+      if (window < 100) expect(maxAbsDiff(out, full.out)).toBeGreaterThan(1e-3);
+    });
+  }
+
+  it('a long decode with a window (the split-over-slots path covers only the window)', async () => {
+    const c = makeCase({ heads: 4, kvHeads: 1, d: 64, seqs: [{ queries: 1, kvLength: 3001 }, { queries: 1, kvLength: 900 }], seed: 35 });
+    const { out, attnSum, want } = await run(c, { window: 700, attnSum: true });
+    expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+    expect(maxAbsDiff(attnSum!, want.attnSum)).toBeLessThan(F32_TOL);
+  });
+
+  it('combines with a custom visible per row', async () => {
+    const c = makeCase({ heads: 4, kvHeads: 2, d: 16, seqs: mixedBatch, seed: 36 });
+    const r = rng(37);
+    const visible: number[] = [];
+    for (const s of c.sequences) for (let i = 0; i < s.queries; i++) visible.push(Math.floor(r() * (s.kvLength + 1)));
+    const { out, want } = await run(c, { visible: Int32Array.from(visible), window: 5 });
+    expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+  });
+
+  it('rejects a window that is not a positive integer', () => {
+    const c = makeCase({ heads: 2, kvHeads: 1, d: 16, seqs: [{ queries: 1, kvLength: 4 }], seed: 38 });
+    const { q, kPool, vPool } = tensors(c);
+    for (const window of [0, -1, 2.5]) {
+      expect(() => ops.pagedAttention(q, kPool, vPool, { sequences: c.sequences, window })).toThrow(InvalidArgumentError);
+    }
+  });
+});
+
 describe('pagedAttention attnSum', () => {
   for (const [heads, kvHeads] of [[4, 4], [8, 2]] as const) {
     it(`is the softmax probabilities summed over each sequence's query rows (${heads}/${kvHeads} heads)`, async () => {
@@ -270,7 +313,7 @@ describe('pagedAttention attnSum', () => {
 
 describe('pagedAttention rejects bad tables from data on the CPU', () => {
   // Through the raw binding: ops.pagedAttention already rejects these before queueing.
-  function rawCall(opts: { pageTable: number[]; kvLen: number; visible?: number }) {
+  function rawCall(opts: { pageTable: number[]; kvLen: number; visible?: number; firstVisible?: number }) {
     const [heads, kvHeads, d, pageSize, numPages] = [2, 1, 16, 16, 4];
     const q = Tensor.from(rand(heads * d, 1), { shape: [1, heads, d] });
     const kPool = Tensor.from(rand(numPages * pageSize * kvHeads * d, 2), { shape: [numPages, pageSize, kvHeads, d] });
@@ -280,9 +323,10 @@ describe('pagedAttention rejects bad tables from data on the CPU', () => {
       Tensor.from(Int32Array.from(a)),
     );
     const [qs, kl, ts, pt, vis] = idx.map((t) => t.handle());
+    const first = opts.firstVisible === undefined ? null : Tensor.from(Int32Array.of(opts.firstVisible)).handle();
     native().ops.pagedAttention(q.handle(), kPool.handle(), vPool.handle(), out.handle(), qs!, kl!, ts!, pt!, vis!, null, {
       heads, kvHeads, headDim: d, pageSize, numPages, seqs: 1, totalQ: 1, maxKv: opts.kvLen, scale: 0.25,
-    });
+    }, first);
     return out;
   }
 
@@ -306,5 +350,13 @@ describe('pagedAttention rejects bad tables from data on the CPU', () => {
   it('a visible count beyond the kv length', async () => {
     await expect(rawCall({ pageTable: [3, 0], kvLen: 20, visible: 21 }).toArray()).rejects.toThrow(InvalidArgumentError);
     await expect(rawCall({ pageTable: [3, 0], kvLen: 20, visible: -1 }).toArray()).rejects.toThrow(InvalidArgumentError);
+  });
+
+  it('a first visible slot outside [0, visible]', async () => {
+    await expect(rawCall({ pageTable: [3, 0], kvLen: 20, visible: 20, firstVisible: 20 }).toArray()).resolves.toBeInstanceOf(Float32Array);
+    const p = rawCall({ pageTable: [3, 0], kvLen: 20, visible: 10, firstVisible: 11 }).toArray();
+    await expect(p).rejects.toThrow(InvalidArgumentError);
+    await expect(p).rejects.toThrow(/first_visible\[0\] = 11 is outside \[0, 10\]/);
+    await expect(rawCall({ pageTable: [3, 0], kvLen: 20, firstVisible: -1 }).toArray()).rejects.toThrow(InvalidArgumentError);
   });
 });

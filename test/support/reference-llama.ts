@@ -5,12 +5,13 @@
 //
 // Per layer l, for the hidden states x (one row per token):
 //   h  = RMSNorm(x) * input_layernorm
-//   q  = h Wq^T + bq,  k = h Wk^T + bk,  v = h Wv^T + bv          (biases: Qwen2 only)
+//   q  = h Wq^T + bq,  k = h Wk^T + bk,  v = h Wv^T + bv          (biases: Qwen2, Llama attention_bias)
 //   q, k rotated by RoPE at each token's position (rotate_half convention)
 //   a  = softmax(q k^T / sqrt(head_dim) + causal mask) v          (GQA: kv head = head / group)
-//   x += a Wo^T
+//        on sliding layers, a query at position i sees keys at positions > i - sliding_window
+//   x += a Wo^T + bo                                               (bo: Llama attention_bias)
 //   h  = RMSNorm(x) * post_attention_layernorm
-//   x += (silu(h Wgate^T) * (h Wup^T)) Wdown^T
+//   x += (silu(h Wgate^T + bg) * (h Wup^T + bu)) Wdown^T + bd      (biases: Llama mlp_bias)
 // logits = (RMSNorm(x) * norm) Wlm^T, where Wlm is the embedding matrix if tied.
 
 import { existsSync, readFileSync } from 'node:fs';
@@ -106,6 +107,17 @@ export interface Llama3RopeScaling {
   originalMaxPositionEmbeddings: number;
 }
 
+/**
+ * HF rope_scaling of type "dynamic" (dynamic NTK): each forward pass recomputes the base from
+ * its sequence length L = largest position id + 1, once L exceeds max_position_embeddings:
+ *   base' = base * (factor * L / max_position_embeddings - (factor - 1)) ^ (dim / (dim - 2))
+ * and rotates that pass's queries and keys with it; cached keys keep the base of their pass.
+ */
+export interface DynamicRopeScaling {
+  ropeType: 'dynamic';
+  factor: number;
+}
+
 export interface LlamaFamilyConfig {
   modelType: 'llama' | 'mistral' | 'qwen2';
   vocabSize: number;
@@ -117,9 +129,12 @@ export interface LlamaFamilyConfig {
   headDim: number;
   rmsNormEps: number;
   ropeTheta: number;
-  ropeScaling: Llama3RopeScaling | null;
-  /** Keys further back than this are masked (Mistral); null for none. */
+  ropeScaling: Llama3RopeScaling | DynamicRopeScaling | null;
+  maxPositionEmbeddings: number;
+  /** Keys further back than this are masked on the sliding layers; null for none. */
   slidingWindow: number | null;
+  /** Per layer: whether it slides (Mistral: all; Qwen2: layers >= max_window_layers). */
+  slidingLayers: boolean[];
   tieWordEmbeddings: boolean;
 }
 
@@ -142,12 +157,13 @@ export function parseConfig(json: Record<string, unknown>): LlamaFamilyConfig {
   const hiddenSize = int('hidden_size');
   const numHeads = int('num_attention_heads');
 
-  let ropeScaling: Llama3RopeScaling | null = null;
+  let ropeScaling: Llama3RopeScaling | DynamicRopeScaling | null = null;
   const scaling = json.rope_scaling as Record<string, number | string> | null | undefined;
   if (scaling) {
     const type = scaling.rope_type ?? scaling.type;
-    if (type !== 'llama3') throw new Error(`reference supports rope_scaling type llama3 only; got ${String(type)}`);
-    ropeScaling = {
+    if (type !== 'llama3' && type !== 'dynamic') throw new Error(`reference supports rope_scaling types llama3 and dynamic; got ${String(type)}`);
+    if (type === 'dynamic') ropeScaling = { ropeType: 'dynamic', factor: Number(scaling.factor) };
+    else ropeScaling = {
       ropeType: 'llama3',
       factor: Number(scaling.factor),
       lowFreqFactor: Number(scaling.low_freq_factor),
@@ -156,10 +172,19 @@ export function parseConfig(json: Record<string, unknown>): LlamaFamilyConfig {
     };
   }
 
+  const numLayers = int('num_hidden_layers');
   let slidingWindow: number | null = null;
-  if (modelType === 'mistral' && typeof json.sliding_window === 'number') slidingWindow = json.sliding_window;
-  if (modelType === 'qwen2' && json.use_sliding_window === true) {
-    throw new Error('reference does not implement Qwen2 use_sliding_window');
+  let slidingLayers = Array.from({ length: numLayers }, () => false);
+  if (modelType === 'mistral' && typeof json.sliding_window === 'number') {
+    slidingWindow = json.sliding_window;
+    slidingLayers = slidingLayers.map(() => true);
+  }
+  // Qwen2 (transformers' Qwen2Config): with use_sliding_window, layers from max_window_layers on.
+  if (modelType === 'qwen2' && json.use_sliding_window === true && typeof json.sliding_window === 'number') {
+    if (json.layer_types !== undefined) throw new Error('reference does not implement Qwen2 layer_types');
+    const maxWindowLayers = int('max_window_layers', 28);
+    slidingWindow = json.sliding_window;
+    slidingLayers = slidingLayers.map((_, l) => l >= maxWindowLayers);
   }
 
   return {
@@ -167,7 +192,7 @@ export function parseConfig(json: Record<string, unknown>): LlamaFamilyConfig {
     vocabSize: int('vocab_size'),
     hiddenSize,
     intermediateSize: int('intermediate_size'),
-    numLayers: int('num_hidden_layers'),
+    numLayers,
     numHeads,
     numKvHeads: int('num_key_value_heads', numHeads),
     // head_dim is explicit in newer Llama/Mistral configs; Qwen2 always derives it.
@@ -175,7 +200,9 @@ export function parseConfig(json: Record<string, unknown>): LlamaFamilyConfig {
     rmsNormEps: num('rms_norm_eps'),
     ropeTheta: num('rope_theta', 10000),
     ropeScaling,
+    maxPositionEmbeddings: int('max_position_embeddings', 2048),
     slidingWindow,
+    slidingLayers,
     tieWordEmbeddings: json.tie_word_embeddings === true,
   };
 }
@@ -186,12 +213,19 @@ export function parseConfig(json: Record<string, unknown>): LlamaFamilyConfig {
  * factor are slowed down by `factor`, shorter than original / high factor kept, and the band
  * in between interpolated.
  */
-export function ropeInverseFrequencies(config: LlamaFamilyConfig): Float64Array {
+export function ropeInverseFrequencies(config: LlamaFamilyConfig, seqLen?: number): Float64Array {
   const half = config.headDim / 2;
   const inverse = new Float64Array(half);
-  for (let i = 0; i < half; i++) inverse[i] = 1 / config.ropeTheta ** ((2 * i) / config.headDim);
   const scaling = config.ropeScaling;
-  if (!scaling) return inverse;
+  let base = config.ropeTheta;
+  if (scaling?.ropeType === 'dynamic') {
+    // transformers' _compute_dynamic_ntk_parameters: seq_len = max(seq_len, max_position_embeddings).
+    const dim = config.headDim;
+    const length = Math.max(seqLen ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings);
+    base *= (scaling.factor * length / config.maxPositionEmbeddings - (scaling.factor - 1)) ** (dim / (dim - 2));
+  }
+  for (let i = 0; i < half; i++) inverse[i] = 1 / base ** ((2 * i) / config.headDim);
+  if (!scaling || scaling.ropeType === 'dynamic') return inverse;
   const lowFreqWavelength = scaling.originalMaxPositionEmbeddings / scaling.lowFreqFactor;
   const highFreqWavelength = scaling.originalMaxPositionEmbeddings / scaling.highFreqFactor;
   for (let i = 0; i < half; i++) {
@@ -274,10 +308,14 @@ interface LayerWeights {
   kBias?: Tensor;
   vBias?: Tensor;
   oProj: Tensor;
+  oBias?: Tensor;
   postAttentionNorm: Tensor;
   gateProj: Tensor;
   upProj: Tensor;
   downProj: Tensor;
+  gateBias?: Tensor;
+  upBias?: Tensor;
+  downBias?: Tensor;
 }
 
 export class ReferenceLlama {
@@ -327,6 +365,15 @@ export class ReferenceLlama {
       if (qBias) layer.qBias = qBias;
       if (kBias) layer.kBias = kBias;
       if (vBias) layer.vBias = vBias;
+      // Llama's attention_bias also biases o_proj; mlp_bias biases the three MLP projections.
+      const oBias = optional(`${p}.self_attn.o_proj.bias`, [H]);
+      if (oBias) layer.oBias = oBias;
+      const gateBias = optional(`${p}.mlp.gate_proj.bias`, [I]);
+      const upBias = optional(`${p}.mlp.up_proj.bias`, [I]);
+      const downBias = optional(`${p}.mlp.down_proj.bias`, [H]);
+      if (gateBias) layer.gateBias = gateBias;
+      if (upBias) layer.upBias = upBias;
+      if (downBias) layer.downBias = downBias;
       this.layers.push(layer);
     }
     this.finalNorm = get('model.norm.weight', [H]);
@@ -343,12 +390,21 @@ export class ReferenceLlama {
   /**
    * Next-token logits at every position of `tokens` (positions 0, 1, ...):
    * result[i] are the logits after reading tokens[0..i].
+   *
+   * `prefill` only matters for dynamic RoPE scaling, whose frequencies depend on the forward
+   * pass: tokens[0..prefill) are read in one pass (HF's prompt), every later token in a pass of
+   * its own (HF's decode steps with a KV cache). Default: the whole sequence in one pass.
    */
-  forward(tokens: readonly number[]): Float64Array[] {
+  forward(tokens: readonly number[], options: { prefill?: number } = {}): Float64Array[] {
     const { hiddenSize: H, numHeads, numKvHeads, headDim, rmsNormEps: eps, vocabSize } = this.config;
     const groupSize = numHeads / numKvHeads; // query heads per key/value head
     const scale = 1 / Math.sqrt(headDim);
-    const window = this.config.slidingWindow ?? Infinity;
+    const prefill = options.prefill ?? tokens.length;
+    // Frequencies per position: those of the pass that reads it (sequence length = its end).
+    const frequencies = tokens.map((_, position) =>
+      this.config.ropeScaling?.ropeType === 'dynamic'
+        ? ropeInverseFrequencies(this.config, Math.max(prefill, position + 1))
+        : this.inverseFrequencies);
 
     // Residual stream, one row per token.
     const x = tokens.map((token) => {
@@ -356,13 +412,14 @@ export class ReferenceLlama {
       return this.embedTokens.data.slice(token * H, (token + 1) * H);
     });
 
-    for (const layer of this.layers) {
+    for (const [l, layer] of this.layers.entries()) {
+      const window = this.config.slidingLayers[l] ? this.config.slidingWindow ?? Infinity : Infinity;
       const h = x.map((row) => rmsNorm(row, layer.inputNorm, eps));
       const q = h.map((row) => linear(row, layer.qProj, layer.qBias)); // (T, numHeads * headDim)
       const k = h.map((row) => linear(row, layer.kProj, layer.kBias)); // (T, numKvHeads * headDim)
       const v = h.map((row) => linear(row, layer.vProj, layer.vBias)); // (T, numKvHeads * headDim)
-      q.forEach((row, position) => applyRope(row, numHeads, headDim, position, this.inverseFrequencies));
-      k.forEach((row, position) => applyRope(row, numKvHeads, headDim, position, this.inverseFrequencies));
+      q.forEach((row, position) => applyRope(row, numHeads, headDim, position, frequencies[position]!));
+      k.forEach((row, position) => applyRope(row, numKvHeads, headDim, position, frequencies[position]!));
 
       for (let t = 0; t < tokens.length; t++) {
         const attended = new Float64Array(numHeads * headDim);
@@ -385,12 +442,12 @@ export class ReferenceLlama {
             for (let d = 0; d < headDim; d++) attended[qOffset + d] = attended[qOffset + d]! + p * v[s]![kvOffset + d]!;
           }
         }
-        addInPlace(x[t]!, linear(attended, layer.oProj));
+        addInPlace(x[t]!, linear(attended, layer.oProj, layer.oBias));
 
         const normed = rmsNorm(x[t]!, layer.postAttentionNorm, eps);
-        const gate = linear(normed, layer.gateProj);
-        const up = linear(normed, layer.upProj);
-        addInPlace(x[t]!, linear(gate.map((g, i) => silu(g) * up[i]!), layer.downProj));
+        const gate = linear(normed, layer.gateProj, layer.gateBias);
+        const up = linear(normed, layer.upProj, layer.upBias);
+        addInPlace(x[t]!, linear(gate.map((g, i) => silu(g) * up[i]!), layer.downProj, layer.downBias));
       }
     }
     return x.map((row) => linear(rmsNorm(row, this.finalNorm, eps), this.lmHead));
