@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'KVFOCUS_UNSUPPORTED'
   | 'KVFOCUS_MODEL_FORMAT'
   | 'KVFOCUS_ABORTED'
+  | 'KVFOCUS_QUEUE_FULL'
   | 'KVFOCUS_LOAD_ERROR';
 
 export class KvfocusError extends Error {
@@ -74,6 +75,16 @@ export class ModelFormatError extends KvfocusError {
 export class AbortError extends KvfocusError {
   constructor(message = 'The operation was aborted', options?: { cause?: unknown }) {
     super(message, 'KVFOCUS_ABORTED', options);
+  }
+}
+
+/**
+ * A model's request queue already holds `maxQueuedRequests` requests waiting for KV pages: the
+ * request is refused at once instead of waiting (back-pressure for the caller).
+ */
+export class QueueFullError extends KvfocusError {
+  constructor(message: string) {
+    super(message, 'KVFOCUS_QUEUE_FULL');
   }
 }
 

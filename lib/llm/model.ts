@@ -27,6 +27,30 @@ export interface LoadModelOptions {
   kvDtype?: FloatDType;
   /** Most prompt tokens one sequence feeds per forward step (default 512). */
   prefillChunk?: number;
+  /**
+   * Most generate() requests waiting for KV pages at once (default: no limit). Beyond it a new
+   * request is refused at once with QueueFullError; 0 refuses any request that cannot start now.
+   */
+  maxQueuedRequests?: number;
+}
+
+/** What the KV pool and the scheduler hold right now (model.stats()). */
+export interface ModelStats {
+  /** Pool capacity in tokens per layer. */
+  kvCacheTokens: number;
+  pageSize: number;
+  /** Pages of every layer together: kvCacheTokens / pageSize x layers. */
+  totalPages: number;
+  usedPages: number;
+  freePages: number;
+  /** Generations taking part in forward steps. */
+  runningRequests: number;
+  /** Generations waiting for KV pages (new, or preempted to be recomputed). */
+  queuedRequests: number;
+  /** Most generations waiting at once since the model was loaded. */
+  peakQueuedRequests: number;
+  /** Running generations preempted (freed, later recomputed) because the pool ran dry. */
+  preemptions: number;
 }
 
 export type Prompt = string | { messages: ChatMessage[] } | readonly number[] | Int32Array;
@@ -36,7 +60,7 @@ export interface LogitsOptions {
   all?: boolean;
 }
 
-const LOAD_OPTIONS = optionNames<LoadModelOptions>({ device: true, dtype: true, kvCacheTokens: true, pageSize: true, kvDtype: true, prefillChunk: true });
+const LOAD_OPTIONS = optionNames<LoadModelOptions>({ device: true, dtype: true, kvCacheTokens: true, pageSize: true, kvDtype: true, prefillChunk: true, maxQueuedRequests: true });
 const LOGITS_OPTIONS = optionNames<LogitsOptions>({ all: true });
 
 const ST_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
@@ -45,8 +69,10 @@ export class Model {
   readonly config: ModelConfig;
   readonly tokenizer: Tokenizer;
   readonly device: DeviceName;
-  /** KV capacity in tokens per layer. */
+  /** KV pool capacity in tokens per layer, shared by all sequences. */
   readonly kvCacheTokens: number;
+  /** Tokens per KV page. */
+  readonly pageSize: number;
   /**
    * Longest sequence (prompt + generated tokens) one request may reach: kvCacheTokens. On a
    * sliding-window checkpoint the window is applied in attention, but the pages of tokens that
@@ -60,7 +86,18 @@ export class Model {
   #prefillChunk: number;
 
   /** @internal Use loadModel(). */
-  constructor(init: { config: ModelConfig; tokenizer: Tokenizer; device: DeviceName; native: NativeModel; weights: Tensor[]; eos: number[]; kvCacheTokens: number; prefillChunk: number }) {
+  constructor(init: {
+    config: ModelConfig;
+    tokenizer: Tokenizer;
+    device: DeviceName;
+    native: NativeModel;
+    weights: Tensor[];
+    eos: number[];
+    kvCacheTokens: number;
+    pageSize: number;
+    prefillChunk: number;
+    maxQueuedRequests: number;
+  }) {
     this.config = init.config;
     this.tokenizer = init.tokenizer;
     this.device = init.device;
@@ -68,6 +105,7 @@ export class Model {
     this.#weights = init.weights;
     this.#eos = init.eos;
     this.kvCacheTokens = init.kvCacheTokens;
+    this.pageSize = init.pageSize;
     this.maxSequenceTokens = init.kvCacheTokens;
     this.#prefillChunk = init.prefillChunk;
     this.#scheduler = new Scheduler(init.native, {
@@ -75,6 +113,9 @@ export class Model {
       stepTokens: Math.max(init.prefillChunk, 2048),
       maxSequenceTokens: this.maxSequenceTokens,
       ropeFrequencies: (length) => this.#ropeFrequencies(length),
+      pageSize: init.pageSize,
+      layers: init.config.numLayers,
+      maxQueuedRequests: init.maxQueuedRequests,
     });
   }
 
@@ -163,7 +204,8 @@ export class Model {
   /**
    * Streams generated tokens: `for await (const { token, text } of model.generate(...))`, and
    * `await stream.result` for the text, counts, finish reason and timings. Concurrent calls are
-   * batched into shared forward steps.
+   * batched into shared forward steps; a call the KV pool has no room for yet waits in a FIFO
+   * queue (`signal` bounds the wait; beyond maxQueuedRequests it throws QueueFullError).
    */
   generate(prompt: Prompt, options?: GenerateOptions | null): GenerationStream {
     const m = this.#handle('generate');
@@ -191,6 +233,23 @@ export class Model {
   /** Free KV pages right now (pages of live sequences are in use). */
   get freeKvPages(): number {
     return this.#handle('freeKvPages').freePages();
+  }
+
+  /** Pool occupancy and the scheduler's running and queued generations, right now. */
+  stats(): ModelStats {
+    const free = this.#handle('stats').freePages();
+    const total = Math.ceil(this.kvCacheTokens / this.pageSize) * this.config.numLayers;
+    return {
+      kvCacheTokens: this.kvCacheTokens,
+      pageSize: this.pageSize,
+      totalPages: total,
+      usedPages: total - free,
+      freePages: free,
+      runningRequests: this.#scheduler.running,
+      queuedRequests: this.#scheduler.queued,
+      peakQueuedRequests: this.#scheduler.peakQueued,
+      preemptions: this.#scheduler.preemptions,
+    };
   }
 
   /** Frees the weights and the KV pool once queued work is done. Idempotent. */
@@ -257,6 +316,10 @@ export async function loadModel(dir: string, loadOptions?: LoadModelOptions | nu
   if (!Number.isInteger(kvCacheTokens) || kvCacheTokens < 1) throw new InvalidArgumentError(`kvCacheTokens: expected a positive integer but received ${describe(kvCacheTokens)}`, 'kvCacheTokens');
   const prefillChunk = options.prefillChunk ?? 512;
   if (!Number.isInteger(prefillChunk) || prefillChunk < 1) throw new InvalidArgumentError(`prefillChunk: expected a positive integer but received ${describe(prefillChunk)}`, 'prefillChunk');
+  const maxQueuedRequests = options.maxQueuedRequests ?? Infinity;
+  if (maxQueuedRequests !== Infinity && (!Number.isInteger(maxQueuedRequests) || maxQueuedRequests < 0)) {
+    throw new InvalidArgumentError(`maxQueuedRequests: expected an integer >= 0 (or Infinity) but received ${describe(maxQueuedRequests)}`, 'maxQueuedRequests');
+  }
   for (const [name, v] of [['dtype', options.dtype], ['kvDtype', options.kvDtype]] as const) {
     if (v !== undefined && v !== 'f32' && v !== 'f16' && v !== 'bf16') throw new InvalidArgumentError(`${name}: expected 'f32', 'f16' or 'bf16' but received ${describe(v)}`, name);
   }
@@ -357,7 +420,7 @@ export async function loadModel(dir: string, loadOptions?: LoadModelOptions | nu
     for (const t of tensors.values()) if (!owned.includes(t)) t.dispose();
   }
   const eos = [...new Set([...config.eosTokenIds, ...(await generationEos(dir))])];
-  return new Model({ config, tokenizer, device, native: nativeModel, weights: owned, eos, kvCacheTokens, prefillChunk });
+  return new Model({ config, tokenizer, device, native: nativeModel, weights: owned, eos, kvCacheTokens, pageSize, prefillChunk, maxQueuedRequests });
 }
 
 // generation_config.json may list more end-of-sequence ids than config.json (Llama 3).

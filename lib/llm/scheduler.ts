@@ -1,9 +1,16 @@
 // Continuous batching. Every live generation of a model is a Request here; one loop builds each
-// forward step from all of them — decode tokens first (one per request), then prompt chunks up
-// to the step's token budget — runs it as one native job, and routes the sampled tokens back.
-// Requests join and leave between steps, so a new prompt never waits for others to finish.
+// forward step from all running requests — decode tokens first (one per request), then prompt
+// chunks up to the step's token budget — runs it as one native job, and routes the sampled
+// tokens back. Requests join and leave between steps.
+//
+// Admission: a request runs once the KV pool has pages for its prompt plus one page of decoding
+// beyond what the running requests still need for theirs (each keeps the same one-page headroom);
+// until then it waits in a FIFO queue. When the pool still runs dry mid-decode, the newest running
+// request is preempted: its pages are freed and it goes back to the head of the queue, to be
+// recomputed (prompt + generated tokens prefilled again) when pages free up. The oldest request
+// always progresses, so the queue drains; only a request that could never fit is refused.
 import type { NativeModel, NativeSequence, SamplingSpec, StepRequest } from '../binding.js';
-import { AbortError, KvfocusError, OutOfMemoryError } from '../errors.js';
+import { AbortError, KvfocusError, OutOfMemoryError, QueueFullError } from '../errors.js';
 import type { StreamDecoder } from '../model/tokenizer.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
@@ -97,14 +104,14 @@ export class GenerationStream implements AsyncIterable<GeneratedToken> {
 
 class Request {
   readonly stream = new GenerationStream();
+  state: 'queued' | 'running' | 'done' = 'queued';
   pending: Int32Array; // tokens to feed at the next step
-  position = 0; // position of pending[0]
+  position = 0; // position of pending[0]; also the sequence's length between steps
   readonly generated: number[] = [];
   text = '';
   emitted = 0; // characters of `text` already streamed
   readonly started = performance.now();
   firstTokenAt = 0;
-  done = false;
   cutByStopString = false;
   readonly onAbort = () => this.scheduler.abort(this);
 
@@ -116,23 +123,45 @@ class Request {
   }
 }
 
+export interface SchedulerOptions {
+  prefillChunk: number;
+  /** Most tokens of one forward step. */
+  stepTokens: number;
+  maxSequenceTokens: number;
+  pageSize: number;
+  /** The model's layers: n cached tokens take ceil(n / pageSize) pages of each. */
+  layers: number;
+  /** Waiting requests beyond which a new one is refused with QueueFullError. */
+  maxQueuedRequests: number;
+  /** RoPE frequencies for a forward step of this sequence length, when not the model's. */
+  ropeFrequencies?: (length: number) => Float32Array | undefined;
+}
+
 export class Scheduler {
-  #active: Request[] = [];
-  #running = false;
+  #running: Request[] = []; // in admission order: the last is the newest
+  #waiting: Request[] = []; // FIFO; preempted requests go back to the front
+  #looping = false;
+  #peakQueued = 0;
+  #preemptions = 0;
 
   constructor(
     private readonly model: NativeModel,
-    private readonly options: {
-      prefillChunk: number;
-      stepTokens: number;
-      maxSequenceTokens: number;
-      /** RoPE frequencies for a forward step of this sequence length, when not the model's. */
-      ropeFrequencies?: (length: number) => Float32Array | undefined;
-    },
+    private readonly options: SchedulerOptions,
   ) {}
 
-  get active(): number {
-    return this.#active.length;
+  get running(): number {
+    return this.#running.length;
+  }
+  get queued(): number {
+    return this.#waiting.length;
+  }
+  /** Most requests waiting at once since the model was loaded. */
+  get peakQueued(): number {
+    return this.#peakQueued;
+  }
+  /** Running requests preempted (to be recomputed) because the pool ran dry. */
+  get preemptions(): number {
+    return this.#preemptions;
   }
 
   submit(init: RequestInit): GenerationStream {
@@ -142,22 +171,82 @@ export class Scheduler {
       req.stream.fail(new AbortError(undefined, { cause: init.signal.reason }));
       return req.stream;
     }
+    this.#waiting.push(req);
+    this.#admit();
+    if (req.state === 'queued' && this.#waiting.length > this.options.maxQueuedRequests) {
+      this.#waiting.pop();
+      init.seq.release();
+      throw new QueueFullError(
+        `the request queue is full: ${this.#waiting.length} request(s) waiting (maxQueuedRequests ${this.options.maxQueuedRequests}) for KV pages; retry later, or raise maxQueuedRequests or kvCacheTokens`,
+      );
+    }
+    this.#peakQueued = Math.max(this.#peakQueued, this.#waiting.length);
     init.signal?.addEventListener('abort', req.onAbort, { once: true });
-    this.#active.push(req);
-    if (!this.#running) void this.#loop();
+    if (!this.#looping) void this.#loop();
     return req.stream;
   }
 
   abort(req: Request): void {
-    if (req.done) return;
-    this.#end(req, new AbortError(undefined, { cause: req.init.signal?.reason }));
+    if (req.state !== 'done') this.#end(req, new AbortError(undefined, { cause: req.init.signal?.reason }));
+  }
+
+  // Pages of every layer for a sequence of `tokens` tokens.
+  #pages(tokens: number): number {
+    return Math.ceil(tokens / this.options.pageSize) * this.options.layers;
+  }
+
+  // Tokens a request should have room for: what it has yet to feed plus one page of decoding,
+  // but never more than it can reach.
+  #claim(req: Request): number {
+    const target = req.position + req.pending.length;
+    const longest = Math.min(req.init.prompt.length + req.init.maxTokens, this.options.maxSequenceTokens);
+    return Math.max(target, Math.min(target + this.options.pageSize, longest));
+  }
+
+  // Free pages not yet spoken for by running requests. Their cached length is read from the
+  // sequence, which a step in flight has already extended.
+  #available(): number {
+    let free = this.model.freePages();
+    for (const r of this.#running) free -= Math.max(0, this.#pages(this.#claim(r)) - this.#pages(r.init.seq.length));
+    return free;
+  }
+
+  // Starts waiting requests in order while their claim fits. With nothing running the head
+  // always starts: it fits the pool (generate() checks), so it could only wait for pages held
+  // outside the scheduler (logits()), and a step fails it if they are still taken.
+  #admit(): void {
+    while (this.#waiting.length > 0) {
+      const req = this.#waiting[0]!;
+      if (this.#running.length > 0 && this.#pages(this.#claim(req)) > this.#available()) return;
+      this.#waiting.shift();
+      req.state = 'running';
+      this.#running.push(req);
+    }
+  }
+
+  // Frees a running request's pages and queues it at the front to be recomputed: the prompt and
+  // every generated token are fed again, and the last chunk samples the next token as its decode
+  // step would have (the sampler's random state lives on in the sequence).
+  #preempt(req: Request): void {
+    this.#running = this.#running.filter((r) => r !== req);
+    req.init.seq.clear();
+    const all = new Int32Array(req.init.prompt.length + req.generated.length);
+    all.set(req.init.prompt);
+    all.set(req.generated, req.init.prompt.length);
+    req.pending = all;
+    req.position = 0;
+    req.state = 'queued';
+    this.#waiting.unshift(req);
+    this.#preemptions++;
+    this.#peakQueued = Math.max(this.#peakQueued, this.#waiting.length);
   }
 
   // Ends a request: frees its KV pages at once (a step in flight keeps its own reference until
   // it finishes) and settles its stream.
   #end(req: Request, outcome: KvfocusError | GenerationResult['finishReason']): void {
-    req.done = true;
-    this.#active = this.#active.filter((r) => r !== req);
+    req.state = 'done';
+    this.#running = this.#running.filter((r) => r !== req);
+    this.#waiting = this.#waiting.filter((r) => r !== req);
     req.init.signal?.removeEventListener('abort', req.onAbort);
     req.init.seq.release();
     if (typeof outcome !== 'string') {
@@ -185,35 +274,54 @@ export class Scheduler {
   }
 
   async #loop(): Promise<void> {
-    this.#running = true;
+    this.#looping = true;
     try {
-      while (this.#active.length > 0) {
+      for (;;) {
+        this.#admit();
+        if (this.#running.length === 0) return; // #admit starts the head when nothing runs: the queue is empty
         const batch = this.#plan();
         let out: Awaited<ReturnType<NativeModel['step']>>;
         try {
           out = await this.model.step(batch.map((b) => b.step));
         } catch (e) {
-          // Out of KV pages: fail the newest request of the step and go on with the others.
+          // Pages taken outside the scheduler since the plan (logits()): preempt as the plan
+          // would have. With one request left there is nobody to make room: it fails.
+          if (e instanceof OutOfMemoryError && this.#running.length > 1) {
+            this.#preempt(this.#running[this.#running.length - 1]!);
+            continue;
+          }
           const victims = e instanceof OutOfMemoryError ? batch.slice(-1) : batch;
-          for (const { req } of victims) if (!req.done) this.#end(req, e instanceof KvfocusError ? e : new KvfocusError(String(e)));
+          for (const { req } of victims) if (req.state !== 'done') this.#end(req, e instanceof KvfocusError ? e : new KvfocusError(String(e)));
           continue;
         }
         batch.forEach(({ req, fed, sampling }, i) => {
-          if (req.done) return; // aborted while the step ran
+          if (req.state === 'done') return; // aborted or cancelled while the step ran
           req.pending = req.pending.subarray(fed);
           req.position += fed;
           if (sampling) this.#accept(req, out.tokens[i]!);
         });
       }
     } finally {
-      this.#running = false;
+      this.#looping = false;
+    }
+  }
+
+  // The next step's batch. When its new tokens need more pages than are free, the newest running
+  // request is preempted (and the batch rebuilt) instead of failing the step.
+  #plan(): { req: Request; fed: number; sampling: boolean; step: StepRequest }[] {
+    for (;;) {
+      const batch = this.#build();
+      let need = 0;
+      for (const { req, fed } of batch) need += this.#pages(req.position + fed) - this.#pages(req.position);
+      if (need <= this.model.freePages() || this.#running.length === 1) return batch;
+      this.#preempt(this.#running[this.#running.length - 1]!);
     }
   }
 
   // Decode rows first (one token each), then prompt chunks within the step's token budget.
-  #plan(): { req: Request; fed: number; sampling: boolean; step: StepRequest }[] {
+  #build(): { req: Request; fed: number; sampling: boolean; step: StepRequest }[] {
     let budget = this.options.stepTokens;
-    const order = [...this.#active].sort((a, b) => a.pending.length - b.pending.length);
+    const order = [...this.#running].sort((a, b) => a.pending.length - b.pending.length);
     const batch: { req: Request; fed: number; sampling: boolean; step: StepRequest }[] = [];
     for (const req of order) {
       if (budget <= 0) break;

@@ -1,0 +1,112 @@
+// Admission control and preemption in the continuous-batching scheduler (CPU).
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { AbortError, InvalidArgumentError, QueueFullError, loadModel, type Model } from '../../lib/index.js';
+import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
+
+let root: string;
+let dir: string;
+
+beforeAll(() => {
+  root = mkdtempSync(join(tmpdir(), 'kvfocus-scheduling-'));
+  dir = makeFixtures(root, ['llama-gqa'])['llama-gqa']!;
+});
+
+afterAll(() => {
+  rmSync(root, { recursive: true, force: true });
+});
+
+// Distinct prompts of ids in [3, 253): no special tokens.
+const prompt = (i: number, length: number): number[] => Array.from({ length }, (_, j) => 3 + ((i * 31 + j * 7 + ((i * j) % 11)) % 250));
+
+// A step queued after everything already queued: once it resolves, earlier steps have finished
+// and dropped the sequences released meanwhile.
+const drain = (m: Model): Promise<Float32Array> => m.logits([1, 2, 3]);
+
+async function withModel<T>(options: Parameters<typeof loadModel>[1], fn: (m: Model) => Promise<T>): Promise<T> {
+  const m = await loadModel(dir, { device: 'cpu', ...options });
+  try {
+    return await fn(m);
+  } finally {
+    m.dispose();
+  }
+}
+
+describe('admission control', () => {
+  it('64 concurrent requests of ~170 tokens on a 512-token pool all finish, each with its greedy output alone', async () => {
+    await withModel({ kvCacheTokens: 512 }, async (m) => {
+      const prompts = Array.from({ length: 64 }, (_, i) => prompt(i, 160));
+      const alone: number[][] = [];
+      for (const p of prompts) alone.push((await m.generate(p, { maxTokens: 10 }).result).tokens);
+      const runs = prompts.map((p) => m.generate(p, { maxTokens: 10 }).result);
+      const s = m.stats();
+      expect(s.runningRequests + s.queuedRequests).toBe(64);
+      expect(s.queuedRequests).toBeGreaterThan(0); // 11 pages per layer each: two fit a 32-page pool
+      const together = await Promise.all(runs);
+      expect(together.map((r) => r.tokens)).toEqual(alone);
+      const after = m.stats();
+      expect(after).toMatchObject({ runningRequests: 0, queuedRequests: 0, usedPages: 0, kvCacheTokens: 512, pageSize: 16 });
+      expect(after.totalPages).toBe(32 * m.config.numLayers);
+      expect(after.peakQueuedRequests).toBe(s.queuedRequests);
+    });
+  });
+
+  it('preempts the newest request (recompute) when the pool runs dry mid-decode; outputs are unchanged', async () => {
+    // 256 tokens = 16 pages per layer. Each request is admitted with 100 + 16 tokens (8 pages)
+    // but grows to 160 (10 pages): two admitted together cannot both finish.
+    await withModel({ kvCacheTokens: 256 }, async (m) => {
+      const prompts = [3, 6, 9, 12].map((i) => prompt(i + 100, 100)); // none of them meets </s> in 60 tokens
+      const opts = { maxTokens: 60, stopTokens: [], repetitionPenalty: 1.3 }; // the penalty reads the recomputed history
+      const alone: number[][] = [];
+      for (const p of prompts) alone.push((await m.generate(p, opts).result).tokens);
+      expect(alone.every((t) => t.length === 60)).toBe(true); // no </s>: every request grows to 160
+      const together = await Promise.all(prompts.map((p) => m.generate(p, opts).result));
+      expect(together.map((r) => r.tokens)).toEqual(alone);
+      expect(m.stats().preemptions).toBeGreaterThan(0);
+      expect(m.stats().usedPages).toBe(0);
+    });
+  });
+
+  it('a prompt larger than the whole pool is refused at once with a typed error', async () => {
+    await withModel({ kvCacheTokens: 64 }, async (m) => {
+      expect(() => m.generate(prompt(0, 65))).toThrow(InvalidArgumentError);
+      expect(() => m.generate(prompt(0, 65))).toThrow(/65 tokens do not fit the KV cache \(64 tokens; raise kvCacheTokens\)/);
+      expect(m.stats()).toMatchObject({ runningRequests: 0, queuedRequests: 0, usedPages: 0 });
+    });
+  });
+
+  it('abort while queued rejects with AbortError at once and takes nothing from the pool', async () => {
+    await withModel({ kvCacheTokens: 64 }, async (m) => {
+      const first = m.generate(prompt(1, 40), { maxTokens: 20, stopTokens: [] });
+      const controller = new AbortController();
+      const queued = m.generate(prompt(2, 40), { maxTokens: 20, stopTokens: [], signal: controller.signal });
+      expect(m.stats()).toMatchObject({ runningRequests: 1, queuedRequests: 1 });
+      let firstDone = false;
+      void first.result.then(() => (firstDone = true));
+      controller.abort();
+      await expect(queued.result).rejects.toBeInstanceOf(AbortError);
+      expect(firstDone).toBe(false); // rejected while the running request was still going
+      expect(m.stats()).toMatchObject({ runningRequests: 1, queuedRequests: 0 });
+      await first.result;
+      await drain(m);
+      expect(m.stats().usedPages).toBe(0);
+    });
+  });
+
+  it('beyond maxQueuedRequests a request is refused at once with QueueFullError', async () => {
+    await withModel({ kvCacheTokens: 64, maxQueuedRequests: 1 }, async (m) => {
+      const a = m.generate(prompt(1, 40), { maxTokens: 8, stopTokens: [] });
+      const b = m.generate(prompt(2, 40), { maxTokens: 8, stopTokens: [] });
+      expect(() => m.generate(prompt(3, 40), { maxTokens: 8 })).toThrow(QueueFullError);
+      expect(() => m.generate(prompt(3, 40), { maxTokens: 8 })).toThrow(/queue is full: 1 request\(s\) waiting \(maxQueuedRequests 1\)/);
+      expect(m.stats()).toMatchObject({ runningRequests: 1, queuedRequests: 1 });
+      await Promise.all([a.result, b.result]);
+      // The queue has room again.
+      await m.generate(prompt(3, 40), { maxTokens: 2 }).result;
+    });
+    await expect(loadModel(dir, { device: 'cpu', maxQueuedRequests: -1 })).rejects.toThrow(/maxQueuedRequests: expected an integer >= 0/);
+  });
+});
