@@ -206,6 +206,7 @@ export class Model {
    * `await stream.result` for the text, counts, finish reason and timings. Concurrent calls are
    * batched into shared forward steps; a call the KV pool has no room for yet waits in a FIFO
    * queue (`signal` bounds the wait; beyond maxQueuedRequests it throws QueueFullError).
+   * Leaving the stream early cancels the generation (finishReason 'cancelled').
    */
   generate(prompt: Prompt, options?: GenerateOptions | null): GenerationStream {
     const m = this.#handle('generate');

@@ -13,7 +13,13 @@ import type { NativeModel, NativeSequence, SamplingSpec, StepRequest } from '../
 import { AbortError, KvfocusError, OutOfMemoryError, QueueFullError } from '../errors.js';
 import type { StreamDecoder } from '../model/tokenizer.js';
 
-export type FinishReason = 'stop' | 'length' | 'abort';
+/**
+ * Why a generation ended: a stop token or string ('stop'), maxTokens or the sequence limit
+ * ('length'), or the consumer leaving the stream early ('cancelled': `break` out of
+ * `for await`, or the iterator's return() / throw()). An AbortSignal rejects with AbortError
+ * instead. ('abort' is never produced; it stays for compatibility.)
+ */
+export type FinishReason = 'stop' | 'length' | 'abort' | 'cancelled';
 
 export interface GeneratedToken {
   token: number;
@@ -51,7 +57,11 @@ export interface RequestInit {
   signal: AbortSignal | undefined;
 }
 
-/** An async iterable of generated tokens, with the whole result as a promise. */
+/**
+ * An async iterable of generated tokens, with the whole result as a promise. Leaving the
+ * iteration early (`break`, return(), throw()) cancels the generation: its KV pages are freed
+ * and `result` resolves with what was generated and finishReason 'cancelled'.
+ */
 export class GenerationStream implements AsyncIterable<GeneratedToken> {
   readonly result: Promise<GenerationResult>;
   #events: GeneratedToken[] = [];
@@ -59,8 +69,11 @@ export class GenerationStream implements AsyncIterable<GeneratedToken> {
   #end: { error?: unknown } | undefined;
   #resolve!: (r: GenerationResult) => void;
   #reject!: (e: unknown) => void;
+  readonly #cancel: () => void;
 
-  constructor() {
+  /** @internal */
+  constructor(cancel: () => void) {
+    this.#cancel = cancel;
     this.result = new Promise((resolve, reject) => {
       this.#resolve = resolve;
       this.#reject = reject;
@@ -87,23 +100,29 @@ export class GenerationStream implements AsyncIterable<GeneratedToken> {
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<GeneratedToken> {
-    for (;;) {
-      const next = this.#events.shift();
-      if (next) {
-        yield next;
-        continue;
+    try {
+      for (;;) {
+        const next = this.#events.shift();
+        if (next) {
+          yield next;
+          continue;
+        }
+        if (this.#end) {
+          if (this.#end.error !== undefined) throw this.#end.error;
+          return;
+        }
+        await new Promise<void>((r) => this.#waiters.push(r));
       }
-      if (this.#end) {
-        if (this.#end.error !== undefined) throw this.#end.error;
-        return;
-      }
-      await new Promise<void>((r) => this.#waiters.push(r));
+    } finally {
+      // Reached with the generation still live only when the consumer left early: nobody will
+      // read the rest, so stop it rather than decode to maxTokens holding its pages.
+      if (!this.#end) this.#cancel();
     }
   }
 }
 
 class Request {
-  readonly stream = new GenerationStream();
+  readonly stream = new GenerationStream(() => this.scheduler.cancel(this));
   state: 'queued' | 'running' | 'done' = 'queued';
   pending: Int32Array; // tokens to feed at the next step
   position = 0; // position of pending[0]; also the sequence's length between steps
@@ -190,6 +209,10 @@ export class Scheduler {
     if (req.state !== 'done') this.#end(req, new AbortError(undefined, { cause: req.init.signal?.reason }));
   }
 
+  cancel(req: Request): void {
+    if (req.state !== 'done') this.#end(req, 'cancelled');
+  }
+
   // Pages of every layer for a sequence of `tokens` tokens.
   #pages(tokens: number): number {
     return Math.ceil(tokens / this.options.pageSize) * this.options.layers;
@@ -243,7 +266,7 @@ export class Scheduler {
 
   // Ends a request: frees its KV pages at once (a step in flight keeps its own reference until
   // it finishes) and settles its stream.
-  #end(req: Request, outcome: KvfocusError | GenerationResult['finishReason']): void {
+  #end(req: Request, outcome: KvfocusError | Exclude<FinishReason, 'abort'>): void {
     req.state = 'done';
     this.#running = this.#running.filter((r) => r !== req);
     this.#waiting = this.#waiting.filter((r) => r !== req);

@@ -1,4 +1,4 @@
-// Admission control and preemption in the continuous-batching scheduler (CPU).
+// Admission control, preemption and cancellation in the continuous-batching scheduler (CPU).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -108,5 +108,44 @@ describe('admission control', () => {
       await m.generate(prompt(3, 40), { maxTokens: 2 }).result;
     });
     await expect(loadModel(dir, { device: 'cpu', maxQueuedRequests: -1 })).rejects.toThrow(/maxQueuedRequests: expected an integer >= 0/);
+  });
+});
+
+describe('leaving a stream early', () => {
+  it('break out of for-await cancels the request and frees its pages', async () => {
+    await withModel({ kvCacheTokens: 512 }, async (m) => {
+      const stream = m.generate(prompt(5, 40), { maxTokens: 200, stopTokens: [] });
+      for await (const _ of stream) break;
+      expect(m.stats()).toMatchObject({ runningRequests: 0, queuedRequests: 0 });
+      const r = await stream.result;
+      expect(r.finishReason).toBe('cancelled');
+      expect(r.tokens).toHaveLength(1); // stopped stepping: nothing after the token the loop saw
+      await drain(m);
+      expect(m.stats().usedPages).toBe(0);
+    });
+  });
+
+  it("the iterator's throw() cancels too, and the error reaches the caller", async () => {
+    await withModel({ kvCacheTokens: 512 }, async (m) => {
+      const stream = m.generate(prompt(6, 40), { maxTokens: 200, stopTokens: [] });
+      const it = stream[Symbol.asyncIterator]();
+      await it.next();
+      await expect(it.throw!(new Error('consumer failed'))).rejects.toThrow('consumer failed');
+      const r = await stream.result;
+      expect(r.finishReason).toBe('cancelled');
+      expect(r.tokens).toHaveLength(1);
+      await drain(m);
+      expect(m.stats().usedPages).toBe(0);
+    });
+  });
+
+  it('breaking after the generation ended changes nothing', async () => {
+    await withModel({ kvCacheTokens: 512 }, async (m) => {
+      const stream = m.generate(prompt(7, 20), { maxTokens: 3, stopTokens: [] });
+      const r = await stream.result;
+      for await (const _ of stream) break;
+      expect(await stream.result).toBe(r);
+      expect(r.finishReason).not.toBe('cancelled');
+    });
   });
 });
