@@ -3,7 +3,18 @@ import type { DeviceName, NativeDeviceInfo } from './binding.js';
 import { addon } from './loader.js';
 
 export * from './errors.js';
-export { defaultModelDir, loadDefaultModel, loadModel, Model, type DefaultModelVariant, type LoadModelOptions, type ModelStats, type Prompt } from './llm/model.js';
+export {
+  contextLength,
+  defaultKvCacheTokens,
+  defaultModelDir,
+  loadDefaultModel,
+  loadModel,
+  Model,
+  type DefaultModelVariant,
+  type LoadModelOptions,
+  type ModelStats,
+  type Prompt,
+} from './llm/model.js';
 export type { GenerateOptions, SamplingOptions } from './llm/options.js';
 export type { GenerationStream, GeneratedToken, GenerationResult, FinishReason } from './llm/scheduler.js';
 export * from './model/index.js';

@@ -2,6 +2,7 @@
 // pool, logits() for scoring and generate() for streaming generation.
 import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
+import { freemem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 
 import type { DeviceName, LayerWeightsNative, ModelWeightsNative, NativeModel } from '../binding.js';
@@ -9,7 +10,7 @@ import { DisposedError, InvalidArgumentError, ModelFormatError } from '../errors
 import { addon, native, packageRoot } from '../loader.js';
 import { checkCheckpointTensors, type ModelConfig, openSafetensors, readModelConfig, ropeParameters, Tokenizer, type TensorInfo } from '../model/index.js';
 import type { ChatMessage } from '../model/tokenizer.js';
-import { checkDevice, describe, type DType, type FloatDType, Tensor } from '../tensor.js';
+import { checkDevice, describe, type DType, dtypeBytes, type FloatDType, Tensor } from '../tensor.js';
 import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
 import { GENERATE_OPTIONS, generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
 import { type GenerationStream, Scheduler } from './scheduler.js';
@@ -19,8 +20,17 @@ export interface LoadModelOptions {
   device?: 'auto' | DeviceName;
   /** Weight storage dtype; default: as stored in the checkpoint. Norms are always f32. */
   dtype?: FloatDType;
-  /** KV cache capacity in tokens per layer, shared by all live sequences (default: the model's context, at most 8192). */
+  /**
+   * KV pool capacity in tokens per layer, shared by all live sequences. Default: sized from
+   * memory (see defaultKvCacheTokens), not from the context length.
+   */
   kvCacheTokens?: number;
+  /**
+   * Longest sequence one request may reach (default: the model's context, contextLength()).
+   * Set it higher to run past what the checkpoint was trained or scaled for on purpose (a
+   * baseline of what breaks there); a sliding window and the pool still cap it.
+   */
+  maxSequenceTokens?: number;
   /** Tokens per KV page (default 16). */
   pageSize?: number;
   /** KV storage dtype (default f32 on the CPU, bf16 on CUDA). */
@@ -60,7 +70,7 @@ export interface LogitsOptions {
   all?: boolean;
 }
 
-const LOAD_OPTIONS = optionNames<LoadModelOptions>({ device: true, dtype: true, kvCacheTokens: true, pageSize: true, kvDtype: true, prefillChunk: true, maxQueuedRequests: true });
+const LOAD_OPTIONS = optionNames<LoadModelOptions>({ device: true, dtype: true, kvCacheTokens: true, pageSize: true, kvDtype: true, prefillChunk: true, maxQueuedRequests: true, maxSequenceTokens: true });
 const LOGITS_OPTIONS = optionNames<LogitsOptions>({ all: true });
 
 const ST_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
@@ -74,11 +84,14 @@ export class Model {
   /** Tokens per KV page. */
   readonly pageSize: number;
   /**
-   * Longest sequence (prompt + generated tokens) one request may reach: kvCacheTokens. On a
-   * sliding-window checkpoint the window is applied in attention, but the pages of tokens that
-   * left it stay allocated, so the KV cache bounds the length there too.
+   * Longest sequence (prompt + generated tokens) one request may reach: the model's context
+   * (contextLength(), or loadModel's maxSequenceTokens), and at most the whole pool. (On a
+   * sliding-window checkpoint the pages of tokens that left the window stay allocated, so the
+   * pool bounds the length there too.)
    */
   readonly maxSequenceTokens: number;
+  // Which of those limits binds, for the error that refuses a longer prompt.
+  #sequenceLimit: 'context' | 'option' | 'pool';
   #native: NativeModel | null;
   #scheduler: Scheduler;
   #weights: Tensor[];
@@ -97,6 +110,7 @@ export class Model {
     pageSize: number;
     prefillChunk: number;
     maxQueuedRequests: number;
+    maxSequenceTokens: number | undefined;
   }) {
     this.config = init.config;
     this.tokenizer = init.tokenizer;
@@ -106,7 +120,11 @@ export class Model {
     this.#eos = init.eos;
     this.kvCacheTokens = init.kvCacheTokens;
     this.pageSize = init.pageSize;
-    this.maxSequenceTokens = init.kvCacheTokens;
+    const model = init.maxSequenceTokens ?? contextLength(init.config);
+    this.maxSequenceTokens = Math.min(init.kvCacheTokens, model);
+    // On a tie, name the model's own limit: raising kvCacheTokens would not help there.
+    if (this.maxSequenceTokens === model) this.#sequenceLimit = init.maxSequenceTokens === undefined ? 'context' : 'option';
+    else this.#sequenceLimit = 'pool';
     this.#prefillChunk = init.prefillChunk;
     this.#scheduler = new Scheduler(init.native, {
       prefillChunk: init.prefillChunk,
@@ -161,7 +179,19 @@ export class Model {
     }
     if (tokens.length + extra > this.maxSequenceTokens) {
       const what = `prompt: ${tokens.length} tokens${extra ? ` + ${extra} to generate` : ''}`;
-      throw new InvalidArgumentError(`${what} do not fit the KV cache (${this.kvCacheTokens} tokens; raise kvCacheTokens)`, 'prompt');
+      switch (this.#sequenceLimit) {
+        case 'pool':
+          throw new InvalidArgumentError(`${what} do not fit the KV cache (${this.kvCacheTokens} tokens; raise kvCacheTokens)`, 'prompt');
+        case 'option':
+          throw new InvalidArgumentError(`${what} exceed maxSequenceTokens (${this.maxSequenceTokens})`, 'prompt');
+        case 'context': {
+          const scaling = this.config.ropeScaling ? `, ${this.config.ropeScaling.type} rope scaling` : '';
+          throw new InvalidArgumentError(
+            `${what} exceed the model's context (${this.maxSequenceTokens} tokens: max_position_embeddings ${this.config.maxPositionEmbeddings}${scaling}; loadModel's maxSequenceTokens runs past it on purpose)`,
+            'prompt',
+          );
+        }
+      }
     }
   }
 
@@ -313,10 +343,16 @@ export async function loadModel(dir: string, loadOptions?: LoadModelOptions | nu
   const tokenizer = await Tokenizer.load(dir);
   const pageSize = options.pageSize ?? 16;
   if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 1024) throw new InvalidArgumentError(`pageSize: expected an integer in [1, 1024] but received ${describe(pageSize)}`, 'pageSize');
-  const kvCacheTokens = options.kvCacheTokens ?? Math.min(config.maxPositionEmbeddings, 8192);
-  if (!Number.isInteger(kvCacheTokens) || kvCacheTokens < 1) throw new InvalidArgumentError(`kvCacheTokens: expected a positive integer but received ${describe(kvCacheTokens)}`, 'kvCacheTokens');
+  const kvCacheTokens = options.kvCacheTokens;
+  if (kvCacheTokens !== undefined && (!Number.isInteger(kvCacheTokens) || kvCacheTokens < 1)) {
+    throw new InvalidArgumentError(`kvCacheTokens: expected a positive integer but received ${describe(kvCacheTokens)}`, 'kvCacheTokens');
+  }
   const prefillChunk = options.prefillChunk ?? 512;
   if (!Number.isInteger(prefillChunk) || prefillChunk < 1) throw new InvalidArgumentError(`prefillChunk: expected a positive integer but received ${describe(prefillChunk)}`, 'prefillChunk');
+  const maxSequenceTokens = options.maxSequenceTokens;
+  if (maxSequenceTokens !== undefined && (!Number.isInteger(maxSequenceTokens) || maxSequenceTokens < 1)) {
+    throw new InvalidArgumentError(`maxSequenceTokens: expected a positive integer but received ${describe(maxSequenceTokens)}`, 'maxSequenceTokens');
+  }
   const maxQueuedRequests = options.maxQueuedRequests ?? Infinity;
   if (maxQueuedRequests !== Infinity && (!Number.isInteger(maxQueuedRequests) || maxQueuedRequests < 0)) {
     throw new InvalidArgumentError(`maxQueuedRequests: expected an integer >= 0 (or Infinity) but received ${describe(maxQueuedRequests)}`, 'maxQueuedRequests');
@@ -395,7 +431,9 @@ export async function loadModel(dir: string, loadOptions?: LoadModelOptions | nu
     invFreq: invFreq.handle(),
     layers,
   };
-  const numPages = Math.ceil(kvCacheTokens / pageSize) * config.numLayers;
+  const poolTokens =
+    kvCacheTokens ?? defaultKvCacheTokens(config, { device, kvDtype, pageSize, maxSequenceTokens, weightBytes: owned.reduce((n, t) => n + t.byteLength, 0) });
+  const numPages = Math.ceil(poolTokens / pageSize) * config.numLayers;
   let nativeModel: NativeModel;
   try {
     nativeModel = b.createModel(
@@ -421,7 +459,51 @@ export async function loadModel(dir: string, loadOptions?: LoadModelOptions | nu
     for (const t of tensors.values()) if (!owned.includes(t)) t.dispose();
   }
   const eos = [...new Set([...config.eosTokenIds, ...(await generationEos(dir))])];
-  return new Model({ config, tokenizer, device, native: nativeModel, weights: owned, eos, kvCacheTokens, pageSize, prefillChunk, maxQueuedRequests });
+  return new Model({ config, tokenizer, device, native: nativeModel, weights: owned, eos, kvCacheTokens: poolTokens, pageSize, prefillChunk, maxQueuedRequests, maxSequenceTokens });
+}
+
+/**
+ * Longest sequence the checkpoint is meant to run, from config.json: max_position_embeddings,
+ * or the length its rope scaling extends it to when that is longer (the rule vLLM derives its
+ * max_model_len with): factor x original_max_position_embeddings for llama3 and yarn (yarn's
+ * original defaults to max_position_embeddings, as in transformers), factor x
+ * max_position_embeddings for linear (position interpolation: HF configs keep the trained
+ * length there, e.g. Vicuna 16k: 4096 x 4) and dynamic NTK (transformers' "factor of max len
+ * extension").
+ */
+export function contextLength(config: ModelConfig): number {
+  const trained = config.maxPositionEmbeddings;
+  const s = config.ropeScaling;
+  if (s === null) return trained;
+  const original = s.type === 'linear' || s.type === 'dynamic' ? trained : s.originalMaxPositionEmbeddings;
+  return Math.max(trained, Math.floor(s.factor * original));
+}
+
+// Pool sequences of the longest length the default pool is sized for at most: beyond that much
+// concurrency a bigger pool rarely helps and only takes memory.
+const DEFAULT_POOL_SEQUENCES = 64;
+
+/**
+ * The default KV pool in tokens per layer, from the memory left when the model is loaded: a
+ * quarter of the host's free memory (os.freemem()) on the CPU; on CUDA half of what the device
+ * has beyond the weights. Capped at 64 sequences of the longest length (64 x maxSequenceTokens
+ * before the pool caps it) and rounded down to whole pages (at least one). A token costs
+ * keys + values of every layer: 2 x layers x kvHeads x headDim x the KV dtype's bytes.
+ */
+export function defaultKvCacheTokens(
+  config: ModelConfig,
+  o: { device: DeviceName; kvDtype: FloatDType; pageSize: number; maxSequenceTokens: number | undefined; weightBytes: number },
+): number {
+  const bytesPerToken = 2 * config.numLayers * config.numKvHeads * config.headDim * dtypeBytes(o.kvDtype);
+  let budget: number;
+  if (o.device === 'cpu') budget = freemem() / 4;
+  else {
+    const index = o.device === 'cuda' ? 0 : Number(o.device.slice('cuda:'.length));
+    const memory = addon().binding.buildInfo().devices[index]?.memoryBytes ?? 0;
+    budget = Math.max(0, memory - o.weightBytes) / 2;
+  }
+  const tokens = Math.min(Math.floor(budget / bytesPerToken), DEFAULT_POOL_SEQUENCES * (o.maxSequenceTokens ?? contextLength(config)));
+  return Math.max(o.pageSize, Math.floor(tokens / o.pageSize) * o.pageSize);
 }
 
 // generation_config.json may list more end-of-sequence ids than config.json (Llama 3).

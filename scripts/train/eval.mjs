@@ -68,7 +68,8 @@ function example(i) {
 
 const examples = Array.from({ length: Number(values.count) }, (_, i) => example(i));
 const kvCacheTokens = Math.max(...examples.map((e) => e.promptLength)) + 32;
-const model = await loadModel(values.model, { device: values.device, kvCacheTokens });
+// --docs and --context may ask for prompts past the trained length: allow them.
+const model = await loadModel(values.model, { device: values.device, kvCacheTokens, maxSequenceTokens: kvCacheTokens });
 
 const report = { model: values.model, device: model.device, context, count: Number(values.count), options: { ...options, docs: values.docs ?? 'fill' } };
 

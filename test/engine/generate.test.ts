@@ -170,7 +170,7 @@ describe('bad input gives typed errors', () => {
     ['a non-signal', () => model.generate(PROMPT, { signal: {} as AbortSignal }), /signal: expected an AbortSignal/],
     ['an empty prompt', () => model.generate([]), /prompt: is empty/],
     ['a token outside the vocabulary', () => model.generate([1, 99999]), /token 99999 at index 1 is outside the vocabulary/],
-    ['a prompt longer than the cache', () => model.generate(Array.from({ length: 600 }, () => 5)), /600 tokens do not fit the KV cache \(512 tokens/],
+    ['a prompt longer than the model\'s context', () => model.generate(Array.from({ length: 600 }, () => 5)), /600 tokens exceed the model's context \(512 tokens: max_position_embeddings 512/],
     ['a prompt of the wrong type', () => model.generate(42 as unknown as string), /prompt: expected a string, \{ messages \}, or token ids/],
   ];
   for (const [name, fn, message] of bad) {

@@ -28,7 +28,8 @@ beforeAll(async () => {
   const file = join(dir, 'config.json');
   const config = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
   writeFileSync(file, JSON.stringify({ ...config, max_position_embeddings: MAX_POSITIONS, rope_scaling: { type: 'dynamic', factor: 2.0 } }, null, 2));
-  model = await loadModel(dir, { device: 'cpu', kvCacheTokens: 256, prefillChunk: 48 });
+  // Past the scaled length (factor x 64) on purpose: the formula holds there too.
+  model = await loadModel(dir, { device: 'cpu', kvCacheTokens: 256, maxSequenceTokens: 256, prefillChunk: 48 });
   reference = ReferenceLlama.load(dir);
 });
 

@@ -1,5 +1,6 @@
-// Admission control, preemption and cancellation in the continuous-batching scheduler (CPU).
-import { mkdtempSync, rmSync } from 'node:fs';
+// Admission control, preemption and cancellation in the continuous-batching scheduler (CPU), and
+// how the per-sequence limit and the KV pool are sized.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -146,6 +147,74 @@ describe('leaving a stream early', () => {
       for await (const _ of stream) break;
       expect(await stream.result).toBe(r);
       expect(r.finishReason).not.toBe('cancelled');
+    });
+  });
+});
+
+describe('sequence limit and pool size', () => {
+  // The llama-gqa fixture trained at 128 positions with rope scaling that extends it 4x.
+  function scaled(name: string, ropeScaling: Record<string, unknown>): string {
+    const d = makeFixtures(join(root, name), ['llama-gqa'], { sizes: { maxPositionEmbeddings: 128 } })['llama-gqa']!;
+    const config = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));
+    writeFileSync(join(d, 'config.json'), JSON.stringify({ ...config, rope_scaling: ropeScaling }));
+    return d;
+  }
+
+  it('a rope-scaled checkpoint runs past its trained length with default options', async () => {
+    const d = scaled('yarn', { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 128 });
+    const m = await loadModel(d, { device: 'cpu' });
+    try {
+      expect(m.maxSequenceTokens).toBe(512);
+      expect(m.kvCacheTokens).toBeGreaterThanOrEqual(512);
+      const r = await m.generate(prompt(8, 300), { maxTokens: 4, stopTokens: [] }).result;
+      expect(r.promptTokens).toBe(300);
+      expect(() => m.generate(prompt(8, 513))).toThrow(/513 tokens exceed the model's context \(512 tokens/);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it('the context rule per rope scaling type', async () => {
+    const cases: [string, Record<string, unknown> | null, number][] = [
+      ['plain', null, 128],
+      ['linear', { type: 'linear', factor: 4 }, 512],
+      ['dynamic', { type: 'dynamic', factor: 4 }, 512],
+      ['llama3', { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 32 }, 256],
+      ['yarn-no-original', { rope_type: 'yarn', factor: 2 }, 256],
+    ];
+    for (const [name, ropeScaling, expected] of cases) {
+      const m = await loadModel(scaled(name, ropeScaling as Record<string, unknown>), { device: 'cpu', kvCacheTokens: 4096 });
+      try {
+        expect([name, m.maxSequenceTokens]).toEqual([name, expected]);
+      } finally {
+        m.dispose();
+      }
+    }
+  });
+
+  it("loadModel's maxSequenceTokens runs past the model's context on purpose; the pool still caps it", async () => {
+    const d = scaled('past', null);
+    const m = await loadModel(d, { device: 'cpu', maxSequenceTokens: 300 });
+    try {
+      expect(m.maxSequenceTokens).toBe(300);
+      expect((await m.generate(prompt(9, 200), { maxTokens: 2 }).result).promptTokens).toBe(200);
+      expect(() => m.generate(prompt(9, 301))).toThrow(/301 tokens exceed maxSequenceTokens \(300\)/);
+    } finally {
+      m.dispose();
+    }
+    const capped = await loadModel(d, { device: 'cpu', maxSequenceTokens: 300, kvCacheTokens: 256 });
+    expect(capped.maxSequenceTokens).toBe(256);
+    capped.dispose();
+    await expect(loadModel(d, { device: 'cpu', maxSequenceTokens: 0 })).rejects.toThrow(/maxSequenceTokens: expected a positive integer/);
+  });
+
+  it('the default pool comes from memory, not from the context length', async () => {
+    await withModel({}, async (m) => {
+      expect(m.maxSequenceTokens).toBe(512);
+      expect(m.kvCacheTokens).toBeGreaterThan(512);
+      expect(m.kvCacheTokens).toBeLessThanOrEqual(64 * 512);
+      expect(m.kvCacheTokens % 16).toBe(0);
+      expect(m.stats()).toMatchObject({ kvCacheTokens: m.kvCacheTokens, totalPages: (m.kvCacheTokens / 16) * m.config.numLayers, usedPages: 0 });
     });
   });
 });
