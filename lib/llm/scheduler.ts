@@ -307,8 +307,14 @@ export class Scheduler {
         try {
           out = await this.model.step(batch.map((b) => b.step));
         } catch (e) {
-          // Pages taken outside the scheduler since the plan (logits()): preempt as the plan
-          // would have. With one request left there is nobody to make room: it fails.
+          // A step that failed on the device had already appended its tokens' slots: drop them,
+          // so the requests that go on feed those tokens again at the same positions.
+          for (const { req } of batch) {
+            const stale = req.state === 'done' ? 0 : req.init.seq.length - req.position;
+            if (stale > 0) req.init.seq.truncate(stale);
+          }
+          // Out of pages (taken outside the scheduler since the plan, by logits()) or of device
+          // memory: preempt as the plan would have. With one request left it fails.
           if (e instanceof OutOfMemoryError && this.#running.length > 1) {
             this.#preempt(this.#running[this.#running.length - 1]!);
             continue;
