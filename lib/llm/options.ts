@@ -28,7 +28,10 @@ export interface GenerateOptions extends SamplingOptions {
   stop?: string | string[];
   /** Also stop at these token ids; the model's end-of-sequence ids always stop. */
   stopTokens?: number[];
-  /** Cancels the generation; its KV pages are freed at once. */
+  /**
+   * Cancels the generation, queued or running: the stream rejects with AbortError and the KV
+   * pages the request holds are freed at once (a queued request holds none).
+   */
   signal?: AbortSignal;
 }
 
