@@ -249,7 +249,9 @@ export class Scheduler {
 
   // Frees a running request's pages and queues it at the front to be recomputed: the prompt and
   // every generated token are fed again, and the last chunk samples the next token as its decode
-  // step would have (the sampler's random state lives on in the sequence).
+  // step would have (the sampler's random state lives on in the sequence). Under dynamic NTK
+  // past max_position_embeddings the recomputed keys take the frequencies of that one pass, not
+  // of the decode steps that first computed them, so the output there may differ.
   #preempt(req: Request): void {
     this.#running = this.#running.filter((r) => r !== req);
     req.init.seq.clear();
