@@ -1,6 +1,8 @@
 #include "device.h"
 
+#include <exception>
 #include <mutex>
+#include <new>
 #include <vector>
 
 namespace kvf {
@@ -65,7 +67,15 @@ void enqueue_op(Device* device, std::vector<BufferRef> inputs, std::vector<Buffe
       st = in->error();
       if (!st.ok()) break;
     }
-    if (st.ok()) st = fn(*device->backend);
+    if (st.ok()) {
+      try {
+        st = fn(*device->backend);
+      } catch (const std::bad_alloc&) {
+        st = out_of_memory("host memory exhausted");
+      } catch (const std::exception& e) {
+        st = Status(StatusCode::internal, e.what());
+      }
+    }
     for (const auto& out : outputs) out->set_error(st);
   });
 }

@@ -40,7 +40,12 @@ void JobQueue::loop() {
       jobs_.pop_front();
     }
     if (!job) return;
-    job();
+    try {
+      job();
+    } catch (...) {
+      // An exception leaving this thread would terminate the process. What the job owned is
+      // released with it (a completion it held rejects).
+    }
   }
 }
 

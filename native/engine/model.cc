@@ -323,7 +323,8 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
 
 }  // namespace
 
-Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(Status, StepResult)> done) {
+Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(Status, StepResult)> done,
+                           std::function<bool()> cancelled) {
   auto plan = std::make_shared<StepPlan>();
   const size_t S = batch.size();
   const size_t L = static_cast<size_t>(spec_.layers);
@@ -430,9 +431,11 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
   plan->batch = std::move(batch);
 
   // The job holds the model (weights, pool) and the plan (and through it every sequence).
-  device_->queue.push([self = shared_from_this(), plan, done = std::move(done)]() mutable {
+  device_->queue.push([self = shared_from_this(), plan, done = std::move(done), cancelled = std::move(cancelled)]() mutable {
     StepResult result;
-    Status st = run_forward(*self->device_->backend, self->device_, self->spec_, self->w_, *self->pool_, *plan, &result);
+    Status st = cancelled && cancelled()
+                    ? Status(StatusCode::disposed, "step: cancelled before it ran")
+                    : run_forward(*self->device_->backend, self->device_, self->spec_, self->w_, *self->pool_, *plan, &result);
     // Drop the sequences before reporting: pages of sequences released meanwhile go back to the
     // pool now, so whoever hears of this step's end sees them free.
     plan.reset();

@@ -77,7 +77,9 @@ class Model : public std::enable_shared_from_this<Model> {
   // JS thread: reserve KV slots for each request (typed out-of-memory when the pool is full;
   // then no sequence is changed) and build the job that runs the step on the device queue.
   // The job's result is delivered to `done` on the queue thread. The job holds the model.
-  Status enqueue_step(std::vector<StepRequest> batch, std::function<void(Status, StepResult)> done);
+  // When `cancelled` says so as the job starts, the forward pass is skipped (done still runs).
+  Status enqueue_step(std::vector<StepRequest> batch, std::function<void(Status, StepResult)> done,
+                      std::function<bool()> cancelled = {});
 
  private:
   Device* device_;

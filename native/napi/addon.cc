@@ -126,6 +126,7 @@ Napi::Value guard(const Napi::CallbackInfo& info) {
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   auto* inst = new Instance();
   env.SetInstanceData<Instance>(inst);  // deleted by node-addon-api when the environment ends
+  inst->completions = CompletionHub::create(env);
   Napi::Function ctor = NativeTensor::define(env);
   inst->tensor_ctor = Napi::Persistent(ctor);
   exports.Set("NativeTensor", ctor);

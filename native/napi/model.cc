@@ -280,11 +280,12 @@ Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
       }
       batch.push_back(std::move(sr));
     }
-    auto completion = std::make_shared<Completion>(env, "kvfocus.step");
+    // If the step is refused (KV cache full), the completion is dropped here without settling.
+    auto completion = std::make_shared<Completion>(env);
     auto result = std::make_shared<StepResult>();
-    Status st = m.enqueue_step(std::move(batch), [completion, result](Status s, StepResult r) {
+    auto done = [completion, result](Status s, StepResult r) {
       *result = std::move(r);
-      completion->finish(s, [result](Napi::Env env, Completion&) -> Napi::Value {
+      completion->finish(s, [result](Napi::Env env, const KeptValues&) -> Napi::Value {
         Napi::Object out = Napi::Object::New(env);
         Napi::Array logits = Napi::Array::New(env, result->logits.size());
         for (size_t i = 0; i < result->logits.size(); ++i) {
@@ -303,7 +304,9 @@ Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
         out.Set("tokens", tokens);
         return out;
       });
-    });
+    };
+    // A step queued by an environment that has since ended is skipped: nobody reads its result.
+    Status st = m.enqueue_step(std::move(batch), std::move(done), [completion] { return completion->cancelled(); });
     if (!st.ok()) throw_status(env, st);
     return completion->promise();
   });

@@ -91,14 +91,20 @@ Napi::Value NativeTensor::read(const Napi::CallbackInfo& info) {
     // The job writes straight into the ArrayBuffer's backing store, which V8 never moves; the
     // completion holds a reference so it stays alive until then.
     Napi::ArrayBuffer out = Napi::ArrayBuffer::New(env, n);
-    auto completion = std::make_shared<Completion>(env, "kvfocus.read");
+    auto completion = std::make_shared<Completion>(env);
     completion->keep(out);
     void* dst = out.Data();
     BufferRef src = self->buffer_;
     src->device()->queue.push([completion, src, dst, n] {
       Status st = src->error();
-      if (st.ok()) st = src->device()->backend->copy_to_host(dst, src->data(), n);
-      completion->finish(st, [](Napi::Env, Completion& c) -> Napi::Value { return c.kept(0); });
+      if (st.ok()) {
+        // The ArrayBuffer belongs to the environment: write only while it is alive, and hold
+        // its teardown off until the copy is done.
+        EnvWriteGuard guard(*completion);
+        if (!guard) return;
+        st = src->device()->backend->copy_to_host(dst, src->data(), n);
+      }
+      completion->finish(st, [](Napi::Env, const KeptValues& kept) -> Napi::Value { return kept.at(0); });
     });
     return completion->promise();
   });
