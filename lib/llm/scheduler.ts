@@ -6,6 +6,10 @@ import type { NativeModel, NativeSequence, SamplingSpec, StepRequest } from '../
 import { AbortError, KvfocusError, OutOfMemoryError } from '../errors.js';
 import type { StreamDecoder } from '../model/tokenizer.js';
 
+function asKvfocusError(e: unknown): KvfocusError {
+  return e instanceof KvfocusError ? e : new KvfocusError(String(e), 'KVFOCUS_ERROR', { cause: e });
+}
+
 export type FinishReason = 'stop' | 'length' | 'abort';
 
 export interface GeneratedToken {
@@ -189,18 +193,40 @@ export class Scheduler {
         } catch (e) {
           // Out of KV pages: fail the newest request of the step and go on with the others.
           const victims = e instanceof OutOfMemoryError ? batch.slice(-1) : batch;
-          for (const { req } of victims) if (!req.done) this.#end(req, e instanceof KvfocusError ? e : new KvfocusError(String(e)));
+          for (const { req } of victims) if (!req.done) this.#guard(req, () => this.#end(req, asKvfocusError(e)));
           continue;
         }
         batch.forEach(({ req, fed, sampling }, i) => {
           if (req.done) return; // aborted while the step ran
           req.pending = req.pending.subarray(fed);
           req.position += fed;
-          if (sampling) this.#accept(req, out.tokens[i]!);
+          // Decoding runs the checkpoint's tokenizer: its failure ends this request (its
+          // `result` rejects), never the loop, whose rejection nobody would handle.
+          if (sampling) this.#guard(req, () => this.#accept(req, out.tokens[i]!));
         });
       }
+    } catch (e) {
+      // Anything else that escapes a step fails every live request instead of the process.
+      for (const req of [...this.#active]) this.#guard(req, () => this.#end(req, asKvfocusError(e)));
     } finally {
       this.#running = false;
+    }
+  }
+
+  #guard(req: Request, action: () => void): void {
+    try {
+      action();
+    } catch (e) {
+      if (req.done) {
+        // #end itself failed (the decoder's flush): settle the stream directly.
+        req.stream.fail(asKvfocusError(e));
+        return;
+      }
+      try {
+        this.#end(req, asKvfocusError(e));
+      } catch (again) {
+        req.stream.fail(asKvfocusError(again));
+      }
     }
   }
 
