@@ -1,7 +1,7 @@
 // loadModel() and Model: a Hugging Face checkpoint on a device, with a tokenizer, a paged KV
 // pool, logits() for scoring and generate() for streaming generation.
 import { existsSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { freemem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 
@@ -9,6 +9,7 @@ import type { DeviceName, LayerWeightsNative, ModelWeightsNative, NativeModel } 
 import { DisposedError, InvalidArgumentError, ModelFormatError } from '../errors.js';
 import { addon, native, packageRoot } from '../loader.js';
 import { checkCheckpointTensors, type ModelConfig, openSafetensors, readModelConfig, ropeParameters, Tokenizer, type TensorInfo } from '../model/index.js';
+import { isJsonObject, readOptionalJsonFile } from '../model/json-file.js';
 import type { ChatMessage } from '../model/tokenizer.js';
 import { checkDevice, describe, type DType, dtypeBytes, type FloatDType, Tensor } from '../tensor.js';
 import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
@@ -341,6 +342,8 @@ export async function loadModel(dir: string, loadOptions?: LoadModelOptions | nu
   const index = await openSafetensors(dir);
   checkCheckpointTensors(config, index, dir);
   const tokenizer = await Tokenizer.load(dir);
+  // Every file is read before native memory is allocated, so a bad one leaks nothing.
+  const eos = [...new Set([...config.eosTokenIds, ...(await generationEos(dir))])];
   const pageSize = options.pageSize ?? 16;
   if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 1024) throw new InvalidArgumentError(`pageSize: expected an integer in [1, 1024] but received ${describe(pageSize)}`, 'pageSize');
   const kvCacheTokens = options.kvCacheTokens;
@@ -458,7 +461,6 @@ export async function loadModel(dir: string, loadOptions?: LoadModelOptions | nu
     // The native model holds its own references; tensors that were only sources of a cast go.
     for (const t of tensors.values()) if (!owned.includes(t)) t.dispose();
   }
-  const eos = [...new Set([...config.eosTokenIds, ...(await generationEos(dir))])];
   return new Model({ config, tokenizer, device, native: nativeModel, weights: owned, eos, kvCacheTokens: poolTokens, pageSize, prefillChunk, maxQueuedRequests, maxSequenceTokens });
 }
 
@@ -506,13 +508,11 @@ export function defaultKvCacheTokens(
   return Math.max(o.pageSize, Math.floor(tokens / o.pageSize) * o.pageSize);
 }
 
-// generation_config.json may list more end-of-sequence ids than config.json (Llama 3).
+// generation_config.json may list more end-of-sequence ids than config.json (Llama 3). It is
+// read like every model file (a regular file inside the directory, size-limited); ids that are
+// not integers are ignored, as before.
 async function generationEos(dir: string): Promise<number[]> {
-  try {
-    const g = JSON.parse(await readFile(join(dir, 'generation_config.json'), 'utf8')) as { eos_token_id?: number | number[] };
-    const e = g.eos_token_id;
-    return e === undefined ? [] : (Array.isArray(e) ? e : [e]).filter((x) => Number.isInteger(x));
-  } catch {
-    return [];
-  }
+  const g = await readOptionalJsonFile(join(dir, 'generation_config.json'), { dir });
+  const e = isJsonObject(g) ? g['eos_token_id'] : undefined;
+  return e === undefined ? [] : (Array.isArray(e) ? e : [e]).filter((x): x is number => Number.isInteger(x));
 }

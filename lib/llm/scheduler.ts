@@ -156,6 +156,10 @@ export interface SchedulerOptions {
   ropeFrequencies?: (length: number) => Float32Array | undefined;
 }
 
+function asKvfocusError(e: unknown): KvfocusError {
+  return e instanceof KvfocusError ? e : new KvfocusError(String(e), 'KVFOCUS_ERROR', { cause: e });
+}
+
 export class Scheduler {
   #running: Request[] = []; // in admission order: the last is the newest
   #waiting: Request[] = []; // FIFO; preempted requests go back to the front
@@ -322,18 +326,40 @@ export class Scheduler {
             continue;
           }
           const victims = e instanceof OutOfMemoryError ? batch.slice(-1) : batch;
-          for (const { req } of victims) if (req.state !== 'done') this.#end(req, e instanceof KvfocusError ? e : new KvfocusError(String(e)));
+          for (const { req } of victims) if (req.state !== 'done') this.#guard(req, () => this.#end(req, asKvfocusError(e)));
           continue;
         }
         batch.forEach(({ req, fed, sampling }, i) => {
           if (req.state === 'done') return; // aborted or cancelled while the step ran
           req.pending = req.pending.subarray(fed);
           req.position += fed;
-          if (sampling) this.#accept(req, out.tokens[i]!);
+          // Decoding runs the checkpoint's tokenizer: its failure ends this request (its
+          // `result` rejects), never the loop, whose rejection nobody would handle.
+          if (sampling) this.#guard(req, () => this.#accept(req, out.tokens[i]!));
         });
       }
+    } catch (e) {
+      // Anything else that escapes a step fails every live request instead of the process.
+      for (const req of [...this.#running, ...this.#waiting]) this.#guard(req, () => this.#end(req, asKvfocusError(e)));
     } finally {
       this.#looping = false;
+    }
+  }
+
+  #guard(req: Request, action: () => void): void {
+    try {
+      action();
+    } catch (e) {
+      if (req.state === 'done') {
+        // #end itself failed (the decoder's flush): settle the stream directly.
+        req.stream.fail(asKvfocusError(e));
+        return;
+      }
+      try {
+        this.#end(req, asKvfocusError(e));
+      } catch (again) {
+        req.stream.fail(asKvfocusError(again));
+      }
     }
   }
 

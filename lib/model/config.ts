@@ -104,6 +104,9 @@ const DEFAULTS: Readonly<Record<ModelType, FamilyDefaults>> = {
   qwen2: { numKvHeads: 32, maxPositionEmbeddings: 32768, bosTokenId: null, eosTokenId: null, slidingWindow: 4096 },
 };
 const DEFAULT_ROPE_THETA = 10000;
+/** Bounds on sizes read from config.json (the largest released models use 126 layers). */
+const MAX_SIZE = 2 ** 31 - 1;
+const MAX_LAYERS = 65536;
 const DEFAULT_RMS_NORM_EPS = 1e-6;
 
 /** Field access with messages of the form "config.json: hidden_size must be ...". */
@@ -122,7 +125,9 @@ class ConfigFields {
     return this.json[field] !== undefined && this.json[field] !== null;
   }
 
-  positiveInt(field: string, fallback?: number): number {
+  /** `max` bounds sizes before anything is allocated from them (2**32 layers would make the
+   * per-layer lists throw an untyped RangeError); the default keeps them int32 for native code. */
+  positiveInt(field: string, fallback?: number, max = MAX_SIZE): number {
     const value = this.json[field];
     if (value === undefined || value === null) {
       if (fallback !== undefined) return fallback;
@@ -131,6 +136,7 @@ class ConfigFields {
     if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) {
       throw this.error(field, `must be a positive integer, got ${describeValue(value)}`);
     }
+    if (value > max) throw this.error(field, `(${value}) is larger than kvfocus accepts (${max})`);
     return value;
   }
 
@@ -208,7 +214,7 @@ export function parseModelConfig(json: unknown, file = 'config.json'): ModelConf
   const vocabSize = fields.positiveInt('vocab_size');
   const hiddenSize = fields.positiveInt('hidden_size');
   const intermediateSize = fields.positiveInt('intermediate_size');
-  const numLayers = fields.positiveInt('num_hidden_layers');
+  const numLayers = fields.positiveInt('num_hidden_layers', undefined, MAX_LAYERS);
   const numHeads = fields.positiveInt('num_attention_heads');
   const numKvHeads = fields.positiveInt('num_key_value_heads', defaults.numKvHeads === 'numHeads' ? numHeads : defaults.numKvHeads);
   if (numHeads % numKvHeads !== 0) {

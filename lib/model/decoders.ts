@@ -6,7 +6,7 @@
 // U+FFFD per byte token. Streaming decode works on exactly such partial byte runs, so we decode
 // ourselves for the decoder types Llama, Mistral and Qwen2 use and leave others to the port.
 
-import { isJsonObject, type JsonObject } from './json-file.js';
+import { describeValue, isJsonObject, type JsonObject } from './json-file.js';
 
 /** Rust's Decoder::decode_chain: tokens in, tokens out; the caller joins the result. */
 type DecodeChain = (tokens: string[]) => string[];
@@ -18,6 +18,27 @@ export function createDecoder(config: unknown): ((tokens: string[]) => string) |
   }
   const chain = createChain(config);
   return chain === null ? null : (tokens) => chain(tokens).join('');
+}
+
+/**
+ * What is wrong with a tokenizer.json `decoder` section, or null. Checks the shape only: an
+ * object with a string `type`, and a Sequence's `decoders` a list of such objects. (The port
+ * builds a Sequence holding null without complaint and fails on the first decode.)
+ */
+export function checkDecoderConfig(config: unknown, where = 'decoder'): string | null {
+  if (config === null || config === undefined) return null;
+  if (!isJsonObject(config) || typeof config['type'] !== 'string') {
+    return `${where} must be an object with a string type, got ${describeValue(config)}`;
+  }
+  if (config['type'] !== 'Sequence') return null;
+  const parts = config['decoders'];
+  if (!Array.isArray(parts)) return `${where}.decoders must be a list of decoders, got ${describeValue(parts)}`;
+  for (let i = 0; i < parts.length; i++) {
+    if (parts[i] === null || parts[i] === undefined) return `${where}.decoders[${i}] must be a decoder, got null`;
+    const problem = checkDecoderConfig(parts[i], `${where}.decoders[${i}]`);
+    if (problem !== null) return problem;
+  }
+  return null;
 }
 
 function createChain(config: unknown): DecodeChain | null {

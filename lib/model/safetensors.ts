@@ -9,10 +9,11 @@
 // could put a read outside the file, or make two tensors alias, is rejected with a
 // ModelFormatError naming the file and the tensor.
 
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { ModelFormatError } from '../errors.js';
-import { describeValue, fileExists, isJsonObject, readJsonFile } from './json-file.js';
+import { describeValue, fileExists, isJsonObject, parseJsonText, readJsonFile } from './json-file.js';
+import { openModelFile } from './model-files.js';
 
 /** Tensor element types kvfocus recognises. Weights are F32/F16/BF16; the integer types occur in
  * auxiliary tensors and are described so callers can say precisely what they cannot use. */
@@ -68,22 +69,20 @@ function formatError(file: string, detail: string): ModelFormatError {
 
 /**
  * Reads and validates the header of one .safetensors file. Only the 8-byte length and the JSON
- * header are read. Pass an open `handle` to reuse a descriptor the caller already holds.
+ * header are read. Pass an open `handle` to reuse a descriptor the caller already holds; without
+ * one, the file is opened as model-files.ts opens every model file (a regular file inside `dir`,
+ * by default the file's folder, or inside its HF cache blobs).
  */
-export async function readSafetensorsHeader(file: string, handle?: FileHandle): Promise<SafetensorsFile> {
+export async function readSafetensorsHeader(file: string, handle?: FileHandle, dir?: string): Promise<SafetensorsFile> {
   const absolute = path.resolve(file);
   let owned: FileHandle | undefined;
   try {
-    if (handle === undefined) {
-      try {
-        owned = await open(absolute, 'r');
-      } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code;
-        throw formatError(absolute, code === 'ENOENT' ? `file not found at ${absolute}` : `cannot be opened (${code ?? String(error)})`);
-      }
-    }
+    // The data section is memory-mapped, not read: no size limit beyond the header's.
+    if (handle === undefined) owned = (await openModelFile(absolute, { limit: Infinity, ...(dir === undefined ? {} : { dir }) })).handle;
     const fh = handle ?? owned!;
-    const fileSize = (await fh.stat()).size;
+    const fileSize = (await fh.stat().catch((error: unknown) => {
+      throw formatError(absolute, `cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
+    })).size;
     if (fileSize < HEADER_LENGTH_BYTES) {
       throw formatError(absolute, `truncated: the file is ${fileSize} bytes, too short for the 8-byte header length`);
     }
@@ -101,7 +100,12 @@ export async function readSafetensorsHeader(file: string, handle?: FileHandle): 
 async function readExactly(fh: FileHandle, into: Buffer, position: number, file: string): Promise<void> {
   let done = 0;
   while (done < into.length) {
-    const { bytesRead } = await fh.read(into, done, into.length - done, position + done);
+    let bytesRead: number;
+    try {
+      ({ bytesRead } = await fh.read(into, done, into.length - done, position + done));
+    } catch (error) {
+      throw formatError(file, `cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
+    }
     if (bytesRead === 0) break; // the file shrank under us; the size checks will not see it
     done += bytesRead;
   }
@@ -137,12 +141,7 @@ export function parseSafetensorsHeader(header: Uint8Array, fileSize: number, fil
   } catch {
     throw formatError(file, 'header is not valid UTF-8');
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text) as unknown;
-  } catch (error) {
-    throw formatError(file, `header is not valid JSON (${(error as Error).message})`);
-  }
+  const json = parseJsonText(text, file, 'header');
   if (!isJsonObject(json)) {
     throw formatError(file, `header must be a JSON object, got ${describeValue(json)}`);
   }
@@ -289,7 +288,7 @@ export async function openSafetensorsFile(file: string): Promise<SafetensorsInde
 export async function openShardedSafetensors(indexFile: string): Promise<SafetensorsIndex> {
   const source = path.resolve(indexFile);
   const dir = path.dirname(source);
-  const json = await readJsonFile(source);
+  const json = await readJsonFile(source, { dir });
   if (!isJsonObject(json)) throw formatError(source, `must be a JSON object, got ${describeValue(json)}`);
   const weightMap = json['weight_map'];
   if (!isJsonObject(weightMap)) throw formatError(source, `weight_map must be an object of tensor name -> shard file, got ${describeValue(weightMap)}`);
@@ -317,7 +316,7 @@ export async function openShardedSafetensors(indexFile: string): Promise<Safeten
     if (!(await fileExists(shardPath))) {
       throw formatError(source, `shard ${path.basename(shardPath)} (holding '${names[0]}') does not exist in ${dir}`);
     }
-    const header = await readSafetensorsHeader(shardPath);
+    const header = await readSafetensorsHeader(shardPath, undefined, dir);
     files.push(header);
     const byName = new Map(header.tensors.map((t) => [t.name, t]));
     for (const name of names) {

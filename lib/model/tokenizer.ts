@@ -24,13 +24,13 @@
 // so streamed text would disagree with the final text.
 
 import * as path from 'node:path';
-import { readFile } from 'node:fs/promises';
 import type { Tokenizer as PortTokenizer } from '@huggingface/tokenizers' with { 'resolution-mode': 'import' };
-import type { Template } from '@huggingface/jinja' with { 'resolution-mode': 'import' };
-import { InvalidArgumentError, ModelFormatError, UnsupportedError } from '../errors.js';
+import { InvalidArgumentError, KvfocusError, ModelFormatError, UnsupportedError } from '../errors.js';
 import { checkOptions, optionNames } from '../validate.js';
-import { createDecoder } from './decoders.js';
-import { describeValue, fileExists, isJsonObject, readJsonFile, readOptionalJsonFile, type JsonObject } from './json-file.js';
+import { ChatTemplate } from './chat-template.js';
+import { checkDecoderConfig, createDecoder } from './decoders.js';
+import { describeValue, isJsonObject, readJsonFile, readOptionalJsonFile, type JsonObject } from './json-file.js';
+import { modelFileExists, readModelFile } from './model-files.js';
 
 export interface EncodeOptions {
   /** Apply tokenizer.json's post-processor (e.g. prepend BOS). Default true, as in transformers. */
@@ -67,6 +67,8 @@ export interface TokenizerSource {
   readonly tokenizerConfig?: unknown;
   /** A chat template that overrides tokenizer_config.json's (chat_template.jinja, for example). */
   readonly chatTemplate?: string;
+  /** The file chatTemplate came from, for error messages. */
+  readonly chatTemplateFile?: string;
   /** Paths used in error messages. */
   readonly tokenizerFile?: string;
   readonly tokenizerConfigFile?: string;
@@ -86,6 +88,10 @@ const ENCODE_OPTIONS = optionNames<EncodeOptions>({ addSpecialTokens: true });
 const DECODE_OPTIONS = optionNames<DecodeOptions>({ skipSpecialTokens: true });
 const CHAT_TEMPLATE_OPTIONS = optionNames<ChatTemplateOptions>({ addGenerationPrompt: true, templateName: true, tools: true, documents: true, variables: true });
 
+/** Encoded once at load to exercise every part of the pipeline: letters, digits, punctuation,
+ * spaces, and characters outside ASCII (byte fallback). */
+const TRIAL_TEXT = 'Hello, world! 123 \u00e9\u4e2d\u{1F999}';
+
 const GPT2_PRETOKENIZER_REGEX = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 interface AddedTokenEntry {
@@ -101,7 +107,8 @@ export class Tokenizer {
   readonly #ids: ReadonlyMap<string, number>;
   readonly #special: ReadonlySet<number>;
   readonly #decode: (tokens: string[]) => string;
-  readonly #templates: ReadonlyMap<string, Template>;
+  readonly #templates: ReadonlyMap<string, ChatTemplate>;
+  readonly #file: string;
   readonly #specialTokenStrings: Readonly<Record<string, string | null>>;
 
   /** One past the largest token id. */
@@ -119,7 +126,8 @@ export class Tokenizer {
     ids: Map<string, number>;
     special: Set<number>;
     decode: (tokens: string[]) => string;
-    templates: Map<string, Template>;
+    templates: Map<string, ChatTemplate>;
+    file: string;
     specialTokens: Record<'bos' | 'eos' | 'pad' | 'unk', { text: string | null; id: number | null }>;
   }) {
     this.#port = init.port;
@@ -128,6 +136,7 @@ export class Tokenizer {
     this.#special = init.special;
     this.#decode = init.decode;
     this.#templates = init.templates;
+    this.#file = init.file;
     this.vocabSize = init.tokens.length;
     this.specialTokenIds = init.special;
     const { bos, eos, pad, unk } = init.specialTokens;
@@ -148,16 +157,16 @@ export class Tokenizer {
     const tokenizerConfigFile = path.join(folder, 'tokenizer_config.json');
     const templateFile = path.join(folder, 'chat_template.jinja');
     const [tokenizer, tokenizerConfig, chatTemplate] = await Promise.all([
-      readJsonFile(tokenizerFile),
-      readOptionalJsonFile(tokenizerConfigFile),
-      fileExists(templateFile).then((exists) => (exists ? readFile(templateFile, 'utf8') : undefined)),
+      readJsonFile(tokenizerFile, { dir: folder }),
+      readOptionalJsonFile(tokenizerConfigFile, { dir: folder }),
+      modelFileExists(templateFile).then(async (exists) => (exists ? (await readModelFile(templateFile, { dir: folder })).toString('utf8') : undefined)),
     ]);
     return Tokenizer.fromJSON({
       tokenizer,
       tokenizerConfig,
       tokenizerFile,
       tokenizerConfigFile,
-      ...(chatTemplate === undefined ? {} : { chatTemplate }),
+      ...(chatTemplate === undefined ? {} : { chatTemplate, chatTemplateFile: templateFile }),
     });
   }
 
@@ -179,6 +188,10 @@ export class Tokenizer {
     const { tokens, ids } = buildVocabulary(model, added, fail);
     const special = new Set(added.filter((t) => t.special).map((t) => t.id));
 
+    // A decoder that cannot decode would only fail inside generation, token by token.
+    const decoderProblem = checkDecoderConfig(json['decoder']);
+    if (decoderProblem !== null) throw fail(decoderProblem);
+
     const [tokenizers, jinja] = await loadModules();
     let port: PortTokenizer;
     try {
@@ -190,6 +203,18 @@ export class Tokenizer {
     }
     const portDecoder = port.decoder;
     const decode = createDecoder(json['decoder']) ?? ((list: string[]) => (portDecoder === null ? list.join(' ') : portDecoder.decode(list)));
+    // Parts the port only runs when used (post-processor, pre-tokenizer, decoder) are tried now,
+    // so a broken tokenizer.json fails the load, not a later request.
+    try {
+      port.encode(TRIAL_TEXT, { add_special_tokens: true });
+    } catch (error) {
+      throw fail(`cannot encode text (${(error as Error).message})`);
+    }
+    try {
+      decode(tokens.slice(0, 256).filter((t): t is string => t !== undefined));
+    } catch (error) {
+      throw fail(`cannot decode tokens (${(error as Error).message})`);
+    }
 
     const configFail = (field: string, detail: string): ModelFormatError =>
       new ModelFormatError(`${path.basename(configFile)}: ${field} ${detail}`, configFile);
@@ -209,15 +234,22 @@ export class Tokenizer {
       unk: specialToken('unk_token', false),
     };
 
-    const templates = readChatTemplates(source.chatTemplate ?? config['chat_template'], jinja, configFail);
-    return new Tokenizer({ port, tokens, ids, special, decode, templates, specialTokens });
+    const templateFile = source.chatTemplate === undefined ? configFile : (source.chatTemplateFile ?? 'chat_template.jinja');
+    const templateFail = (field: string, detail: string): ModelFormatError => new ModelFormatError(`${path.basename(templateFile)}: ${field} ${detail}`, templateFile);
+    const templates = readChatTemplates(source.chatTemplate ?? config['chat_template'], jinja, templateFile, templateFail);
+    return new Tokenizer({ port, tokens, ids, special, decode, templates, specialTokens, file: tokenizerFile });
   }
 
   /** Token ids of `text`. */
   encode(text: string, options?: EncodeOptions | null): number[] {
     if (typeof text !== 'string') throw new InvalidArgumentError(`text must be a string, got ${describeValue(text)}`, 'text');
     const { addSpecialTokens = true } = checkOptions(options, ENCODE_OPTIONS);
-    const { ids } = this.#port.encode(text, { add_special_tokens: addSpecialTokens });
+    let ids: unknown[];
+    try {
+      ({ ids } = this.#port.encode(text, { add_special_tokens: addSpecialTokens }));
+    } catch (error) {
+      throw this.#failure('encode', error);
+    }
     // The port maps a token string it cannot find to unk_token's id, which is undefined when the
     // model has none; an id array must hold ids only.
     return (ids as (number | undefined)[]).filter((id): id is number => typeof id === 'number');
@@ -228,7 +260,18 @@ export class Tokenizer {
    * vocabulary) decode to nothing, as in the Rust library.
    */
   decode(ids: readonly number[], options?: DecodeOptions | null): string {
-    return this.#decode(this.#tokensOf(ids, checkOptions(options, DECODE_OPTIONS).skipSpecialTokens ?? false));
+    const tokens = this.#tokensOf(ids, checkOptions(options, DECODE_OPTIONS).skipSpecialTokens ?? false);
+    try {
+      return this.#decode(tokens);
+    } catch (error) {
+      throw this.#failure('decode', error);
+    }
+  }
+
+  // The port's errors are plain Errors; what fails in it is tokenizer.json's doing.
+  #failure(what: string, error: unknown): KvfocusError {
+    if (error instanceof KvfocusError) return error;
+    return new ModelFormatError(`${path.basename(this.#file)}: cannot ${what} (${(error as Error)?.message ?? String(error)})`, this.#file);
   }
 
   /** Decodes token by token for streaming; see StreamDecoder. */
@@ -274,20 +317,16 @@ export class Tokenizer {
     if (template === undefined) {
       throw new InvalidArgumentError(`no chat template named ${describeValue(name)}; available: ${[...this.#templates.keys()].join(', ')}`, 'templateName');
     }
-    try {
-      return template.render({
-        ...this.#specialTokenStrings,
-        ...options.variables,
-        messages,
-        // null, not undefined: transformers passes None, and templates test `tools is not none`.
-        tools: options.tools ?? null,
-        documents: options.documents ?? null,
-        add_generation_prompt: options.addGenerationPrompt ?? false,
-      });
-    } catch (error) {
-      // Templates reject bad conversations with raise_exception("..."), e.g. roles out of order.
-      throw new InvalidArgumentError(`chat template failed: ${(error as Error).message}`, 'messages');
-    }
+    // Bounded in time and memory (chat-template.ts): the template comes with the checkpoint.
+    return template.render({
+      ...this.#specialTokenStrings,
+      ...options.variables,
+      messages,
+      // null, not undefined: transformers passes None, and templates test `tools is not none`.
+      tools: options.tools ?? null,
+      documents: options.documents ?? null,
+      add_generation_prompt: options.addGenerationPrompt ?? false,
+    });
   }
 
   /** Same as applyChatTemplate followed by encode(..., { addSpecialTokens: false }). */
@@ -430,14 +469,15 @@ function specialTokenText(value: unknown, field: string, fail: (field: string, d
 function readChatTemplates(
   value: unknown,
   jinja: JinjaModule,
+  file: string,
   fail: (field: string, detail: string) => ModelFormatError,
-): Map<string, Template> {
-  const templates = new Map<string, Template>();
+): Map<string, ChatTemplate> {
+  const templates = new Map<string, ChatTemplate>();
   if (value === undefined || value === null) return templates;
   const compile = (name: string, source: unknown, field: string): void => {
     if (typeof source !== 'string') throw fail(field, `must be a template string, got ${describeValue(source)}`);
     try {
-      templates.set(name, new jinja.Template(source));
+      templates.set(name, new ChatTemplate(new jinja.Template(source), file, jinja));
     } catch (error) {
       throw fail(field, `does not parse as a Jinja template (${(error as Error).message})`);
     }

@@ -61,6 +61,7 @@ export interface CheckpointCheck {
 }
 
 const MAX_LISTED_PROBLEMS = 5;
+const MAX_ITEMISED_MISSING_LAYERS = 16;
 
 /**
  * Checks that the checkpoint holds every tensor `config` needs, with the right shape and a float
@@ -74,6 +75,21 @@ export function checkCheckpointTensors(
 ): CheckpointCheck {
   const byName = new Map<string, TensorDescription>();
   for (const tensor of tensors) byName.set(tensor.name, tensor);
+
+  // Layers are counted against the tensors present before the expected list is built: from
+  // num_hidden_layers: 1e6 it would hold millions of names, allocated before the first mismatch.
+  // A few layers short still get the itemised list below.
+  const layers = new Set<string>();
+  for (const name of byName.keys()) {
+    const match = /^model\.layers\.(\d+)\./.exec(name);
+    if (match) layers.add(match[1]!);
+  }
+  if (config.numLayers > layers.size + MAX_ITEMISED_MISSING_LAYERS) {
+    throw new ModelFormatError(
+      `${path.basename(source)}: does not match config.json (${config.architecture}, ${config.numLayers} layers): the checkpoint holds tensors of ${layers.size} layers`,
+      source,
+    );
+  }
 
   const problems: string[] = [];
   const expected = expectedTensors(config);
