@@ -12,10 +12,13 @@ const PATHS: Record<string, { expected: string; script: string }> = {
   'KV cache out of memory': {
     expected: 'OutOfMemoryError',
     script: `
-      const model = await k.loadDefaultModel({ device: 'cpu', kvCacheTokens: 16 });
-      const a = model.generate('Doc 1. Ada Lind lives in Oslo.', { maxTokens: 8, stopTokens: [] });
-      const b = model.generate('Doc 2. Bo Berg lives in Rome.', { maxTokens: 8, stopTokens: [] });
-      const settled = await Promise.allSettled([a.result, b.result]);
+      // Generations queue for pages (admission control), so the step that meets a full pool is
+      // a lone generation's while logits() (outside the scheduler) holds the pages.
+      const model = await k.loadDefaultModel({ device: 'cpu', kvCacheTokens: 32 });
+      const ids = Array.from({ length: 30 }, (_, i) => 10 + i);
+      const a = model.logits(ids);
+      const b = model.generate(ids, { maxTokens: 8, stopTokens: [] });
+      const settled = await Promise.allSettled([a, b.result]);
       model.dispose();
       console.log(settled.map((s) => s.status === 'rejected' ? s.reason.name : 'ok').join(','));`,
   },

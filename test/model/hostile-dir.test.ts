@@ -208,9 +208,9 @@ describe('tokenizer.json', () => {
 
 describe('an error while decoding inside generation', () => {
   it("rejects the request's result and leaves the scheduler running", async () => {
-    const seq = { release: () => {} } as unknown as NativeSequence;
-    const native = { step: async () => ({ logits: [null], tokens: Int32Array.of(5) }) } as unknown as NativeModel;
-    const scheduler = new Scheduler(native, { prefillChunk: 16, stepTokens: 16, maxSequenceTokens: 64 });
+    const seq = { release: () => {}, length: 0, truncate: () => {} } as unknown as NativeSequence;
+    const native = { step: async () => ({ logits: [null], tokens: Int32Array.of(5) }), freePages: () => 1000 } as unknown as NativeModel;
+    const scheduler = new Scheduler(native, { prefillChunk: 16, stepTokens: 16, maxSequenceTokens: 64, pageSize: 16, layers: 1, maxQueuedRequests: Infinity });
     const failing = {
       push: () => {
         throw new ModelFormatError('tokenizer.json: cannot decode (broken)', 'tokenizer.json');
