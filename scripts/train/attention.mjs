@@ -3,7 +3,7 @@
 // prunes documents by (shared/METHODS.md §1), so it says at which layers a model has it.
 //
 //   npm run build:ts
-//   node scripts/train/attention.mjs --model DIR [--model DIR2 ...] [--count 100] [--out FILE.json]
+//   node scripts/train/attention.mjs --model DIR [--model DIR2 ...] [--count 100] [--valid FILE.jsonl] [--out FILE.json]
 //
 // Held-out questions 0..count-1, each prompt holding as many documents as fit the model's
 // training length (as eval.mjs). PyTorch (train.py --dump-attention) computes the attention
@@ -11,6 +11,8 @@
 // contributes before the answer). Prints a Markdown table per model: the answer document's mean
 // probability mass, its share of the mass on all documents, and how often it is the document
 // with the most mass (top-1; chance is 1 / documents), per head and with the heads averaged.
+// With --valid (a corpus of make-data.mjs --split valid), also what each layer is worth: the
+// teacher-forced answer exact match with that layer skipped.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -25,6 +27,8 @@ const { values } = parseArgs({
   options: {
     model: { type: 'string', multiple: true },
     count: { type: 'string', default: '100' },
+    valid: { type: 'string' },
+    'valid-count': { type: 'string', default: '128' },
     python: { type: 'string', default: existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3' },
     out: { type: 'string' },
   },
@@ -47,7 +51,7 @@ for (const dir of values.model) {
   const tmp = mkdtempSync(join(tmpdir(), 'kvfocus-attn-'));
   try {
     writeFileSync(join(tmp, 'examples.json'), JSON.stringify(examples));
-    execFileSync(values.python, [join(here, 'train.py'), '--dump-attention', dir, '--examples', join(tmp, 'examples.json'), '--out-attention', join(tmp, 'out.json')], { stdio: ['ignore', 'ignore', 'inherit'] });
+    execFileSync(values.python, [join(here, 'train.py'), '--dump-attention', dir, '--examples', join(tmp, 'examples.json'), '--out-attention', join(tmp, 'out.json'), ...(values.valid ? ['--valid', values.valid, '--valid-count', values['valid-count'], '--batch', '8'] : [])], { stdio: ['ignore', 'ignore', 'inherit'] });
     const r = JSON.parse(readFileSync(join(tmp, 'out.json'), 'utf8'));
     const meanDocs = examples.reduce((n, e) => n + e.docs.length, 0) / examples.length;
     results.push({ model: dir, meanDocs, ...r });
@@ -67,4 +71,13 @@ for (const r of results) {
   }
 }
 console.log('\ncells: answer document mass / its share of the mass on documents / top-1 rate');
+const ablated = results.filter((r) => r.answerEmWithout);
+if (ablated.length) {
+  const most = Math.max(...ablated.map((r) => r.layers));
+  const cols = Array.from({ length: most }, (_, l) => `without layer ${l}`);
+  console.log(`\nTeacher-forced answer exact match on ${ablated[0].validExamples} held-out examples, whole model and with one layer skipped:\n`);
+  console.log(`| model | whole | ${cols.join(' | ')} |`);
+  console.log(`| --- | ---: | ${cols.map(() => '---:').join(' | ')} |`);
+  for (const r of ablated) console.log(`| ${r.model} | ${pct(r.answerEm)} | ${cols.map((_, l) => (l < r.layers ? pct(r.answerEmWithout[l]) : '')).join(' | ')} |`);
+}
 if (values.out) writeFileSync(values.out, JSON.stringify(results, null, 2) + '\n');

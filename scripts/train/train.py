@@ -113,6 +113,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
 
     def forward(self, x, cos, sin, mask):
+        if getattr(self, "ablated", False):  # --dump-attention --valid: the model without this layer
+            return x
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -335,7 +337,7 @@ def grow_from(model, src_dir, layer_map):
     for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size"):
         if src_cfg[k] != cfg[k]:
             raise SystemExit(f"--grow-from: {k} is {src_cfg[k]} in {src_dir}, {cfg[k]} here")
-    if len(layer_map) != cfg["num_hidden_layers"] or max(layer_map) >= src_cfg["num_hidden_layers"]:
+    if len(layer_map) != cfg["num_hidden_layers"] or max(layer_map) >= src_cfg["num_hidden_layers"] or min(layer_map) < -1:
         raise SystemExit(f"--grow-map needs {cfg['num_hidden_layers']} indices below {src_cfg['num_hidden_layers']}")
     with torch.no_grad():
         model.model.embed_tokens.load_state_dict(src.model.embed_tokens.state_dict())
@@ -343,6 +345,8 @@ def grow_from(model, src_dir, layer_map):
         model.lm_head.load_state_dict(src.lm_head.state_dict())
         seen = set()
         for i, j in enumerate(layer_map):
+            if j < 0:
+                continue  # a fresh layer: keeps its random initialisation (small output projections)
             model.model.layers[i].load_state_dict(src.model.layers[j].state_dict())
             if j in seen:
                 model.model.layers[i].self_attn.o_proj.weight.zero_()
@@ -505,6 +509,19 @@ def dump_attention(args):
     n = len(examples)
     out = {"layers": L, "heads": H, "examples": n,
            "answerMass": (mass / n).tolist(), "answerShare": (share / n).tolist(), "answerTop1": (top1 / n).tolist()}
+    if args.valid:
+        # What each layer is worth: teacher-forced answer exact match with that layer skipped
+        # (its attention and MLP add nothing to the residual stream).
+        for layer in model.model.layers:
+            layer.self_attn.keep_probs = False
+        rows = read_jsonl(args.valid)[: args.valid_count]
+        out["validExamples"] = len(rows)
+        out["answerEm"] = evaluate(model, rows, args, torch.device("cpu"))["valid_answer_em_tf"]
+        out["answerEmWithout"] = []
+        for layer in model.model.layers:
+            layer.ablated = True
+            out["answerEmWithout"].append(evaluate(model, rows, args, torch.device("cpu"))["valid_answer_em_tf"])
+            layer.ablated = False
     with open(args.out_attention, "w") as f:
         json.dump(out, f)
     print(json.dumps({"examples": n, "out": args.out_attention}))
@@ -543,7 +560,7 @@ def main():
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--grow-from", metavar="MODELDIR", help="start from this trained HF checkpoint (same width), deepened by --grow-map (depth growth)")
-    p.add_argument("--grow-map", help="comma-separated source layer of each layer, e.g. 0,0,0,1,1,1; copies after the first start with zero output projections")
+    p.add_argument("--grow-map", help="comma-separated source layer of each layer, -1 for a fresh one, e.g. 0,-1,-1,1,-1,-1; copies after the first start with zero output projections")
     p.add_argument("--dump-logits", metavar="MODELDIR")
     p.add_argument("--dump-attention", metavar="MODELDIR", help="attention of the question on the answer document (needs --examples, --out-attention)")
     p.add_argument("--examples", help="JSON examples for --dump-attention (scripts/train/attention.mjs writes them)")
