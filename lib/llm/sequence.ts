@@ -170,7 +170,7 @@ export class Sequence {
    * tokens of `result.tokens`; a stop token is not kept), so a later append or generate continues
    * after it. A generation that ends on its own first computes the KV of its last token, so
    * layout() covers every token of the stream; one cancelled or aborted leaves that token to the
-   * next call.
+   * next call. `result.promptTokens` counts the stream the generation read (every earlier token).
    */
   generate(options?: GenerateOptions | null): GenerationStream {
     this.#live('generate');

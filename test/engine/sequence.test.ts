@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { DisposedError, InvalidArgumentError, loadModel, type Model } from '../../lib/index.js';
+import { AbortError, DisposedError, InvalidArgumentError, loadModel, type Model } from '../../lib/index.js';
 import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
 
 let root: string;
@@ -130,6 +130,26 @@ describe('generate', () => {
     const last = (await seq.append(b, { logits: 'last' }))!;
     expect(maxDiff(last, await model.logits([...a, ...r.tokens, ...b]))).toBeLessThan(1e-5);
     expect(seq.layout().layers[0]!.source).toHaveLength(seq.tokenCount);
+  });
+
+  it('aborting rejects with AbortError; the sequence keeps its state and goes on', async () => {
+    const a = ids(17, 20);
+    using seq = model.sequence();
+    await seq.append(a);
+    const controller = new AbortController();
+    const stream = seq.generate({ maxTokens: 50, signal: controller.signal, ...greedy });
+    let seen = 0;
+    await expect(
+      (async () => {
+        for await (const _ of stream) if (++seen === 3) controller.abort();
+      })(),
+    ).rejects.toBeInstanceOf(AbortError);
+    const kept = seq.tokenCount - a.length;
+    expect(kept).toBeGreaterThanOrEqual(3);
+    const generated = (await model.generate(a, { maxTokens: kept, ...greedy }).result).tokens;
+    const last = (await seq.append([5, 6], { logits: 'last' }))!;
+    expect(maxDiff(last, await model.logits([...a, ...generated, 5, 6]))).toBeLessThan(1e-5);
+    expect(model.stats().runningRequests).toBe(0);
   });
 
   it('a seed reproduces model.generate() with the same seed', async () => {
