@@ -54,6 +54,10 @@ export type RopeLayout = 'half' | 'adjacent';
 export interface NativeSequence {
   readonly length: number;
   layerLengths(): number[];
+  /** RoPE position of every slot layer `layer` holds, in the order attention reads them. */
+  positions(layer: number): Int32Array;
+  /** Restarts the sampler's random stream from `seed` (as newSequence(seed)). */
+  reseed(seed: number): void;
   truncate(n: number): void;
   clear(): void;
   release(): void;

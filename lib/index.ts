@@ -14,9 +14,12 @@ export {
   type LoadModelOptions,
   type ModelStats,
   type Prompt,
+  type SequenceOptions,
 } from './llm/model.js';
+export { Sequence, type AppendOptions, type LayerLayout, type SequenceInput, type SequenceLayout } from './llm/sequence.js';
+export { policyNames, type CachePolicy, type FullAttentionPolicy } from './policies/index.js';
 export type { GenerateOptions, SamplingOptions } from './llm/options.js';
-export type { GenerationStream, GeneratedToken, GenerationResult, FinishReason } from './llm/scheduler.js';
+export type { GenerationStream, GeneratedToken, GenerationResult, FinishReason, LogitsRows } from './llm/scheduler.js';
 export * from './model/index.js';
 /** The multi-document question-answering task the embedded model is trained and measured on. */
 export * as multidocQa from './task/multidoc-qa.js';

@@ -13,8 +13,10 @@ import { isJsonObject, readOptionalJsonFile } from '../model/json-file.js';
 import type { ChatMessage } from '../model/tokenizer.js';
 import { checkDevice, describe, type DType, dtypeBytes, type FloatDType, Tensor } from '../tensor.js';
 import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
+import { type CachePolicy, resolvePolicy } from '../policies/index.js';
 import { GENERATE_OPTIONS, generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
-import { type GenerationStream, Scheduler } from './scheduler.js';
+import { type GenerationInit, type GenerationStream, Scheduler, SequenceState } from './scheduler.js';
+import { Sequence, type SequenceHost } from './sequence.js';
 
 export interface LoadModelOptions {
   /** 'auto' (default): CUDA when a GPU is usable, else the CPU. */
@@ -60,11 +62,21 @@ export interface ModelStats {
   queuedRequests: number;
   /** Most generations waiting at once since the model was loaded. */
   peakQueuedRequests: number;
-  /** Running generations preempted (freed, later recomputed) because the pool ran dry. */
+  /** Running generations and appends preempted (freed, later recomputed) because the pool ran dry. */
   preemptions: number;
+  /**
+   * Idle sequences whose KV was freed to make room for other work; each is recomputed from its
+   * input stream on its next append or generate.
+   */
+  evictions: number;
 }
 
 export type Prompt = string | { messages: ChatMessage[] } | readonly number[] | Int32Array;
+
+export interface SequenceOptions {
+  /** Cache policy (default: full attention, `{ name: 'full' }`). */
+  policy?: CachePolicy;
+}
 
 export interface LogitsOptions {
   /** Logits of every position (rows x vocab) instead of the last one. */
@@ -73,6 +85,7 @@ export interface LogitsOptions {
 
 const LOAD_OPTIONS = optionNames<LoadModelOptions>({ device: true, dtype: true, kvCacheTokens: true, pageSize: true, kvDtype: true, prefillChunk: true, maxQueuedRequests: true, maxSequenceTokens: true });
 const LOGITS_OPTIONS = optionNames<LogitsOptions>({ all: true });
+const SEQUENCE_OPTIONS = optionNames<SequenceOptions>({ policy: true });
 
 const ST_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
@@ -97,7 +110,7 @@ export class Model {
   #scheduler: Scheduler;
   #weights: Tensor[];
   #eos: number[];
-  #prefillChunk: number;
+  #sequenceHost: SequenceHost;
 
   /** @internal Use loadModel(). */
   constructor(init: {
@@ -126,7 +139,6 @@ export class Model {
     // On a tie, name the model's own limit: raising kvCacheTokens would not help there.
     if (this.maxSequenceTokens === model) this.#sequenceLimit = init.maxSequenceTokens === undefined ? 'context' : 'option';
     else this.#sequenceLimit = 'pool';
-    this.#prefillChunk = init.prefillChunk;
     this.#scheduler = new Scheduler(init.native, {
       prefillChunk: init.prefillChunk,
       stepTokens: Math.max(init.prefillChunk, 2048),
@@ -136,6 +148,19 @@ export class Model {
       layers: init.config.numLayers,
       maxQueuedRequests: init.maxQueuedRequests,
     });
+    const vocab = init.config.vocabSize;
+    this.#sequenceHost = {
+      scheduler: this.#scheduler,
+      layers: init.config.numLayers,
+      vocabSize: vocab,
+      live: (what) => void this.#handle(what),
+      encodeText: (text, atStart) => checkTokenIds(this.tokenizer.encode(text, { addSpecialTokens: atStart }), vocab, 'input'),
+      checkLength: (tokens, extra, argument) => this.#checkLength(tokens, extra, argument),
+      generation: (options) => {
+        const opts = checkOptions(options, GENERATE_OPTIONS);
+        return { init: this.#generation(opts), seed: opts.seed === undefined ? undefined : seedOf(opts) };
+      },
+    };
   }
 
   #handle(what: string): NativeModel {
@@ -178,18 +203,24 @@ export class Model {
       const bos = this.tokenizer.bosTokenId;
       throw new InvalidArgumentError(`prompt: is empty${bos === null ? '' : ` (to start from BOS alone, pass [${bos}])`}`, 'prompt');
     }
-    if (tokens.length + extra > this.maxSequenceTokens) {
-      const what = `prompt: ${tokens.length} tokens${extra ? ` + ${extra} to generate` : ''}`;
+    this.#checkLength(tokens.length, extra, 'prompt');
+  }
+
+  // Refuses a sequence of `tokens` tokens (+ `extra` to generate) longer than maxSequenceTokens,
+  // naming the limit that binds; `argument` names what brought it there.
+  #checkLength(tokens: number, extra: number, argument: string): void {
+    if (tokens + extra > this.maxSequenceTokens) {
+      const what = `${argument}: ${tokens} tokens${extra ? ` + ${extra} to generate` : ''}`;
       switch (this.#sequenceLimit) {
         case 'pool':
-          throw new InvalidArgumentError(`${what} do not fit the KV cache (${this.kvCacheTokens} tokens; raise kvCacheTokens)`, 'prompt');
+          throw new InvalidArgumentError(`${what} do not fit the KV cache (${this.kvCacheTokens} tokens; raise kvCacheTokens)`, argument);
         case 'option':
-          throw new InvalidArgumentError(`${what} exceed maxSequenceTokens (${this.maxSequenceTokens})`, 'prompt');
+          throw new InvalidArgumentError(`${what} exceed maxSequenceTokens (${this.maxSequenceTokens})`, argument);
         case 'context': {
           const scaling = this.config.ropeScaling ? `, ${this.config.ropeScaling.type} rope scaling` : '';
           throw new InvalidArgumentError(
             `${what} exceed the model's context (${this.maxSequenceTokens} tokens: max_position_embeddings ${this.config.maxPositionEmbeddings}${scaling}; loadModel's maxSequenceTokens runs past it on purpose)`,
-            'prompt',
+            argument,
           );
         }
       }
@@ -197,39 +228,45 @@ export class Model {
   }
 
   /**
+   * A new, empty sequence: one KV state that input is appended to and generated from, under a
+   * cache policy (default: full attention). Its pages stay in use until dispose().
+   */
+  sequence(options?: SequenceOptions | null): Sequence {
+    const m = this.#handle('sequence');
+    const { policy } = checkOptions(options, SEQUENCE_OPTIONS, 'sequence');
+    return new Sequence(this.#sequenceHost, new SequenceState(m.newSequence(), true), resolvePolicy(policy));
+  }
+
+  // A sequence for one call of generate() or logits(): its pages go when that call ends.
+  #oneShot(seed?: number): Sequence {
+    return new Sequence(this.#sequenceHost, new SequenceState(this.#handle('generate').newSequence(seed), false), resolvePolicy(undefined));
+  }
+
+  /**
    * Logits of the last position (or of every position, with `all`) for a token sequence, as one
-   * Float32Array of rows x vocab. For scoring and evaluation harnesses.
+   * Float32Array of rows x vocab. For scoring and evaluation harnesses. Runs as an append to a
+   * new sequence, through the scheduler: it waits for KV pages like a generation.
    */
   async logits(prompt: Prompt, options?: LogitsOptions | null): Promise<Float32Array> {
-    const m = this.#handle('logits');
+    this.#handle('logits');
     const { all: allRows = false } = checkOptions(options, LOGITS_OPTIONS);
     if (typeof allRows !== 'boolean') throw new InvalidArgumentError(`all: expected a boolean but received ${describe(allRows)}`, 'all');
     const tokens = this.encode(prompt);
     this.#checkTokens(tokens, 0, prompt);
-    const seq = m.newSequence();
-    // One HF forward over the whole sequence: every chunk rotates with the frequencies of its length.
-    const invFreq = this.#ropeFrequencies(tokens.length);
-    try {
-      const rows: Float32Array[] = [];
-      for (let at = 0; at < tokens.length; at += this.#prefillChunk) {
-        const chunk = tokens.subarray(at, at + this.#prefillChunk);
-        const last = at + chunk.length >= tokens.length;
-        const mode = allRows ? 'all' : last ? 'last' : 'none';
-        const positions = Int32Array.from({ length: chunk.length }, (_, i) => at + i);
-        const out = await m.step([{ seq, tokens: Int32Array.from(chunk), positions, logits: mode, ...(invFreq ? { invFreq } : {}) }]);
-        if (out.logits[0]) rows.push(out.logits[0]);
-      }
-      if (rows.length === 1) return rows[0]!;
-      const all = new Float32Array(rows.reduce((n, r) => n + r.length, 0));
-      let o = 0;
-      for (const r of rows) {
-        all.set(r, o);
-        o += r.length;
-      }
-      return all;
-    } finally {
-      seq.release();
-    }
+    return (await this.#oneShot().appendTokens(tokens, allRows ? 'all' : 'last'))!;
+  }
+
+  // Validated GenerateOptions as the scheduler takes them.
+  #generation(opts: GenerateOptions): GenerationInit {
+    const limits = generationLimits(opts, this.config.vocabSize);
+    return {
+      sampling: samplingSpec(opts),
+      maxTokens: limits.maxTokens,
+      stop: limits.stop,
+      stopTokens: new Set([...this.#eos, ...limits.stopTokens]),
+      decoder: this.tokenizer.createStreamDecoder({ skipSpecialTokens: true }),
+      signal: opts.signal,
+    };
   }
 
   /**
@@ -237,10 +274,11 @@ export class Model {
    * `await stream.result` for the text, counts, finish reason and timings. Concurrent calls are
    * batched into shared forward steps; a call the KV pool has no room for yet waits in a FIFO
    * queue (`signal` bounds the wait; beyond maxQueuedRequests it throws QueueFullError).
-   * Leaving the stream early cancels the generation (finishReason 'cancelled').
+   * Leaving the stream early cancels the generation (finishReason 'cancelled'). Runs on a new
+   * sequence that is freed when the generation ends (model.sequence() keeps one).
    */
   generate(prompt: Prompt, options?: GenerateOptions | null): GenerationStream {
-    const m = this.#handle('generate');
+    this.#handle('generate');
     const opts = checkOptions(options, GENERATE_OPTIONS);
     const tokens = this.encode(prompt);
     const limits = generationLimits(opts, this.config.vocabSize);
@@ -248,18 +286,8 @@ export class Model {
     if (tokens.length + limits.maxTokens > this.config.maxPositionEmbeddings * 64) {
       throw new InvalidArgumentError(`maxTokens: ${limits.maxTokens} is beyond any usable position range`, 'maxTokens');
     }
-    const sampling = samplingSpec(opts);
-    const seq = m.newSequence(seedOf(opts));
-    return this.#scheduler.submit({
-      seq,
-      prompt: tokens,
-      sampling,
-      maxTokens: limits.maxTokens,
-      stop: limits.stop,
-      stopTokens: new Set([...this.#eos, ...limits.stopTokens]),
-      decoder: this.tokenizer.createStreamDecoder({ skipSpecialTokens: true }),
-      signal: opts.signal,
-    });
+    const init = this.#generation(opts);
+    return this.#oneShot(seedOf(opts)).generateFrom(tokens, init);
   }
 
   /** Free KV pages right now (pages of live sequences are in use). */
@@ -281,6 +309,7 @@ export class Model {
       queuedRequests: this.#scheduler.queued,
       peakQueuedRequests: this.#scheduler.peakQueued,
       preemptions: this.#scheduler.preemptions,
+      evictions: this.#scheduler.evictions,
     };
   }
 

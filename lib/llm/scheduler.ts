@@ -1,16 +1,21 @@
-// Continuous batching. Every live generation of a model is a Request here; one loop builds each
-// forward step from all running requests — decode tokens first (one per request), then prompt
-// chunks up to the step's token budget — runs it as one native job, and routes the sampled
-// tokens back. Requests join and leave between steps.
+// Continuous batching. Every live append or generation of a model's sequences is a Request here;
+// one loop builds each forward step from all running requests — decode tokens first (one per
+// request), then input chunks up to the step's token budget — runs it as one native job, and
+// routes logits and sampled tokens back. Requests join and leave between steps.
 //
-// Admission: a request runs once the KV pool has pages for its prompt plus one page of decoding
+// A sequence (SequenceState) is an input stream — every token it was given or generated, in
+// order — and the KV of a prefix of it. A request feeds the rest of the stream, then samples if it
+// is a generation. Between requests a sequence kept by the caller is idle and holds its pages.
+//
+// Admission: a request runs once the KV pool has pages for its input plus one page of decoding
 // beyond what the running requests still need for theirs (each keeps the same one-page headroom);
-// until then it waits in a FIFO queue. When the pool still runs dry mid-decode, the newest running
-// request is preempted: its pages are freed and it goes back to the head of the queue, to be
-// recomputed (prompt + generated tokens prefilled again) when pages free up. The oldest request
-// always progresses, so the queue drains; only a request that could never fit is refused.
+// until then it waits in a FIFO queue. Idle sequences give way first: the least recently used has
+// its KV freed (an eviction), to be recomputed from its input stream when it is used again. When
+// the pool still runs dry mid-decode, the newest running request is preempted the same way and
+// goes back to the head of the queue. The oldest request always progresses, so the queue drains;
+// only a request that could never fit is refused.
 import type { NativeModel, NativeSequence, SamplingSpec, StepRequest } from '../binding.js';
-import { AbortError, KvfocusError, OutOfMemoryError, QueueFullError } from '../errors.js';
+import { AbortError, DisposedError, KvfocusError, OutOfMemoryError, QueueFullError } from '../errors.js';
 import type { StreamDecoder } from '../model/tokenizer.js';
 
 /**
@@ -46,15 +51,66 @@ export interface GenerationResult {
   };
 }
 
-export interface RequestInit {
-  seq: NativeSequence;
-  prompt: Int32Array;
+/** What a generation samples and when it stops. */
+export interface GenerationInit {
   sampling: SamplingSpec;
   maxTokens: number;
   stop: string[];
   stopTokens: Set<number>;
   decoder: StreamDecoder;
   signal: AbortSignal | undefined;
+}
+
+/** Rows of logits an append returns: none, its last input token's, or every input token's. */
+export type LogitsRows = 'none' | 'last' | 'all';
+
+/**
+ * One sequence's KV state and the input stream it was computed from. `keep`: the caller holds the
+ * sequence between requests (model.sequence()); otherwise its pages go when its one request ends.
+ */
+export class SequenceState {
+  native: NativeSequence | null;
+  #stream = new Int32Array(64);
+  /** Tokens of the input stream. */
+  length = 0;
+  /** Stream tokens whose KV the native sequence holds: a prefix of the stream (0 after an eviction). */
+  cached = 0;
+  /** Stream tokens placed in the cache once at least (an eviction or preemption keeps the count). */
+  placed = 0;
+  /** The append or generation feeding this sequence now. */
+  request: Request | null = null;
+  disposed = false;
+
+  constructor(
+    native: NativeSequence,
+    readonly keep: boolean,
+  ) {
+    this.native = native;
+  }
+
+  get tokens(): Int32Array {
+    return this.#stream.subarray(0, this.length);
+  }
+
+  push(tokens: ArrayLike<number>): void {
+    if (this.length + tokens.length > this.#stream.length) {
+      const grown = new Int32Array(Math.max(this.#stream.length * 2, this.length + tokens.length));
+      grown.set(this.tokens);
+      this.#stream = grown;
+    }
+    this.#stream.set(tokens, this.length);
+    this.length += tokens.length;
+  }
+
+  // Cuts the stream back to `length` tokens, and the KV with it.
+  rollback(length: number): void {
+    this.length = Math.min(this.length, length);
+    this.placed = Math.min(this.placed, length);
+    if (this.cached > length) {
+      this.native?.truncate(this.cached - length);
+      this.cached = length;
+    }
+  }
 }
 
 /**
@@ -69,7 +125,7 @@ export class GenerationStream implements AsyncIterable<GeneratedToken> {
   #end: { error?: unknown } | undefined;
   #resolve!: (r: GenerationResult) => void;
   #reject!: (e: unknown) => void;
-  readonly #cancel: () => void;
+  #cancel: () => void;
 
   /** @internal */
   constructor(cancel: () => void) {
@@ -81,6 +137,12 @@ export class GenerationStream implements AsyncIterable<GeneratedToken> {
     this.result.catch(() => {}); // rejections are delivered to whoever awaits; never unhandled
   }
 
+  /** @internal What leaving the stream early does, once the request behind it exists. */ bind(cancel: () => void): void {
+    this.#cancel = cancel;
+  }
+  /** @internal */ get ended(): boolean {
+    return this.#end !== undefined;
+  }
   /** @internal */ push(t: GeneratedToken): void {
     this.#events.push(t);
     this.#wake();
@@ -122,24 +184,45 @@ export class GenerationStream implements AsyncIterable<GeneratedToken> {
 }
 
 class Request {
-  readonly stream = new GenerationStream(() => this.scheduler.cancel(this));
+  readonly stream: GenerationStream | null;
   state: 'queued' | 'running' | 'done' = 'queued';
-  pending: Int32Array; // tokens to feed at the next step
-  position = 0; // position of pending[0]; also the sequence's length between steps
+  from = 0; // stream index of this request's first input token
+  end = 0; // stream length once its input is in: what its generation reads
+  rowsTo = 0; // stream index up to which logits rows were collected
+  readonly rows: Float32Array[] = [];
   readonly generated: number[] = [];
   text = '';
   emitted = 0; // characters of `text` already streamed
   readonly started = performance.now();
   firstTokenAt = 0;
   cutByStopString = false;
+  // Set once a generation has decided to end: it still feeds its last sampled token, so that the
+  // sequence's KV holds every token of its stream, and then finishes with this reason.
+  finishing: Exclude<FinishReason, 'abort'> | null = null;
   readonly onAbort = () => this.scheduler.abort(this);
 
   constructor(
     readonly init: RequestInit,
     private readonly scheduler: Scheduler,
+    stream: GenerationStream | null,
+    readonly settle: { resolve: (rows: Float32Array | undefined) => void; reject: (e: unknown) => void } | null,
   ) {
-    this.pending = init.prompt;
+    this.stream = stream;
   }
+
+  get signal(): AbortSignal | undefined {
+    return this.init.generation?.signal;
+  }
+}
+
+export interface RequestInit {
+  seq: SequenceState;
+  /** Tokens appended to the sequence's input stream when the request is submitted. */
+  input: Int32Array;
+  /** Logits rows to return for `input` (appends; generations take none). */
+  logits: LogitsRows;
+  /** Present for a generation: after the input, sample until a stop condition. */
+  generation?: GenerationInit;
 }
 
 export interface SchedulerOptions {
@@ -160,12 +243,22 @@ function asKvfocusError(e: unknown): KvfocusError {
   return e instanceof KvfocusError ? e : new KvfocusError(String(e), 'KVFOCUS_ERROR', { cause: e });
 }
 
+interface Planned {
+  req: Request;
+  fed: number;
+  sampling: boolean;
+  rows: [number, number] | null; // input rows [a, b) of this chunk whose logits the request keeps
+  step: StepRequest;
+}
+
 export class Scheduler {
   #running: Request[] = []; // in admission order: the last is the newest
   #waiting: Request[] = []; // FIFO; preempted requests go back to the front
+  #idle: SequenceState[] = []; // kept sequences holding KV with no request, least recently used first
   #looping = false;
   #peakQueued = 0;
   #preemptions = 0;
+  #evictions = 0;
 
   constructor(
     private readonly model: NativeModel,
@@ -186,35 +279,97 @@ export class Scheduler {
   get preemptions(): number {
     return this.#preemptions;
   }
+  /** Idle sequences whose KV was freed for other work (to be recomputed when used again). */
+  get evictions(): number {
+    return this.#evictions;
+  }
 
-  submit(init: RequestInit): GenerationStream {
-    const req = new Request(init, this);
-    if (init.signal?.aborted) {
-      init.seq.release();
-      req.stream.fail(new AbortError(undefined, { cause: init.signal.reason }));
-      return req.stream;
+  /** Starts a generation on `init.seq`: feeds `init.input` (and any unfed stream tail), then samples. */
+  generate(init: RequestInit, stream?: GenerationStream): GenerationStream {
+    const s = stream ?? new GenerationStream(() => {});
+    const req = new Request(init, this, s, null);
+    s.bind(() => this.cancel(req));
+    this.#submit(req);
+    return s;
+  }
+
+  /** Appends `init.input` to `init.seq` and resolves once its KV is computed, with the rows asked for. */
+  append(init: RequestInit): Promise<Float32Array | undefined> {
+    return new Promise((resolve, reject) => {
+      this.#submit(new Request(init, this, null, { resolve, reject }));
+    });
+  }
+
+  #submit(req: Request): void {
+    const { seq, input, generation } = req.init;
+    if (seq.native === null || seq.disposed) throw new DisposedError('the sequence has been disposed');
+    if (seq.request !== null) throw new KvfocusError('a sequence runs one request at a time');
+    if (req.signal?.aborted) {
+      if (!seq.keep) this.#release(seq);
+      req.state = 'done';
+      req.stream?.fail(new AbortError(undefined, { cause: req.signal.reason }));
+      return;
     }
+    this.#idle = this.#idle.filter((s) => s !== seq);
+    // Slots a step appended for a request that ended while the step ran were never accepted.
+    const stale = seq.native.length - seq.cached;
+    if (stale > 0) seq.native.truncate(stale);
+    req.from = seq.length;
+    seq.push(input);
+    req.end = seq.length;
+    req.rowsTo = req.from;
+    // Sampling reads the logits of the stream's last token: when its KV is already cached (a
+    // generation continuing a sequence), feed it again, at the same position.
+    if (generation && seq.cached === seq.length && seq.cached > 0) {
+      seq.native.truncate(1);
+      seq.cached -= 1;
+    }
+    seq.request = req;
     this.#waiting.push(req);
     this.#admit();
     if (req.state === 'queued' && this.#waiting.length > this.options.maxQueuedRequests) {
       this.#waiting.pop();
-      init.seq.release();
+      seq.request = null;
+      seq.rollback(req.from);
+      req.state = 'done';
+      if (seq.keep) this.#idle.push(seq);
+      else this.#release(seq);
       throw new QueueFullError(
         `the request queue is full: ${this.#waiting.length} request(s) waiting (maxQueuedRequests ${this.options.maxQueuedRequests}) for KV pages; retry later, or raise maxQueuedRequests or kvCacheTokens`,
       );
     }
     this.#peakQueued = Math.max(this.#peakQueued, this.#waiting.length);
-    init.signal?.addEventListener('abort', req.onAbort, { once: true });
+    req.signal?.addEventListener('abort', req.onAbort, { once: true });
     if (!this.#looping) void this.#loop();
-    return req.stream;
   }
 
   abort(req: Request): void {
-    if (req.state !== 'done') this.#end(req, new AbortError(undefined, { cause: req.init.signal?.reason }));
+    if (req.state !== 'done') this.#end(req, new AbortError(undefined, { cause: req.signal?.reason }));
   }
 
   cancel(req: Request): void {
     if (req.state !== 'done') this.#end(req, 'cancelled');
+  }
+
+  /**
+   * Frees a kept sequence's pages at once: its request, if any, rejects with DisposedError. A step
+   * in flight may still write the freed pages; any later owner's steps are queued after it.
+   */
+  dispose(seq: SequenceState): void {
+    if (seq.disposed) return;
+    seq.disposed = true;
+    const req = seq.request;
+    if (req && req.state !== 'done') this.#end(req, new DisposedError('the sequence was disposed while it ran'));
+    this.#idle = this.#idle.filter((s) => s !== seq);
+    if (seq.native) {
+      seq.native.clear();
+      this.#release(seq);
+    }
+  }
+
+  #release(seq: SequenceState): void {
+    seq.native?.release();
+    seq.native = null;
   }
 
   // Pages of every layer for a sequence of `tokens` tokens.
@@ -222,76 +377,104 @@ export class Scheduler {
     return Math.ceil(tokens / this.options.pageSize) * this.options.layers;
   }
 
-  // Tokens a request should have room for: what it has yet to feed plus one page of decoding,
-  // but never more than it can reach.
+  // Tokens a request should have room for: its whole stream, plus one page of decoding for a
+  // generation, but never more than it can reach.
   #claim(req: Request): number {
-    const target = req.position + req.pending.length;
-    const longest = Math.min(req.init.prompt.length + req.init.maxTokens, this.options.maxSequenceTokens);
+    const target = req.init.seq.length;
+    const g = req.init.generation;
+    if (!g || req.finishing) return target;
+    const longest = Math.min(req.end + g.maxTokens, this.options.maxSequenceTokens);
     return Math.max(target, Math.min(target + this.options.pageSize, longest));
+  }
+
+  // Pages a request still has to take for its claim.
+  #need(req: Request): number {
+    return Math.max(0, this.#pages(this.#claim(req)) - this.#pages(req.init.seq.native?.length ?? 0));
   }
 
   // Free pages not yet spoken for by running requests. Their cached length is read from the
   // sequence, which a step in flight has already extended.
   #available(): number {
     let free = this.model.freePages();
-    for (const r of this.#running) free -= Math.max(0, this.#pages(this.#claim(r)) - this.#pages(r.init.seq.length));
+    for (const r of this.#running) free -= this.#need(r);
     return free;
   }
 
-  // Starts waiting requests in order while their claim fits. With nothing running the head
-  // always starts: it fits the pool (generate() checks), so it could only wait for pages held
-  // outside the scheduler (logits()), and a step fails it if they are still taken.
+  // Frees idle sequences' KV, least recently used first, until `pages` are free or none is left.
+  #evictIdle(pages: number): void {
+    while (this.#idle.length > 0 && this.model.freePages() < pages) {
+      const seq = this.#idle.shift()!;
+      seq.native?.clear();
+      seq.cached = 0;
+      this.#evictions++;
+    }
+  }
+
+  // Starts waiting requests in order while their claim fits, evicting idle sequences to make
+  // room. With nothing running the head always starts: it fits the pool (the model checks), so
+  // at worst a step meets pages that other waiting requests' sequences still hold.
   #admit(): void {
     while (this.#waiting.length > 0) {
       const req = this.#waiting[0]!;
-      if (this.#running.length > 0 && this.#pages(this.#claim(req)) > this.#available()) return;
+      const spoken = this.model.freePages() - this.#available();
+      if (this.#need(req) > this.#available()) this.#evictIdle(this.#need(req) + spoken);
+      if (this.#running.length > 0 && this.#need(req) > this.#available()) return;
       this.#waiting.shift();
       req.state = 'running';
       this.#running.push(req);
     }
   }
 
-  // Frees a running request's pages and queues it at the front to be recomputed: the prompt and
-  // every generated token are fed again, and the last chunk samples the next token as its decode
-  // step would have (the sampler's random state lives on in the sequence). Under dynamic NTK
-  // past max_position_embeddings the recomputed keys take the frequencies of that one pass, not
-  // of the decode steps that first computed them, so the output there may differ.
+  // Frees a request's KV and queues it at the front to be recomputed: its whole input stream
+  // (earlier turns, input, generated tokens) is fed again, and a generation's last chunk samples
+  // the next token as its decode step would have (the sampler's random state lives on in the
+  // sequence). Under dynamic NTK past max_position_embeddings the recomputed keys take the
+  // frequencies of that one pass, not of the steps that first computed them, so the output there
+  // may differ.
   #preempt(req: Request): void {
     this.#running = this.#running.filter((r) => r !== req);
-    req.init.seq.clear();
-    const all = new Int32Array(req.init.prompt.length + req.generated.length);
-    all.set(req.init.prompt);
-    all.set(req.generated, req.init.prompt.length);
-    req.pending = all;
-    req.position = 0;
+    req.init.seq.native?.clear();
+    req.init.seq.cached = 0;
     req.state = 'queued';
     this.#waiting.unshift(req);
     this.#preemptions++;
     this.#peakQueued = Math.max(this.#peakQueued, this.#waiting.length);
   }
 
-  // Ends a request: frees its KV pages at once (a step in flight keeps its own reference until
-  // it finishes) and settles its stream.
+  // Ends a request: a sequence nobody keeps frees its KV pages at once (a step in flight keeps
+  // its own reference until it finishes), a kept one becomes idle; then settles the caller.
   #end(req: Request, outcome: KvfocusError | Exclude<FinishReason, 'abort'>): void {
     req.state = 'done';
     this.#running = this.#running.filter((r) => r !== req);
     this.#waiting = this.#waiting.filter((r) => r !== req);
-    req.init.signal?.removeEventListener('abort', req.onAbort);
-    req.init.seq.release();
-    if (typeof outcome !== 'string') {
-      req.stream.fail(outcome);
+    req.signal?.removeEventListener('abort', req.onAbort);
+    const seq = req.init.seq;
+    if (seq.request === req) seq.request = null;
+    if (!seq.keep) this.#release(seq);
+    else if (!seq.disposed && seq.native) this.#idle.push(seq);
+    if (req.settle) {
+      if (typeof outcome !== 'string') {
+        seq.rollback(req.from); // a failed append leaves the sequence as it was
+        req.settle.reject(outcome);
+      } else req.settle.resolve(concatRows(req.rows));
       return;
     }
+    const stream = req.stream!;
+    if (typeof outcome !== 'string') {
+      stream.fail(outcome);
+      return;
+    }
+    const { decoder } = req.init.generation!;
     // Bytes the decoder still holds (an unfinished UTF-8 sequence) belong to the text, unless a
     // stop string cut it.
-    if (!req.cutByStopString) req.text += req.init.decoder.flush();
-    if (req.text.length > req.emitted) req.stream.push({ token: -1, text: req.text.slice(req.emitted) });
+    if (!req.cutByStopString) req.text += decoder.flush();
+    if (req.text.length > req.emitted) stream.push({ token: -1, text: req.text.slice(req.emitted) });
     const now = performance.now();
     const decodeMs = now - req.firstTokenAt;
-    req.stream.finish({
+    stream.finish({
       text: req.text,
       tokens: req.generated,
-      promptTokens: req.init.prompt.length,
+      promptTokens: req.end,
       completionTokens: req.generated.length,
       finishReason: outcome,
       timings: {
@@ -300,6 +483,13 @@ export class Scheduler {
         totalMs: now - req.started,
       },
     });
+  }
+
+  // A generation that decided to stop: a kept sequence first feeds the token it sampled last.
+  #finish(req: Request, reason: Exclude<FinishReason, 'abort'>): void {
+    const seq = req.init.seq;
+    if (seq.keep && seq.cached < seq.length && seq.length <= this.options.maxSequenceTokens) req.finishing = reason;
+    else this.#end(req, reason);
   }
 
   async #loop(): Promise<void> {
@@ -316,11 +506,12 @@ export class Scheduler {
           // A step that failed on the device had already appended its tokens' slots: drop them,
           // so the requests that go on feed those tokens again at the same positions.
           for (const { req } of batch) {
-            const stale = req.state === 'done' ? 0 : req.init.seq.length - req.position;
-            if (stale > 0) req.init.seq.truncate(stale);
+            const seq = req.init.seq;
+            const stale = req.state === 'done' || !seq.native ? 0 : seq.native.length - seq.cached;
+            if (stale > 0) seq.native!.truncate(stale);
           }
-          // Out of pages (taken outside the scheduler since the plan, by logits()) or of device
-          // memory: preempt as the plan would have. With one request left it fails.
+          // Out of pages or of device memory: preempt as the plan would have. With one request
+          // left it fails.
           if (e instanceof OutOfMemoryError && this.#running.length > 1) {
             this.#preempt(this.#running[this.#running.length - 1]!);
             continue;
@@ -329,13 +520,25 @@ export class Scheduler {
           for (const { req } of victims) if (req.state !== 'done') this.#guard(req, () => this.#end(req, asKvfocusError(e)));
           continue;
         }
-        batch.forEach(({ req, fed, sampling }, i) => {
-          if (req.state === 'done') return; // aborted or cancelled while the step ran
-          req.pending = req.pending.subarray(fed);
-          req.position += fed;
+        batch.forEach(({ req, fed, sampling, rows }, i) => {
+          if (req.state === 'done') return; // aborted, cancelled or disposed while the step ran
+          const seq = req.init.seq;
+          const at = seq.cached;
+          seq.cached += fed;
+          seq.placed = Math.max(seq.placed, seq.cached);
+          const logits = out.logits[i];
+          if (rows && logits) {
+            const vocab = logits.length / (req.init.logits === 'all' ? fed : 1);
+            req.rows.push(req.init.logits === 'all' ? logits.subarray(rows[0] * vocab, rows[1] * vocab) : logits);
+            req.rowsTo = at + rows[1];
+          }
           // Decoding runs the checkpoint's tokenizer: its failure ends this request (its
           // `result` rejects), never the loop, whose rejection nobody would handle.
           if (sampling) this.#guard(req, () => this.#accept(req, out.tokens[i]!));
+          else if (seq.cached === seq.length) {
+            if (req.finishing) this.#end(req, req.finishing);
+            else if (!req.init.generation) this.#end(req, 'stop');
+          }
         });
       }
     } catch (e) {
@@ -351,55 +554,86 @@ export class Scheduler {
       action();
     } catch (e) {
       if (req.state === 'done') {
-        // #end itself failed (the decoder's flush): settle the stream directly.
-        req.stream.fail(asKvfocusError(e));
+        // #end itself failed (the decoder's flush): settle the caller directly.
+        if (req.stream) req.stream.fail(asKvfocusError(e));
+        else req.settle?.reject(asKvfocusError(e));
         return;
       }
       try {
         this.#end(req, asKvfocusError(e));
       } catch (again) {
-        req.stream.fail(asKvfocusError(again));
+        req.stream?.fail(asKvfocusError(again));
       }
     }
   }
 
-  // The next step's batch. When its new tokens need more pages than are free, the newest running
-  // request is preempted (and the batch rebuilt) instead of failing the step.
-  #plan(): { req: Request; fed: number; sampling: boolean; step: StepRequest }[] {
+  // The next step's batch. When its new tokens need more pages than are free, idle sequences
+  // give way first, then waiting requests' sequences, then the newest running request is
+  // preempted (and the batch rebuilt) instead of failing the step.
+  #plan(): Planned[] {
     for (;;) {
       const batch = this.#build();
       let need = 0;
-      for (const { req, fed } of batch) need += this.#pages(req.position + fed) - this.#pages(req.position);
+      for (const { req, fed } of batch) {
+        const cached = req.init.seq.native?.length ?? 0;
+        need += this.#pages(cached + fed) - this.#pages(cached);
+      }
+      if (need <= this.model.freePages()) return batch;
+      this.#evictIdle(need);
+      if (need <= this.model.freePages()) return batch;
+      for (let i = this.#waiting.length - 1; i >= 0 && need > this.model.freePages(); i--) {
+        const seq = this.#waiting[i]!.init.seq;
+        if (seq.cached > 0) {
+          seq.native?.clear();
+          seq.cached = 0;
+          this.#evictions++;
+        }
+      }
       if (need <= this.model.freePages() || this.#running.length === 1) return batch;
       this.#preempt(this.#running[this.#running.length - 1]!);
     }
   }
 
-  // Decode rows first (one token each), then prompt chunks within the step's token budget.
-  #build(): { req: Request; fed: number; sampling: boolean; step: StepRequest }[] {
+  // Decode rows first (one token each), then input chunks within the step's token budget.
+  #build(): Planned[] {
     let budget = this.options.stepTokens;
-    const order = [...this.#running].sort((a, b) => a.pending.length - b.pending.length);
-    const batch: { req: Request; fed: number; sampling: boolean; step: StepRequest }[] = [];
+    const pending = (r: Request) => r.init.seq.length - r.init.seq.cached;
+    const order = [...this.#running].sort((a, b) => pending(a) - pending(b));
+    const batch: Planned[] = [];
     for (const req of order) {
       if (budget <= 0) break;
-      const n = Math.min(req.pending.length, this.options.prefillChunk, budget);
+      const seq = req.init.seq;
+      const at = seq.cached;
+      const n = Math.min(pending(req), this.options.prefillChunk, budget);
+      if (n === 0) continue;
       budget -= n;
-      const tokens = req.pending.subarray(0, n);
-      const positions = Int32Array.from({ length: n }, (_, i) => req.position + i);
-      const sampling = n === req.pending.length; // the prompt (or last token) is complete
-      // The sequence length HF would see in this forward: the whole prompt for each prompt chunk
-      // (HF reads it in one forward), then each decode step's own length.
-      const invFreq = this.options.ropeFrequencies?.(Math.max(req.init.prompt.length, req.position + n));
+      const tokens = seq.tokens.slice(at, at + n);
+      const positions = Int32Array.from({ length: n }, (_, i) => at + i);
+      // The input (or last token) is complete and the generation has not decided to stop.
+      const sampling = req.init.generation !== undefined && req.finishing === null && n === pending(req);
+      let logits: LogitsRows = 'none';
+      let rows: [number, number] | null = null;
+      if (req.init.logits === 'all') {
+        const a = Math.max(at, req.rowsTo);
+        const b = Math.min(at + n, req.end);
+        if (a < b) [logits, rows] = ['all', [a - at, b - at]];
+      } else if (req.init.logits === 'last' && at + n === req.end && req.rowsTo < req.end) {
+        [logits, rows] = ['last', [n - 1, n]];
+      }
+      // The sequence length HF would see in this forward: the whole input for each of its
+      // chunks (HF reads it in one forward), then each decode step's own length.
+      const invFreq = this.options.ropeFrequencies?.(Math.max(req.end, at + n));
       batch.push({
         req,
         fed: n,
         sampling,
+        rows,
         step: {
-          seq: req.init.seq,
-          tokens: Int32Array.from(tokens),
+          seq: seq.native!,
+          tokens,
           positions,
-          logits: 'none',
-          ...(sampling ? { sample: req.init.sampling } : {}),
+          logits,
+          ...(sampling ? { sample: req.init.generation!.sampling } : {}),
           ...(invFreq ? { invFreq } : {}),
         },
       });
@@ -408,27 +642,30 @@ export class Scheduler {
   }
 
   #accept(req: Request, token: number): void {
+    const g = req.init.generation!;
+    const seq = req.init.seq;
     if (req.generated.length === 0) req.firstTokenAt = performance.now();
-    if (req.init.stopTokens.has(token)) {
+    if (g.stopTokens.has(token)) {
       this.#end(req, 'stop');
       return;
     }
     req.generated.push(token);
-    req.text += req.init.decoder.push(token);
+    seq.push([token]);
+    req.text += g.decoder.push(token);
     // Stop strings: cut at the earliest match; hold back a tail that could still become one.
     let cut = -1;
-    for (const s of req.init.stop) {
+    for (const s of g.stop) {
       const at = req.text.indexOf(s, Math.max(0, req.emitted - s.length + 1));
       if (at >= 0 && (cut < 0 || at < cut)) cut = at;
     }
     if (cut >= 0) {
       req.text = req.text.slice(0, cut);
       req.cutByStopString = true;
-      this.#end(req, 'stop');
+      this.#finish(req, 'stop');
       return;
     }
     let hold = 0;
-    for (const s of req.init.stop) {
+    for (const s of g.stop) {
       for (let k = Math.min(s.length - 1, req.text.length); k > hold; k--) {
         if (req.text.endsWith(s.slice(0, k))) {
           hold = k;
@@ -437,14 +674,24 @@ export class Scheduler {
       }
     }
     const safe = req.text.length - hold;
-    req.stream.push({ token, text: safe > req.emitted ? req.text.slice(req.emitted, safe) : '' });
+    req.stream!.push({ token, text: safe > req.emitted ? req.text.slice(req.emitted, safe) : '' });
     req.emitted = Math.max(req.emitted, safe);
-    // The token just sampled would sit at req.position: a sequence that has filled the KV cache
-    // ends as it would at maxTokens, not with an out-of-memory error on its next step.
-    if (req.generated.length >= req.init.maxTokens || req.position >= this.options.maxSequenceTokens) {
-      this.#end(req, 'length');
+    // The token just sampled would sit at position seq.cached: a sequence that has filled the KV
+    // cache ends as it would at maxTokens, not with an out-of-memory error on its next step.
+    if (req.generated.length >= g.maxTokens || seq.cached >= this.options.maxSequenceTokens) {
+      this.#finish(req, 'length');
       return;
     }
-    req.pending = Int32Array.of(token);
   }
+}
+
+function concatRows(rows: Float32Array[]): Float32Array | undefined {
+  if (rows.length <= 1) return rows[0];
+  const all = new Float32Array(rows.reduce((n, r) => n + r.length, 0));
+  let o = 0;
+  for (const r of rows) {
+    all.set(r, o);
+    o += r.length;
+  }
+  return all;
 }

@@ -59,6 +59,8 @@ Napi::Function NativeSequence::define(Napi::Env env) {
                      {
                          InstanceAccessor<&NativeSequence::length>("length"),
                          InstanceMethod<&NativeSequence::layer_lengths>("layerLengths"),
+                         InstanceMethod<&NativeSequence::positions>("positions"),
+                         InstanceMethod<&NativeSequence::reseed>("reseed"),
                          InstanceMethod<&NativeSequence::truncate>("truncate"),
                          InstanceMethod<&NativeSequence::clear>("clear"),
                          InstanceMethod<&NativeSequence::release>("release"),
@@ -90,6 +92,26 @@ Napi::Value NativeSequence::layer_lengths(const Napi::CallbackInfo& info) {
   Napi::Array out = Napi::Array::New(info.Env(), seq_->layers().size());
   for (size_t i = 0; i < seq_->layers().size(); ++i) out.Set(static_cast<uint32_t>(i), static_cast<double>(seq_->layers()[i].length()));
   return out;
+}
+
+// positions(layer) -> Int32Array: the RoPE position of every slot the layer holds, in slot order.
+Napi::Value NativeSequence::positions(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "positions");
+  const double l = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+  if (!(l >= 0 && l < static_cast<double>(seq_->layers().size())) || static_cast<double>(static_cast<int64_t>(l)) != l)
+    throw_invalid(info.Env(), "positions: layer must be an integer in [0, layers)");
+  const std::vector<int32_t>& p = seq_->layers()[static_cast<size_t>(l)].positions;
+  Napi::Int32Array out = Napi::Int32Array::New(info.Env(), p.size());
+  if (!p.empty()) std::memcpy(out.Data(), p.data(), p.size() * sizeof(int32_t));
+  return out;
+}
+
+// reseed(seed): restarts the sampler's random stream, as newSequence(seed) seeds it.
+Napi::Value NativeSequence::reseed(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "reseed");
+  if (!info[0].IsNumber()) throw_invalid(info.Env(), "reseed: seed must be a number");
+  seq_->rng_state = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()) ^ 0x853c49e6748fea9bULL;
+  return info.Env().Undefined();
 }
 
 Napi::Value NativeSequence::truncate(const Napi::CallbackInfo& info) {

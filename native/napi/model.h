@@ -17,6 +17,8 @@ class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
  private:
   Napi::Value length(const Napi::CallbackInfo& info);
   Napi::Value layer_lengths(const Napi::CallbackInfo& info);
+  Napi::Value positions(const Napi::CallbackInfo& info);
+  Napi::Value reseed(const Napi::CallbackInfo& info);
   Napi::Value truncate(const Napi::CallbackInfo& info);
   Napi::Value clear(const Napi::CallbackInfo& info);
   Napi::Value release(const Napi::CallbackInfo& info);

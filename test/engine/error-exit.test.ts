@@ -9,18 +9,19 @@ const root = join(__dirname, '..', '..');
 // Each script ends with the error's name on stdout and leaves nothing to do: the child must exit
 // on its own, well before the timeout.
 const PATHS: Record<string, { expected: string; script: string }> = {
-  'KV cache out of memory': {
-    expected: 'OutOfMemoryError',
+  'a sequence disposed while it generates': {
+    expected: 'DisposedError',
     script: `
-      // Generations queue for pages (admission control), so the step that meets a full pool is
-      // a lone generation's while logits() (outside the scheduler) holds the pages.
-      const model = await k.loadDefaultModel({ device: 'cpu', kvCacheTokens: 32 });
-      const ids = Array.from({ length: 30 }, (_, i) => 10 + i);
-      const a = model.logits(ids);
-      const b = model.generate(ids, { maxTokens: 8, stopTokens: [] });
-      const settled = await Promise.allSettled([a, b.result]);
-      model.dispose();
-      console.log(settled.map((s) => s.status === 'rejected' ? s.reason.name : 'ok').join(','));`,
+      // Every KV user goes through the scheduler's admission now (logits() included), so a full
+      // pool makes work wait rather than fail; disposing a sequence is the error path that frees
+      // pages under a running generation.
+      const model = await k.loadDefaultModel({ device: 'cpu', kvCacheTokens: 64 });
+      const seq = model.sequence();
+      await seq.append(Array.from({ length: 30 }, (_, i) => 10 + i));
+      const stream = seq.generate({ maxTokens: 20, stopTokens: [] });
+      let n = 0;
+      try { for await (const _ of stream) if (++n === 2) seq.dispose(); } catch (e) { console.log(e.name); }
+      model.dispose();`,
   },
   'invalid argument to an op (checked in lib/)': {
     expected: 'InvalidArgumentError',

@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { KvfocusError, loadModel, ModelFormatError } from '../../lib/index.js';
 import type { NativeModel, NativeSequence } from '../../lib/binding.js';
-import { Scheduler } from '../../lib/llm/scheduler.js';
+import { Scheduler, SequenceState } from '../../lib/llm/scheduler.js';
 import { readSafetensorsHeader, Tokenizer, type StreamDecoder } from '../../lib/model/index.js';
 import { makeTempDir } from './helpers.js';
 
@@ -219,7 +219,12 @@ describe('an error while decoding inside generation', () => {
     } as unknown as StreamDecoder;
     const working = { push: () => 'x', flush: () => '' } as unknown as StreamDecoder;
     const request = (decoder: StreamDecoder) =>
-      scheduler.submit({ seq, prompt: Int32Array.of(1, 2), sampling: { temperature: 0 } as never, maxTokens: 2, stop: [], stopTokens: new Set(), decoder, signal: undefined });
+      scheduler.generate({
+        seq: new SequenceState(seq, false),
+        input: Int32Array.of(1, 2),
+        logits: 'none',
+        generation: { sampling: { temperature: 0 } as never, maxTokens: 2, stop: [], stopTokens: new Set(), decoder, signal: undefined },
+      });
     const bad = request(failing);
     const good = request(working);
     await expect(bad.result).rejects.toThrow(/tokenizer\.json: cannot decode \(broken\)/);

@@ -1,0 +1,47 @@
+// Cache policies: which tokens each layer (and KV head) of a sequence keeps, at which positions.
+// A policy is data: a name and its options, validated here once, then interpreted by the
+// sequence at step boundaries. A new policy adds its file, a case in CachePolicy and an entry in
+// POLICIES; the model has no special path for any of them.
+import { InvalidArgumentError } from '../errors.js';
+import { describe } from '../tensor.js';
+import type { FullAttentionPolicy } from './full.js';
+
+export type { FullAttentionPolicy } from './full.js';
+
+/** A sequence's cache policy, chosen by `name`. */
+export type CachePolicy = FullAttentionPolicy;
+
+/** A policy's validated options, with defaults filled in. */
+export type ResolvedPolicy = Readonly<CachePolicy>;
+
+interface PolicyDefinition {
+  /** Every option key, `name` included: any other key is refused. */
+  options: readonly string[];
+  resolve(policy: Record<string, unknown>): ResolvedPolicy;
+}
+
+const POLICIES: Record<string, PolicyDefinition> = {
+  full: { options: ['name'], resolve: () => Object.freeze({ name: 'full' as const }) },
+};
+
+/** The policy names this build knows. */
+export const policyNames: readonly string[] = Object.freeze(Object.keys(POLICIES));
+
+/** Validates `policy` (undefined: full attention); throws InvalidArgumentError naming 'policy'. */
+export function resolvePolicy(policy: unknown): ResolvedPolicy {
+  if (policy === undefined) return POLICIES.full!.resolve({ name: 'full' });
+  if (policy === null || typeof policy !== 'object' || Array.isArray(policy)) {
+    throw new InvalidArgumentError(`policy: expected a policy object such as { name: 'full' } but received ${describe(policy)}`, 'policy');
+  }
+  const name = (policy as { name?: unknown }).name;
+  const known = policyNames.map((n) => `'${n}'`).join(', ');
+  if (typeof name !== 'string') throw new InvalidArgumentError(`policy.name: expected one of ${known} but received ${describe(name)}`, 'policy');
+  const def = Object.hasOwn(POLICIES, name) ? POLICIES[name] : undefined;
+  if (!def) throw new InvalidArgumentError(`policy.name: unknown policy '${name}'; known policies: ${known}`, 'policy');
+  for (const key of Object.keys(policy)) {
+    if (!def.options.includes(key)) {
+      throw new InvalidArgumentError(`policy: unknown option '${key}' for policy '${name}'; its options: ${def.options.join(', ')}`, 'policy');
+    }
+  }
+  return def.resolve(policy as Record<string, unknown>);
+}
