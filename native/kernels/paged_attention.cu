@@ -119,11 +119,15 @@ __device__ Row find_row(const PagedAttentionArgs& a, int64_t t) {
   return {lo, first_visible(a, t, vis), vis};
 }
 
-// Element offset of slot j (of the table starting at `table`) for kv head g; -1 when the page
-// id is outside the pool.
-__device__ __forceinline__ int64_t slot_offset(const PagedAttentionArgs& a, int64_t table, int64_t j, int64_t g) {
-  const int64_t page = a.page_table[table + j / a.page_size];
+// Element offset of slot j (of the table starting at `table`) for kv head g, in the key table
+// or (values) in v_page_table when there is one; -1 when the page id is outside the pool or the
+// slot is a hole (page_rows), so a hole is skipped as a bad slot is.
+__device__ __forceinline__ int64_t slot_offset(const PagedAttentionArgs& a, int64_t table, int64_t j, int64_t g,
+                                               bool values = false) {
+  const int64_t i = table + j / a.page_size;
+  const int64_t page = values && a.v_page_table != nullptr ? a.v_page_table[i] : a.page_table[i];
   if (page < 0 || page >= a.num_pages) return -1;
+  if (a.page_rows != nullptr && j % a.page_size >= a.page_rows[i]) return -1;
   return ((page * a.page_size + j % a.page_size) * a.kv_heads + g) * a.head_dim;
 }
 
@@ -156,6 +160,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(PagedAttentionArgs 
   for (int64_t tile = begin + warp * kTile; tile < end; tile += kWarps * kTile) {
     const int n = static_cast<int>(min64(kTile, end - tile));  // warp-uniform
     const int64_t my_off = lane < n ? slot_offset(a, table, tile + lane, g) : -1;
+    const int64_t my_voff = a.v_page_table == nullptr ? my_off : (lane < n ? slot_offset(a, table, tile + lane, g, true) : -1);
     float my_s = -INFINITY;  // lane jj: score of slot tile + jj
 #pragma unroll 4
     for (int jj = 0; jj < n; ++jj) {
@@ -180,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(PagedAttentionArgs 
     for (int k = 0; k < DPL; ++k) acc[k] *= alpha;
 #pragma unroll 4
     for (int jj = 0; jj < n; ++jj) {
-      const int64_t off = __shfl_sync(kFull, my_off, jj);
+      const int64_t off = __shfl_sync(kFull, my_voff, jj);
       const float pj = __shfl_sync(kFull, p, jj);
       if (off >= 0) {
 #pragma unroll

@@ -16,6 +16,12 @@
 //   out[t, h] = sum_j p_j v_j,  p = softmax_j(scale * q[t, h] . k_j)  over visible j
 // f32 scores and accumulation (online softmax). A row that sees no slot gets zeros.
 //
+// Optional, for sequences over stored documents (kv_cache.h): when v_page_table is not null,
+// slot j's value is row j % page_size of v_page_table[table_start[s] + j / page_size] (keys
+// still come from page_table); when page_rows is not null, only rows [0, page_rows[i]) of
+// page-table entry i hold tokens and later rows are holes: masked like invisible slots, and
+// their value rows are never read.
+//
 // Optional, for score-based cache policies: when attn_sum is not null, the softmax
 // probabilities are also added into attn_sum[s][h][j] (f32, (heads, max_kv) per sequence at
 // attn_sum + s * heads * max_kv), summed over the sequence's query rows.
@@ -41,6 +47,8 @@ struct PagedAttentionArgs {
   const int32_t* table_start = nullptr;  // (seqs + 1)
   const int32_t* page_table = nullptr;   // concatenated page ids
   int64_t page_table_len = 0;            // entries in page_table (bounds table_start)
+  const int32_t* v_page_table = nullptr;  // optional, as page_table: the values' pages
+  const int32_t* page_rows = nullptr;     // optional, as page_table: rows of each page that hold tokens
   const int32_t* visible = nullptr;      // (total_q)
   const int32_t* first_visible = nullptr;  // optional (total_q), 0 <= first_visible <= visible
   float scale = 1.0f;

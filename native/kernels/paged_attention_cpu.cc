@@ -209,16 +209,28 @@ struct Layout {
 };
 
 // Element offsets in the pools of slots j0 .. j0+n-1 of sequence s, kv head g: one division
-// per block, then the page walk.
-inline void slot_offsets(const Layout& L, int64_t s, int64_t j0, int64_t n, int64_t g, int64_t* offs) {
+// per block, then the page walk. With a value page table, voffs gets the values' offsets; with
+// page_rows, a hole gets voffs -1 (and *holes counts them).
+inline void slot_offsets(const Layout& L, int64_t s, int64_t j0, int64_t n, int64_t g, int64_t* offs, int64_t* voffs = nullptr,
+                         int64_t* holes = nullptr) {
   const PagedAttentionArgs& a = L.a;
   const int32_t* pages = a.page_table + a.table_start[s];
+  const int32_t* vpages = a.v_page_table != nullptr ? a.v_page_table + a.table_start[s] : pages;
+  const int32_t* rows = a.page_rows != nullptr ? a.page_rows + a.table_start[s] : nullptr;
   int64_t p = j0 / a.page_size, r = j0 % a.page_size;
+  if (holes) *holes = 0;
   for (int64_t jj = 0; jj < n; ++jj) {
     offs[jj] = (static_cast<int64_t>(pages[p]) * a.page_size + r) * L.row_stride + g * a.head_dim;
+    if (voffs) {
+      const bool hole = rows != nullptr && r >= rows[p];
+      voffs[jj] = hole ? -1 : (static_cast<int64_t>(vpages[p]) * a.page_size + r) * L.row_stride + g * a.head_dim;
+      if (hole) ++*holes;
+    }
     if (++r == a.page_size) r = 0, ++p;
   }
 }
+
+inline bool has_holes_or_split(const PagedAttentionArgs& a) { return a.v_page_table != nullptr || a.page_rows != nullptr; }
 
 // First slot row t sees (the sliding window's lower bound; 0 without one).
 inline int64_t first_visible(const PagedAttentionArgs& a, int64_t t) { return a.first_visible != nullptr ? a.first_visible[t] : 0; }
@@ -227,8 +239,11 @@ inline int64_t first_visible(const PagedAttentionArgs& a, int64_t t) { return a.
 struct Scratch {
   std::vector<float> q, acc, m, l, scores, kbuf, vbuf;
   std::vector<const float*> krows, vrows;
-  std::vector<int64_t> offs;
+  std::vector<int64_t> offs, voffs;
+  std::vector<float> zeros;  // the value row a hole reads (its weight is 0; pool rows may hold NaN)
   Scratch(int64_t group, int64_t d, int64_t block) {
+    voffs.resize(block);
+    zeros.assign(d, 0.0f);
     q.resize(group * d);
     acc.resize(group * d);
     m.resize(group);
@@ -272,10 +287,24 @@ KVF_ALWAYS_INLINE void attend_range(const Layout& L, int64_t s, int64_t g, int64
   std::fill(w.l.begin(), w.l.end(), 0.0f);
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBlock) {
     const int64_t n = std::min(kBlock, j_end - j0);
-    slot_offsets(L, s, j0, n, g, w.offs.data());
+    const bool paged_values = has_holes_or_split(a);
+    int64_t holes = 0;
+    slot_offsets(L, s, j0, n, g, w.offs.data(), paged_values ? w.voffs.data() : nullptr, &holes);
+    if (holes == n) continue;  // nothing but holes
     gather_rows(kp, w.offs.data(), n, d, w.kbuf.data(), w.krows.data());
     for (int64_t hh = 0; hh < G; ++hh) block_scores(&w.q[hh * d], w.krows.data(), n, d, a.scale, &w.scores[hh * kBlock]);
-    gather_rows(vp, w.offs.data(), n, d, w.vbuf.data(), w.vrows.data());
+    if (!paged_values) {
+      gather_rows(vp, w.offs.data(), n, d, w.vbuf.data(), w.vrows.data());
+    } else {
+      for (int64_t jj = 0; jj < n; ++jj) {
+        if (w.voffs[jj] >= 0) {
+          gather_rows(vp, &w.voffs[jj], 1, d, w.vbuf.data() + jj * d, &w.vrows[jj]);
+          continue;
+        }
+        w.vrows[jj] = w.zeros.data();
+        for (int64_t hh = 0; hh < G; ++hh) w.scores[hh * kBlock + jj] = -INFINITY;
+      }
+    }
     for (int64_t hh = 0; hh < G; ++hh) {
       float* sc = &w.scores[hh * kBlock];
       float block_max = -INFINITY;
@@ -388,14 +417,15 @@ KVF_CPU_CLONES void attn_sum_items(const Layout& L, const std::vector<SumItem>& 
   const KV* kp = static_cast<const KV*>(a.k_pool);
   std::vector<float> q(d), scores(kSumBlock), kbuf(kSumBlock * d);
   std::vector<const float*> krows(kSumBlock);
-  std::vector<int64_t> offs(kSumBlock);
+  std::vector<int64_t> offs(kSumBlock), voffs(kSumBlock);
   for (int64_t u = u0; u < u1; ++u) {
     const int64_t g = u % a.kv_heads;
     const SumItem it = items[u / a.kv_heads];
     const int64_t s = it.seq;
     const int64_t j0 = it.block * kSumBlock;
     const int64_t n = std::min<int64_t>(kSumBlock, a.kv_len[s] - j0);
-    slot_offsets(L, s, j0, n, g, offs.data());
+    int64_t holes = 0;
+    slot_offsets(L, s, j0, n, g, offs.data(), voffs.data(), &holes);
     gather_rows(kp, offs.data(), n, d, kbuf.data(), krows.data());
     for (int64_t t = a.q_start[s]; t < a.q_start[s + 1]; ++t) {
       // This row's slots in the block: [jf, nt) of it.
@@ -409,7 +439,8 @@ KVF_CPU_CLONES void attn_sum_items(const Layout& L, const std::vector<SumItem>& 
         load_row(a.q, a.q_dtype, (t * a.heads + h) * d, d, q.data());
         block_scores(q.data(), krows.data() + jf, nt - jf, d, a.scale, scores.data());
         float* dst = a.attn_sum + (s * a.heads + h) * a.max_kv + j0 + jf;
-        for (int64_t jj = 0; jj < nt - jf; ++jj) dst[jj] += exp_f32(scores[jj] - m) * inv_l;
+        for (int64_t jj = 0; jj < nt - jf; ++jj)
+          if (holes == 0 || voffs[jf + jj] >= 0) dst[jj] += exp_f32(scores[jj] - m) * inv_l;
       }
     }
   }
@@ -457,6 +488,13 @@ Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_span) {
       if (page < 0 || page >= a.num_pages)
         return invalid_argument(op + "sequence " + std::to_string(s) + ": page " + std::to_string(i) + " is pool page " +
                                 std::to_string(page) + ", outside the pool [0, " + std::to_string(a.num_pages) + ")");
+      const int64_t vpage = a.v_page_table != nullptr ? a.v_page_table[t0 + i] : page;
+      if (vpage < 0 || vpage >= a.num_pages)
+        return invalid_argument(op + "sequence " + std::to_string(s) + ": value page " + std::to_string(i) + " is pool page " +
+                                std::to_string(vpage) + ", outside the pool [0, " + std::to_string(a.num_pages) + ")");
+      if (a.page_rows != nullptr && (a.page_rows[t0 + i] < 0 || a.page_rows[t0 + i] > a.page_size))
+        return invalid_argument(op + at("page_rows", t0 + i) + " = " + std::to_string(a.page_rows[t0 + i]) + " is outside [0, " +
+                                std::to_string(a.page_size) + "]");
     }
     for (int64_t t = q0; t < q1; ++t) {
       const int64_t v = a.visible[t];
