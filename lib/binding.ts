@@ -61,6 +61,18 @@ export interface NativeSequence {
   truncate(n: number): void;
   clear(): void;
   release(): void;
+  /** The pages of tokens [fromToken, length) as a block; fromToken must start a page. */
+  exportBlock(fromToken: number): NativeKvBlock;
+}
+
+/** KV pages of a run of tokens kept apart from any sequence (a stored document or prefix). */
+export interface NativeKvBlock {
+  readonly tokens: number;
+  /** Pages of every layer together. */
+  readonly pages: number;
+  /** Another handle on the same pages; each handle holds them until its release(). */
+  share(): NativeKvBlock;
+  release(): void;
 }
 
 export interface SamplingSpec {
@@ -86,6 +98,12 @@ export interface NativeModel {
   newSequence(seed?: number): NativeSequence;
   step(requests: StepRequest[]): Promise<{ logits: (Float32Array | null)[]; tokens: Int32Array }>;
   freePages(): number;
+  /**
+   * Attaches blocks, in order, to an empty sequence, each from a fresh page with its first token
+   * at `start` (keys re-rotated into the sequence's own pages where that moves them; values
+   * stay in the stored pages). All or nothing.
+   */
+  attach(seq: NativeSequence, blocks: { block: NativeKvBlock; start: number }[]): void;
   release(): void;
 }
 

@@ -48,6 +48,20 @@ int64_t KvPool::free_pages() const {
   return static_cast<int64_t>(free_.size());
 }
 
+int32_t LayerKv::page_rows(size_t i, int64_t page_size) const {
+  const int64_t first = static_cast<int64_t>(i) * page_size;
+  const int64_t last = std::min(slots(), first + page_size);
+  if (holes == 0 || last <= first || positions[static_cast<size_t>(last - 1)] != kHole) return static_cast<int32_t>(page_size);
+  int64_t j = first;
+  while (j < last && positions[static_cast<size_t>(j)] != kHole) ++j;
+  return static_cast<int32_t>(j - first);
+}
+
+KvBlock::~KvBlock() {
+  for (const auto& layer : pages)
+    for (int32_t p : layer) pool->release(p);
+}
+
 Sequence::Sequence(std::shared_ptr<KvPool> pool) : pool_(std::move(pool)), layers_(static_cast<size_t>(pool_->spec().layers)) {}
 
 Sequence::~Sequence() { clear(); }
@@ -59,7 +73,7 @@ Status Sequence::append(const std::vector<int32_t>& positions, std::vector<std::
   int64_t needed = 0;
   for (const LayerKv& l : layers_) {
     const int64_t have = static_cast<int64_t>(l.pages.size()) * ps;
-    if (l.length() + n > have) needed += (l.length() + n - have + ps - 1) / ps;
+    if (l.slots() + n > have) needed += (l.slots() + n - have + ps - 1) / ps;
   }
   std::vector<int32_t> fresh;
   KVF_RETURN_IF_ERROR(pool_->acquire(needed, &fresh));
@@ -67,12 +81,15 @@ Status Sequence::append(const std::vector<int32_t>& positions, std::vector<std::
   if (slots) slots->assign(layers_.size(), {});
   for (size_t li = 0; li < layers_.size(); ++li) {
     LayerKv& l = layers_[li];
-    while (static_cast<int64_t>(l.pages.size()) * ps < l.length() + n) l.pages.push_back(fresh[next++]);
+    while (static_cast<int64_t>(l.pages.size()) * ps < l.slots() + n) {
+      l.pages.push_back(fresh[next]);
+      l.v_pages.push_back(fresh[next++]);
+    }
     if (slots) {
       auto& s = (*slots)[li];
       s.reserve(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) {
-        const int64_t slot = l.length() + i;
+        const int64_t slot = l.slots() + i;
         s.push_back(static_cast<int32_t>(l.pages[slot / ps] * ps + slot % ps));
       }
     }
@@ -84,23 +101,120 @@ Status Sequence::append(const std::vector<int32_t>& positions, std::vector<std::
 void Sequence::truncate(int64_t n) {
   const int64_t ps = pool_->spec().page_size;
   for (LayerKv& l : layers_) {
-    const int64_t keep = std::max<int64_t>(0, l.length() - n);
-    l.positions.resize(static_cast<size_t>(keep));
-    const size_t pages_needed = static_cast<size_t>((keep + ps - 1) / ps);
+    for (int64_t dropped = 0; dropped < n && l.slots() > attached_slots_;) {
+      if (l.positions.back() == kHole) --l.holes;
+      else ++dropped;
+      l.positions.pop_back();
+    }
+    const size_t pages_needed = static_cast<size_t>((l.slots() + ps - 1) / ps);
     while (l.pages.size() > pages_needed) {
       pool_->release(l.pages.back());
+      if (l.v_pages.back() != l.pages.back()) pool_->release(l.v_pages.back());
       l.pages.pop_back();
+      l.v_pages.pop_back();
     }
   }
 }
 
-void Sequence::clear() {
-  for (LayerKv& l : layers_) {
-    for (int32_t p : l.pages) pool_->release(p);
-    l.pages.clear();
-    l.positions.clear();
+void Sequence::release_pages(LayerKv& l) {
+  for (size_t i = 0; i < l.pages.size(); ++i) {
+    pool_->release(l.pages[i]);
+    if (l.v_pages[i] != l.pages[i]) pool_->release(l.v_pages[i]);
   }
+  l.pages.clear();
+  l.v_pages.clear();
+  l.positions.clear();
+  l.holes = 0;
+}
+
+void Sequence::clear() {
+  for (LayerKv& l : layers_) release_pages(l);
+  attached_slots_ = 0;
+  split_kv_ = false;
   history.clear();
+}
+
+Status Sequence::attach(const std::vector<BlockPlacement>& blocks, std::vector<std::vector<KeyMove>>* moves,
+                        std::vector<int32_t>* move_positions) {
+  const int64_t ps = pool_->spec().page_size;
+  const size_t L = layers_.size();
+  for (const LayerKv& l : layers_)
+    if (l.slots() != 0) return invalid_argument("attach: the sequence is not empty");
+  // Moved blocks take key pages of their own: count and acquire them first (all or nothing).
+  int64_t needed = 0;
+  std::vector<int64_t> shifts;
+  for (const BlockPlacement& b : blocks) {
+    if (!b.block || b.block->pool != pool_ || b.block->pages.size() != L) return invalid_argument("attach: the block belongs to another model");
+    if (b.block->tokens() == 0) return invalid_argument("attach: the block is empty");
+    const int64_t shift = static_cast<int64_t>(b.start) - b.block->positions[0][0];
+    shifts.push_back(shift);
+    if (shift != 0)
+      for (const auto& pages : b.block->pages) needed += static_cast<int64_t>(pages.size());
+  }
+  std::vector<int32_t> fresh;
+  KVF_RETURN_IF_ERROR(pool_->acquire(needed, &fresh));
+  size_t next = 0;
+  moves->assign(L, {});
+  for (size_t bi = 0; bi < blocks.size(); ++bi) {
+    const KvBlock& b = *blocks[bi].block;
+    const int64_t shift = shifts[bi];
+    if (shift != 0) split_kv_ = true;
+    for (size_t li = 0; li < L; ++li) {
+      LayerKv& l = layers_[li];
+      const std::vector<int32_t>& pos = b.positions[li];
+      const std::vector<int32_t>& pages = b.pages[li];
+      for (size_t i = 0; i < pages.size(); ++i) {
+        const size_t first = i * static_cast<size_t>(ps);
+        const int32_t rows = static_cast<int32_t>(std::min<size_t>(static_cast<size_t>(ps), pos.size() - first));
+        pool_->retain(pages[i]);  // values (and keys, when they stay) are read from the stored page
+        if (shift == 0) {
+          l.pages.push_back(pages[i]);
+        } else {
+          KeyMove m{pages[i], fresh[next], rows, move_positions->size(), 0};
+          move_positions->insert(move_positions->end(), pos.begin() + static_cast<ptrdiff_t>(first),
+                                 pos.begin() + static_cast<ptrdiff_t>(first) + rows);
+          m.to = move_positions->size();
+          for (int32_t r = 0; r < rows; ++r) move_positions->push_back(static_cast<int32_t>(pos[first + r] + shift));
+          (*moves)[li].push_back(m);
+          l.pages.push_back(fresh[next++]);
+        }
+        l.v_pages.push_back(pages[i]);
+      }
+      for (int32_t p : pos) l.positions.push_back(static_cast<int32_t>(p + shift));
+      // The block's last page ends here: the rest of it is holes.
+      while (l.slots() % ps != 0) {
+        l.positions.push_back(kHole);
+        ++l.holes;
+      }
+    }
+  }
+  attached_slots_ = layers_.empty() ? 0 : layers_[0].slots();
+  return Status::Ok();
+}
+
+Status Sequence::export_block(int64_t from_token, std::shared_ptr<KvBlock>* out) const {
+  const int64_t ps = pool_->spec().page_size;
+  auto block = std::make_shared<KvBlock>();
+  block->pool = pool_;
+  for (const LayerKv& l : layers_) {
+    // The slot of token from_token: slots before it hold from_token tokens and some holes.
+    int64_t slot = 0;
+    for (int64_t seen = 0; slot < l.slots() && (seen < from_token || l.positions[static_cast<size_t>(slot)] == kHole); ++slot)
+      if (l.positions[static_cast<size_t>(slot)] != kHole) ++seen;
+    if (slot % ps != 0) return invalid_argument("export_block: token " + std::to_string(from_token) + " does not start a page");
+    if (slot >= l.slots()) return invalid_argument("export_block: no tokens from " + std::to_string(from_token));
+    std::vector<int32_t> pos(l.positions.begin() + slot, l.positions.end());
+    for (int32_t p : pos)
+      if (p == kHole) return invalid_argument("export_block: the tokens to export hold a hole");
+    std::vector<int32_t> pages(l.pages.begin() + slot / ps, l.pages.end());
+    for (size_t i = 0; i < pages.size(); ++i)
+      if (l.v_pages[static_cast<size_t>(slot / ps) + i] != pages[i]) return invalid_argument("export_block: the tokens to export lie in moved pages");
+    for (int32_t p : pages) pool_->retain(p);
+    block->pages.push_back(std::move(pages));
+    block->positions.push_back(std::move(pos));
+  }
+  *out = std::move(block);
+  return Status::Ok();
 }
 
 }  // namespace kvf

@@ -5,6 +5,16 @@
 // layer, a page table, a length and the position of every cached slot ("positions are data,
 // per layer"): layers may hold different token sets (pruning, ladders) at different positions.
 //
+// Stored documents (KvBlock) are shared page by page. A block starts at a page boundary, so a
+// sequence that attaches blocks pads each one's last page with holes (slots holding no token,
+// masked in attention) and starts the next block, or its own tokens, on a fresh page; a
+// stored page is never written. K and V live in separate pools indexed by the same page id,
+// so a sequence keeps two page tables: a block attached at its stored positions puts the same
+// page in both; a block moved to other positions gets request-owned key pages (re-rotated
+// copies) while its value table still points at the stored pages, whose V half is then the
+// only half read. (The K half of a stored page under a moved block, and the V half of the
+// request-owned key page, go unused: the price of one refcount per page id.)
+//
 // Threading: page tables are edited on the JavaScript thread only; queued jobs capture copies
 // of the tables they read. A page freed here may be handed out again at once: every job that
 // read it was queued earlier on the same device queue and so runs before any job of its new
@@ -48,10 +58,43 @@ class KvPool {
   std::vector<int32_t> refs_;
 };
 
+// Position of a slot that holds no token (the padded tail of an attached block's last page).
+constexpr int32_t kHole = -1;
+
 struct LayerKv {
-  std::vector<int32_t> pages;      // page table
-  std::vector<int32_t> positions;  // RoPE position of every slot; size == length
-  int64_t length() const { return static_cast<int64_t>(positions.size()); }
+  std::vector<int32_t> pages;      // key page table
+  std::vector<int32_t> v_pages;    // value page table: pages[i] except under a moved block
+  std::vector<int32_t> positions;  // RoPE position of every slot, kHole for a hole
+  int64_t holes = 0;               // slots that are holes
+  int64_t slots() const { return static_cast<int64_t>(positions.size()); }
+  int64_t length() const { return slots() - holes; }  // tokens
+  // Rows of page i that hold tokens before its first hole (holes only end a page).
+  int32_t page_rows(size_t i, int64_t page_size) const;
+};
+
+// KV of a run of tokens kept apart from any sequence (a stored document, or the store's
+// prefix): per layer, whole pages starting at a page boundary and the position of each token.
+// It holds one reference on each page; sequences that attach it take their own.
+struct KvBlock {
+  std::shared_ptr<KvPool> pool;
+  std::vector<std::vector<int32_t>> pages;      // (layers) page ids
+  std::vector<std::vector<int32_t>> positions;  // (layers) one per token
+  int64_t tokens() const { return positions.empty() ? 0 : static_cast<int64_t>(positions[0].size()); }
+  ~KvBlock();
+};
+
+// A block attached to a sequence with its first token at `start`: every token moves by
+// start - (its stored position of the first token).
+struct BlockPlacement {
+  std::shared_ptr<KvBlock> block;
+  int32_t start = 0;
+};
+
+// Keys of one attached page to re-rotate: rows [0, rows) of key page src into key page dst,
+// from the stored positions to the new ones (offsets into a packed position list).
+struct KeyMove {
+  int32_t src = 0, dst = 0, rows = 0;
+  size_t from = 0, to = 0;
 };
 
 class Sequence {
@@ -70,19 +113,36 @@ class Sequence {
   // slot (page * page_size + row) of each new token through *slots (may be null).
   Status append(const std::vector<int32_t>& positions, std::vector<std::vector<int32_t>>* slots);
 
-  // Drops the newest n slots of every layer (releasing pages that become empty).
+  // Drops the newest n tokens of every layer (releasing pages that become empty); never
+  // reaches into attached blocks.
   void truncate(int64_t n);
 
   // Drops everything.
   void clear();
+
+  // Attaches blocks in order to an empty sequence, each from a fresh page; pages of moved
+  // blocks' keys are acquired here (all or nothing: on failure the sequence stays empty), and
+  // the re-rotations they need are returned (positions packed into *move_positions).
+  Status attach(const std::vector<BlockPlacement>& blocks, std::vector<std::vector<KeyMove>>* moves,
+                std::vector<int32_t>* move_positions);
+
+  // The pages holding tokens [from_token, length) of every layer, as a block. from_token must
+  // start a page and nothing after it may be a hole.
+  Status export_block(int64_t from_token, std::shared_ptr<KvBlock>* out) const;
+
+  // Whether any layer reads values through pages other than its keys' (a moved block).
+  bool split_kv() const { return split_kv_; }
 
   // Token ids fed so far (for repetition penalties) and the sampler's random state.
   std::vector<int32_t> history;
   uint64_t rng_state = 0x853c49e6748fea9bULL;
 
  private:
+  void release_pages(LayerKv& l);
   std::shared_ptr<KvPool> pool_;
   std::vector<LayerKv> layers_;
+  int64_t attached_slots_ = 0;  // slots of attached blocks (with their holes): never truncated
+  bool split_kv_ = false;
 };
 
 }  // namespace kvf

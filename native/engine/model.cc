@@ -21,6 +21,8 @@ struct StepPlan {
   size_t ids = 0, positions = 0, q_start = 0, kv_len = 0, visible = 0;
   std::vector<size_t> slots, table_start, page_table;  // per layer offsets into ints
   std::vector<int64_t> table_len;          // per layer page-table length
+  std::vector<int64_t> v_page_table;       // per layer offset into ints, -1: values share the key pages
+  std::vector<int64_t> page_rows;          // per layer offset into ints, -1: no holes
   std::vector<int32_t> max_kv;             // per layer
   std::vector<int64_t> first_visible;      // per layer offset into ints, -1: the layer does not slide
   std::vector<float> floats;               // per-request RoPE frequencies, packed: one upload
@@ -221,6 +223,9 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
       a.table_start = ints + plan.table_start[static_cast<size_t>(l)];
       a.page_table = ints + plan.page_table[static_cast<size_t>(l)];
       a.page_table_len = plan.table_len[static_cast<size_t>(l)];
+      const int64_t vt = plan.v_page_table[static_cast<size_t>(l)], pr = plan.page_rows[static_cast<size_t>(l)];
+      a.v_page_table = vt < 0 ? nullptr : ints + vt;
+      a.page_rows = pr < 0 ? nullptr : ints + pr;
       a.max_kv = plan.max_kv[static_cast<size_t>(l)];
       a.visible = ints + plan.visible + static_cast<size_t>(l * T);
       const int64_t fv = plan.first_visible[static_cast<size_t>(l)];
@@ -333,7 +338,7 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
   std::vector<std::vector<int64_t>> before(S);
   for (size_t i = 0; i < S; ++i) {
     StepRequest& r = batch[i];
-    for (const LayerKv& l : r.seq->layers()) before[i].push_back(l.length());
+    for (const LayerKv& l : r.seq->layers()) before[i].push_back(l.slots());
     Status st = r.seq->append(r.positions, &slots[i]);
     if (!st.ok()) {
       for (size_t j = 0; j < i; ++j) batch[j].seq->truncate(static_cast<int64_t>(batch[j].tokens.size()));
@@ -353,7 +358,7 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
   // Per layer: kv lengths, visibility (slot-ordered causal), slots, page tables.
   std::vector<int32_t> kv_len, visible;
   for (size_t l = 0; l < L; ++l) {
-    for (size_t i = 0; i < S; ++i) kv_len.push_back(static_cast<int32_t>(batch[i].seq->layers()[l].length()));
+    for (size_t i = 0; i < S; ++i) kv_len.push_back(static_cast<int32_t>(batch[i].seq->layers()[l].slots()));
     for (size_t i = 0; i < S; ++i) {
       for (size_t t = 0; t < batch[i].tokens.size(); ++t) visible.push_back(static_cast<int32_t>(before[i][l] + t + 1));
     }
@@ -379,19 +384,32 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
     plan->inv_freq.push_back(r.inv_freq.empty() ? -1 : static_cast<int64_t>(plan->floats.size()));
     plan->floats.insert(plan->floats.end(), r.inv_freq.begin(), r.inv_freq.end());
   }
+  // Sequences over stored documents add a value page table and the rows of pages that end in
+  // holes; a step without them uploads neither, so attention runs as before.
+  bool split_kv = false, holes = false;
+  for (const StepRequest& r : batch) {
+    split_kv |= r.seq->split_kv();
+    for (const LayerKv& lk : r.seq->layers()) holes |= lk.holes > 0;
+  }
+  const int64_t ps = pool_->spec().page_size;
   for (size_t l = 0; l < L; ++l) {
-    std::vector<int32_t> layer_slots, table, table_start{0};
+    std::vector<int32_t> layer_slots, table, v_table, rows, table_start{0};
     int32_t max_kv = 0;
     for (size_t i = 0; i < S; ++i) {
       const LayerKv& lk = batch[i].seq->layers()[l];
       layer_slots.insert(layer_slots.end(), slots[i][l].begin(), slots[i][l].end());
       table.insert(table.end(), lk.pages.begin(), lk.pages.end());
+      if (split_kv) v_table.insert(v_table.end(), lk.v_pages.begin(), lk.v_pages.end());
+      if (holes)
+        for (size_t p = 0; p < lk.pages.size(); ++p) rows.push_back(lk.page_rows(p, ps));
       table_start.push_back(static_cast<int32_t>(table.size()));
-      max_kv = std::max(max_kv, static_cast<int32_t>(lk.length()));
+      max_kv = std::max(max_kv, static_cast<int32_t>(lk.slots()));
     }
     plan->slots.push_back(push(plan->ints, layer_slots));
     plan->table_start.push_back(push(plan->ints, table_start));
     plan->page_table.push_back(push(plan->ints, table));
+    plan->v_page_table.push_back(split_kv ? static_cast<int64_t>(push(plan->ints, v_table)) : -1);
+    plan->page_rows.push_back(holes ? static_cast<int64_t>(push(plan->ints, rows)) : -1);
     plan->table_len.push_back(static_cast<int64_t>(table.size()));
     plan->max_kv.push_back(max_kv);
   }
@@ -440,6 +458,47 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
     // pool now, so whoever hears of this step's end sees them free.
     plan.reset();
     done(st, std::move(result));
+  });
+  return Status::Ok();
+}
+
+Status Model::attach(Sequence& seq, const std::vector<BlockPlacement>& blocks) {
+  std::vector<std::vector<KeyMove>> moves;
+  std::vector<int32_t> positions;
+  KVF_RETURN_IF_ERROR(seq.attach(blocks, &moves, &positions));
+  if (positions.empty()) return Status::Ok();
+  // Re-rotate the moved keys on the device queue: after the steps that wrote the stored pages,
+  // before any step of this sequence. One rerotate per page: a page's rows are contiguous.
+  device_->queue.push([self = shared_from_this(), moves = std::move(moves), positions = std::move(positions)]() {
+    Backend& be = *self->device_->backend;
+    const KvPool& pool = *self->pool_;
+    const KvPoolSpec& ps = pool.spec();
+    Status st;
+    BufferRef ints = Buffer::create(self->device_, positions.size() * sizeof(int32_t), &st);
+    if (ints) st = be.copy_from_host_async(ints->data(), positions.data(), positions.size() * sizeof(int32_t));
+    const int64_t page_elems = ps.page_size * ps.kv_heads * ps.head_dim;
+    const size_t elem = dtype_size(ps.dtype);
+    char* k = static_cast<char*>(pool.k()->data());
+    for (const auto& layer : moves) {
+      for (const KeyMove& m : layer) {
+        if (!st.ok()) break;
+        RerotateArgs a;
+        a.in = k + static_cast<size_t>(m.src * page_elems) * elem;
+        a.out = k + static_cast<size_t>(m.dst * page_elems) * elem;
+        a.dtype = ps.dtype;
+        a.tokens = m.rows;
+        a.heads = ps.kv_heads;
+        a.head_dim = ps.head_dim;
+        a.from_pos = static_cast<const int32_t*>(ints->data()) + m.from;
+        a.to_pos = static_cast<const int32_t*>(ints->data()) + m.to;
+        a.inv_freq = static_cast<const float*>(self->w_.inv_freq->data());
+        a.layout = self->spec_.rope_layout;
+        st = be.rerotate(a);
+      }
+    }
+    if (st.ok()) st = be.synchronize();  // the position list is freed when this job ends
+    // A failure here has no caller to reach: the sequence's next step runs on the device that
+    // failed and reports the device's error.
   });
   return Status::Ok();
 }

@@ -78,6 +78,10 @@ class Model : public std::enable_shared_from_this<Model> {
   // then no sequence is changed) and build the job that runs the step on the device queue.
   // The job's result is delivered to `done` on the queue thread. The job holds the model.
   // When `cancelled` says so as the job starts, the forward pass is skipped (done still runs).
+  // JS thread: attaches stored blocks to an empty sequence (Sequence::attach) and queues the
+  // re-rotation of the keys of moved blocks into the sequence's own key pages.
+  Status attach(Sequence& seq, const std::vector<BlockPlacement>& blocks);
+
   Status enqueue_step(std::vector<StepRequest> batch, std::function<void(Status, StepResult)> done,
                       std::function<bool()> cancelled = {});
 

@@ -139,6 +139,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   inst->model_ctor = Napi::Persistent(model_ctor);
   Napi::Function sequence_ctor = NativeSequence::define(env);
   inst->sequence_ctor = Napi::Persistent(sequence_ctor);
+  inst->block_ctor = Napi::Persistent(NativeKvBlock::define(env));
   exports.Set("createModel", Napi::Function::New<guard<NativeModel::create>>(env, "createModel"));
   exports.Set("mapTensors", Napi::Function::New<guard<map_tensors>>(env, "mapTensors"));
   register_ops(env, exports);

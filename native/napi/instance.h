@@ -16,6 +16,7 @@ struct Instance {
   Napi::FunctionReference tensor_ctor;
   Napi::FunctionReference model_ctor;
   Napi::FunctionReference sequence_ctor;
+  Napi::FunctionReference block_ctor;
   std::shared_ptr<CompletionHub> completions;
 
   static Instance* get(Napi::Env env) { return env.GetInstanceData<Instance>(); }

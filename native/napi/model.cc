@@ -3,6 +3,7 @@
 // sequences and resolves with their logits and sampled tokens.
 #include "model.h"
 
+#include <climits>
 #include <cstring>
 
 #include "async.h"
@@ -15,6 +16,7 @@ namespace {
 
 const napi_type_tag kModelTag = {0x6b76666f63757354ULL, 0x6d6f64656c000002ULL};
 const napi_type_tag kSequenceTag = {0x6b76666f63757354ULL, 0x7365710000000003ULL};
+const napi_type_tag kBlockTag = {0x6b76666f63757354ULL, 0x626c6f636b000004ULL};
 
 int64_t get_int(Napi::Env env, Napi::Object o, const char* key, const char* what) {
   Napi::Value v = o.Get(key);
@@ -64,6 +66,7 @@ Napi::Function NativeSequence::define(Napi::Env env) {
                          InstanceMethod<&NativeSequence::truncate>("truncate"),
                          InstanceMethod<&NativeSequence::clear>("clear"),
                          InstanceMethod<&NativeSequence::release>("release"),
+                         InstanceMethod<&NativeSequence::export_block>("exportBlock"),
                      });
 }
 
@@ -80,6 +83,17 @@ NativeSequence* NativeSequence::unwrap(Napi::Value v, const char* what) {
   NativeSequence* s = NativeSequence::Unwrap(v.As<Napi::Object>());
   if (s == nullptr || !s->seq_) throw_status(env, Status(StatusCode::disposed, std::string(what) + ": the sequence has been disposed"));
   return s;
+}
+
+// exportBlock(fromToken) -> NativeKvBlock: the pages of tokens [fromToken, length), which must
+// start a page; they stay shared with the sequence until it releases them.
+Napi::Value NativeSequence::export_block(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "exportBlock");
+  if (!info[0].IsNumber()) throw_invalid(info.Env(), "exportBlock: fromToken must be a number");
+  std::shared_ptr<KvBlock> block;
+  Status st = seq_->export_block(info[0].As<Napi::Number>().Int64Value(), &block);
+  if (!st.ok()) throw_status(info.Env(), st);
+  return NativeKvBlock::wrap(info.Env(), std::move(block));
 }
 
 Napi::Value NativeSequence::length(const Napi::CallbackInfo& info) {
@@ -100,7 +114,10 @@ Napi::Value NativeSequence::positions(const Napi::CallbackInfo& info) {
   const double l = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
   if (!(l >= 0 && l < static_cast<double>(seq_->layers().size())) || static_cast<double>(static_cast<int64_t>(l)) != l)
     throw_invalid(info.Env(), "positions: layer must be an integer in [0, layers)");
-  const std::vector<int32_t>& p = seq_->layers()[static_cast<size_t>(l)].positions;
+  // Tokens only: holes (the padded tails of attached blocks' pages) are no tokens.
+  std::vector<int32_t> p;
+  for (int32_t x : seq_->layers()[static_cast<size_t>(l)].positions)
+    if (x != kHole) p.push_back(x);
   Napi::Int32Array out = Napi::Int32Array::New(info.Env(), p.size());
   if (!p.empty()) std::memcpy(out.Data(), p.data(), p.size() * sizeof(int32_t));
   return out;
@@ -136,6 +153,61 @@ Napi::Value NativeSequence::release(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// ---- NativeKvBlock ----
+
+Napi::Function NativeKvBlock::define(Napi::Env env) {
+  return DefineClass(env, "NativeKvBlock",
+                     {
+                         InstanceAccessor<&NativeKvBlock::tokens>("tokens"),
+                         InstanceAccessor<&NativeKvBlock::pages>("pages"),
+                         InstanceMethod<&NativeKvBlock::share>("share"),
+                         InstanceMethod<&NativeKvBlock::release>("release"),
+                     });
+}
+
+NativeKvBlock::NativeKvBlock(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeKvBlock>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal()) throw_invalid(info.Env(), "NativeKvBlock cannot be constructed directly");
+  block_ = *info[0].As<Napi::External<std::shared_ptr<KvBlock>>>().Data();
+  info.This().As<Napi::Object>().TypeTag(&kBlockTag);
+}
+
+Napi::Value NativeKvBlock::wrap(Napi::Env env, std::shared_ptr<KvBlock> block) {
+  return Instance::get(env)->block_ctor.New({Napi::External<std::shared_ptr<KvBlock>>::New(env, &block)});
+}
+
+NativeKvBlock* NativeKvBlock::unwrap(Napi::Value v, const char* what) {
+  Napi::Env env = v.Env();
+  if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&kBlockTag))
+    throw_invalid(env, std::string(what) + ": expected a KV block (Illegal invocation)");
+  NativeKvBlock* b = NativeKvBlock::Unwrap(v.As<Napi::Object>());
+  if (b == nullptr || !b->block_) throw_status(env, Status(StatusCode::disposed, std::string(what) + ": the KV block has been released"));
+  return b;
+}
+
+Napi::Value NativeKvBlock::tokens(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "tokens");
+  return Napi::Number::New(info.Env(), static_cast<double>(block_->tokens()));
+}
+
+// Pages of every layer together.
+Napi::Value NativeKvBlock::pages(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "pages");
+  size_t n = 0;
+  for (const auto& l : block_->pages) n += l.size();
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
+}
+
+// share() -> another handle on the same pages: each handle keeps them until its release().
+Napi::Value NativeKvBlock::share(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "share");
+  return wrap(info.Env(), block_);
+}
+
+Napi::Value NativeKvBlock::release(const Napi::CallbackInfo& info) {
+  block_.reset();  // pages go back once no sequence or queued job holds them
+  return info.Env().Undefined();
+}
+
 // ---- NativeModel ----
 
 Napi::Function NativeModel::define(Napi::Env env) {
@@ -144,6 +216,7 @@ Napi::Function NativeModel::define(Napi::Env env) {
                          InstanceMethod<&NativeModel::new_sequence>("newSequence"),
                          InstanceMethod<&NativeModel::step>("step"),
                          InstanceMethod<&NativeModel::free_pages>("freePages"),
+                         InstanceMethod<&NativeModel::attach>("attach"),
                          InstanceMethod<&NativeModel::release>("release"),
                      });
 }
@@ -250,6 +323,31 @@ Napi::Value NativeModel::new_sequence(const Napi::CallbackInfo& info) {
 
 Napi::Value NativeModel::free_pages(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(get(info, "freePages").pool()->free_pages()));
+}
+
+// attach(seq, [{ block, start }]): the blocks, in order, into the empty sequence, each block's
+// first token at `start` (keys re-rotated where that moves them). All or nothing.
+Napi::Value NativeModel::attach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Model& m = get(info, "attach");
+  std::shared_ptr<Sequence> seq = NativeSequence::unwrap(info[0], "attach: seq")->sequence();
+  if (seq->pool() != m.pool()) throw_invalid(env, "attach: the sequence belongs to another model");
+  if (!info[1].IsArray()) throw_invalid(env, "attach: expected an array of { block, start }");
+  Napi::Array list = info[1].As<Napi::Array>();
+  std::vector<BlockPlacement> blocks;
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    if (!list.Get(i).IsObject()) throw_invalid(env, "attach: expected an array of { block, start }");
+    Napi::Object o = list.Get(i).As<Napi::Object>();
+    BlockPlacement b;
+    b.block = NativeKvBlock::unwrap(o.Get("block"), "attach: block")->block();
+    const int64_t start = get_int(env, o, "start", "attach");
+    if (start > INT32_MAX) throw_invalid(env, "attach: start is beyond any position");
+    b.start = static_cast<int32_t>(start);
+    blocks.push_back(std::move(b));
+  }
+  Status st = m.attach(*seq, blocks);
+  if (!st.ok()) throw_status(env, st);
+  return env.Undefined();
 }
 
 Napi::Value NativeModel::release(const Napi::CallbackInfo& info) {

@@ -1,4 +1,5 @@
-// Engine handles for JavaScript: NativeModel (weights, KV pool, step()) and NativeSequence.
+// Engine handles for JavaScript: NativeModel (weights, KV pool, step()), NativeSequence and
+// NativeKvBlock (a stored run of KV pages: a document or a store's prefix).
 #pragma once
 
 #include <napi.h>
@@ -22,7 +23,24 @@ class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
   Napi::Value truncate(const Napi::CallbackInfo& info);
   Napi::Value clear(const Napi::CallbackInfo& info);
   Napi::Value release(const Napi::CallbackInfo& info);
+  Napi::Value export_block(const Napi::CallbackInfo& info);
   std::shared_ptr<Sequence> seq_;
+};
+
+class NativeKvBlock : public Napi::ObjectWrap<NativeKvBlock> {
+ public:
+  static Napi::Function define(Napi::Env env);
+  static NativeKvBlock* unwrap(Napi::Value v, const char* what);
+  static Napi::Value wrap(Napi::Env env, std::shared_ptr<KvBlock> block);
+  explicit NativeKvBlock(const Napi::CallbackInfo& info);
+  const std::shared_ptr<KvBlock>& block() const { return block_; }
+
+ private:
+  Napi::Value tokens(const Napi::CallbackInfo& info);
+  Napi::Value pages(const Napi::CallbackInfo& info);
+  Napi::Value share(const Napi::CallbackInfo& info);
+  Napi::Value release(const Napi::CallbackInfo& info);
+  std::shared_ptr<KvBlock> block_;
 };
 
 class NativeModel : public Napi::ObjectWrap<NativeModel> {
@@ -36,6 +54,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value new_sequence(const Napi::CallbackInfo& info);
   Napi::Value step(const Napi::CallbackInfo& info);
   Napi::Value free_pages(const Napi::CallbackInfo& info);
+  Napi::Value attach(const Napi::CallbackInfo& info);
   Napi::Value release(const Napi::CallbackInfo& info);
   std::shared_ptr<Model> model_;
 };
