@@ -1,12 +1,13 @@
 // loadModel() and Model: a Hugging Face checkpoint on a device, with a tokenizer, a paged KV
 // pool, logits() for scoring and generate() for streaming generation.
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { freemem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 
 import type { DeviceName, LayerWeightsNative, ModelWeightsNative, NativeModel } from '../binding.js';
-import { DisposedError, InvalidArgumentError, ModelFormatError } from '../errors.js';
+import { DisposedError, InvalidArgumentError, ModelFormatError, UnsupportedError } from '../errors.js';
 import { addon, native, packageRoot } from '../loader.js';
 import { checkCheckpointTensors, type ModelConfig, openSafetensors, readModelConfig, ropeParameters, Tokenizer, type TensorInfo } from '../model/index.js';
 import { isJsonObject, readOptionalJsonFile } from '../model/json-file.js';
@@ -17,6 +18,7 @@ import { type CachePolicy, resolvePolicy } from '../policies/index.js';
 import { GENERATE_OPTIONS, generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
 import { type GenerationInit, type GenerationStream, Scheduler, SequenceState } from './scheduler.js';
 import { Sequence, type SequenceHost } from './sequence.js';
+import { ContextStore, type OpenStoreOptions, type StoreHost } from '../store/context-store.js';
 
 export interface LoadModelOptions {
   /** 'auto' (default): CUDA when a GPU is usable, else the CPU. */
@@ -71,11 +73,29 @@ export interface ModelStats {
   evictions: number;
 }
 
+/**
+ * Stored documents and a query: the store's prefix, then the documents in the order listed
+ * (each with the KV it was stored with), then the query (text without special tokens, or ids).
+ */
+export interface StoredDocumentsPrompt {
+  store: ContextStore;
+  documents: readonly string[];
+  query: string | readonly number[] | Int32Array;
+}
+
 export type Prompt = string | { messages: ChatMessage[] } | readonly number[] | Int32Array;
 
 export interface SequenceOptions {
   /** Cache policy (default: full attention, `{ name: 'full' }`). */
   policy?: CachePolicy;
+  /**
+   * A store (model.openStore()) whose prefix and `documents` open the sequence: the prefix at
+   * positions 0 .. |P|-1, then each document at the next consecutive positions, each keeping the
+   * KV it was stored with (documents do not attend to each other).
+   */
+  store?: ContextStore;
+  /** Ids of stored documents, in order (with `store`). */
+  documents?: readonly string[];
 }
 
 export interface LogitsOptions {
@@ -85,7 +105,7 @@ export interface LogitsOptions {
 
 const LOAD_OPTIONS = optionNames<LoadModelOptions>({ device: true, dtype: true, kvCacheTokens: true, pageSize: true, kvDtype: true, prefillChunk: true, maxQueuedRequests: true, maxSequenceTokens: true });
 const LOGITS_OPTIONS = optionNames<LogitsOptions>({ all: true });
-const SEQUENCE_OPTIONS = optionNames<SequenceOptions>({ policy: true });
+const SEQUENCE_OPTIONS = optionNames<SequenceOptions>({ policy: true, store: true, documents: true });
 
 const ST_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
@@ -111,6 +131,7 @@ export class Model {
   #weights: Tensor[];
   #eos: number[];
   #sequenceHost: SequenceHost;
+  #storeHost: StoreHost;
 
   /** @internal Use loadModel(). */
   constructor(init: {
@@ -125,6 +146,8 @@ export class Model {
     prefillChunk: number;
     maxQueuedRequests: number;
     maxSequenceTokens: number | undefined;
+    kvDtype: FloatDType;
+    fingerprint: string;
   }) {
     this.config = init.config;
     this.tokenizer = init.tokenizer;
@@ -161,6 +184,68 @@ export class Model {
         return { init: this.#generation(opts), seed: opts.seed === undefined ? undefined : seedOf(opts) };
       },
     };
+    const c = init.config;
+    this.#storeHost = {
+      scheduler: this.#scheduler,
+      vocabSize: vocab,
+      layers: c.numLayers,
+      pageSize: init.pageSize,
+      pageBytes: 2 * init.pageSize * c.numKvHeads * c.headDim * dtypeBytes(init.kvDtype),
+      fingerprint: init.fingerprint,
+      native: (what) => this.#handle(what),
+      encodeText: (text, atStart) => checkTokenIds(this.tokenizer.encode(text, { addSpecialTokens: atStart }), vocab, 'content'),
+      checkLength: (tokens, extra, argument) => this.#checkLength(tokens, extra, argument),
+    };
+  }
+
+  /**
+   * Opens a store of document KV caches after a shared prefix (computed now): see
+   * ContextStore. Only the device tier exists yet: `dir` and `hostBytes` are refused with
+   * UnsupportedError. Refused (UnsupportedError naming the field) where moving cached keys is
+   * not a pure rotation by the position shift: dynamic NTK rope scaling (frequencies depend on
+   * the sequence length) and sliding-window layers (the window counts cache slots).
+   */
+  async openStore(options: OpenStoreOptions): Promise<ContextStore> {
+    this.#handle('openStore');
+    if (this.config.ropeScaling?.type === 'dynamic') {
+      throw new UnsupportedError("rope_scaling: 'dynamic' rope frequencies depend on the sequence length, so stored keys cannot be moved to new positions by a rotation");
+    }
+    if (this.config.layerAttention.some((a) => a === 'sliding')) {
+      throw new UnsupportedError('sliding_window: stored documents are not supported on sliding-window layers yet');
+    }
+    return ContextStore.open(this.#storeHost, options);
+  }
+
+  // A sequence opened by a store's prefix and stored documents: their KV is attached before its
+  // first append or generate (documents evicted from the store are recomputed then).
+  #storeSequence(store: unknown, documents: unknown, policy: CachePolicy | undefined, keep: boolean): Sequence {
+    const m = this.#handle('sequence');
+    if (!(store instanceof ContextStore) || store.host !== this.#storeHost) {
+      throw new InvalidArgumentError(`store: expected a store opened by this model's openStore() but received ${describe(store)}`, 'store');
+    }
+    const entries = store.entries(documents ?? []);
+    const state = new SequenceState(m.newSequence(), keep);
+    state.push(store.prefixTokens);
+    for (const e of entries) state.push(e.tokens);
+    this.#checkLength(state.length, 0, 'documents');
+    state.attached = state.length;
+    state.placed = state.length;
+    const prepare = async (): Promise<void> => {
+      const blocks = await store.blocks(entries); // the prefix's, then each document's
+      if (state.disposed || !state.native) {
+        for (const b of blocks) b.release();
+        throw new DisposedError('sequence: disposed while its stored documents were attached');
+      }
+      state.pins.push(...blocks);
+      let at = 0;
+      const placements = blocks.map((block) => {
+        const p = { block, start: at };
+        at += block.tokens;
+        return p;
+      });
+      state.restore = () => m.attach(state.native!, placements);
+    };
+    return new Sequence(this.#sequenceHost, state, resolvePolicy(policy), prepare);
   }
 
   #handle(what: string): NativeModel {
@@ -233,7 +318,9 @@ export class Model {
    */
   sequence(options?: SequenceOptions | null): Sequence {
     const m = this.#handle('sequence');
-    const { policy } = checkOptions(options, SEQUENCE_OPTIONS, 'sequence');
+    const { policy, store, documents } = checkOptions(options, SEQUENCE_OPTIONS, 'sequence');
+    if (store !== undefined) return this.#storeSequence(store, documents, policy, true);
+    if (documents !== undefined) throw new InvalidArgumentError('documents: needs a store (sequence({ store, documents }))', 'documents');
     return new Sequence(this.#sequenceHost, new SequenceState(m.newSequence(), true), resolvePolicy(policy));
   }
 
@@ -277,8 +364,25 @@ export class Model {
    * Leaving the stream early cancels the generation (finishReason 'cancelled'). Runs on a new
    * sequence that is freed when the generation ends (model.sequence() keeps one).
    */
-  generate(prompt: Prompt, options?: GenerateOptions | null): GenerationStream {
+  generate(prompt: Prompt | StoredDocumentsPrompt, options?: GenerateOptions | null): GenerationStream {
     this.#handle('generate');
+    if (prompt !== null && typeof prompt === 'object' && 'store' in prompt) {
+      // model.sequence({ store, documents }) then generation after the query, freed at the end.
+      const { store, documents, query, ...rest } = prompt;
+      const extra = Object.keys(rest);
+      if (extra.length > 0) throw new InvalidArgumentError(`prompt: unknown key '${extra[0]}' (expected store, documents, query)`, 'prompt');
+      if (query === undefined) throw new InvalidArgumentError('query: is required with { store, documents }', 'query');
+      const seq = this.#storeSequence(store, documents, undefined, true);
+      try {
+        const stream = seq.generateAfter(query, options);
+        const done = (): void => seq.dispose();
+        stream.result.then(done, done);
+        return stream;
+      } catch (e) {
+        seq.dispose();
+        throw e;
+      }
+    }
     const opts = checkOptions(options, GENERATE_OPTIONS);
     const tokens = this.encode(prompt);
     const limits = generationLimits(opts, this.config.vocabSize);
@@ -490,7 +594,12 @@ export async function loadModel(dir: string, loadOptions?: LoadModelOptions | nu
     // The native model holds its own references; tensors that were only sources of a cast go.
     for (const t of tensors.values()) if (!owned.includes(t)) t.dispose();
   }
-  return new Model({ config, tokenizer, device, native: nativeModel, weights: owned, eos, kvCacheTokens: poolTokens, pageSize, prefillChunk, maxQueuedRequests, maxSequenceTokens });
+  // Entries of a store never cross models: the key includes the config, the tensor index and
+  // the KV format. (The disk tier will add a hash of the weights' bytes.)
+  const fingerprint = createHash('sha256')
+    .update(JSON.stringify({ config, kvDtype, pageSize, tensors: [...index].map((t) => [t.name, t.dtype, t.shape, t.byteLength]) }))
+    .digest('hex');
+  return new Model({ config, tokenizer, device, native: nativeModel, weights: owned, eos, kvCacheTokens: poolTokens, pageSize, prefillChunk, maxQueuedRequests, maxSequenceTokens, kvDtype, fingerprint });
 }
 
 /**

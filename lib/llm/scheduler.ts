@@ -14,7 +14,7 @@
 // the pool still runs dry mid-decode, the newest running request is preempted the same way and
 // goes back to the head of the queue. The oldest request always progresses, so the queue drains;
 // only a request that could never fit is refused.
-import type { NativeModel, NativeSequence, SamplingSpec, StepRequest } from '../binding.js';
+import type { NativeKvBlock, NativeModel, NativeSequence, SamplingSpec, StepRequest } from '../binding.js';
 import { AbortError, DisposedError, KvfocusError, OutOfMemoryError, QueueFullError } from '../errors.js';
 import type { StreamDecoder } from '../model/tokenizer.js';
 
@@ -80,6 +80,15 @@ export class SequenceState {
   /** The append or generation feeding this sequence now. */
   request: Request | null = null;
   disposed = false;
+  /**
+   * Stream tokens whose KV comes from stored blocks (a store's prefix and documents) rather than
+   * from forward steps: the first `attached` tokens. After an eviction they are attached again
+   * (`restore`), never recomputed.
+   */
+  attached = 0;
+  restore: (() => void) | null = null;
+  /** Block handles this sequence holds until it is released (the stored pages it reads). */
+  pins: NativeKvBlock[] = [];
 
   constructor(
     native: NativeSequence,
@@ -223,6 +232,8 @@ export interface RequestInit {
   logits: LogitsRows;
   /** Present for a generation: after the input, sample until a stop condition. */
   generation?: GenerationInit;
+  /** Runs when an append has computed its input, before its sequence is released or idle. */
+  capture?: () => void;
 }
 
 export interface SchedulerOptions {
@@ -370,6 +381,7 @@ export class Scheduler {
   #release(seq: SequenceState): void {
     seq.native?.release();
     seq.native = null;
+    for (const b of seq.pins.splice(0)) b.release();
   }
 
   // Pages of every layer for a sequence of `tokens` tokens.
@@ -450,6 +462,13 @@ export class Scheduler {
     req.signal?.removeEventListener('abort', req.onAbort);
     const seq = req.init.seq;
     if (seq.request === req) seq.request = null;
+    if (outcome === 'stop' && req.init.capture) {
+      try {
+        req.init.capture();
+      } catch (e) {
+        outcome = asKvfocusError(e);
+      }
+    }
     if (!seq.keep) this.#release(seq);
     else if (!seq.disposed && seq.native) this.#idle.push(seq);
     if (req.settle) {
@@ -499,6 +518,7 @@ export class Scheduler {
         this.#admit();
         if (this.#running.length === 0) return; // #admit starts the head when nothing runs: the queue is empty
         const batch = this.#plan();
+        if (batch.length === 0) continue; // every request ended while planning (a failed restore)
         let out: Awaited<ReturnType<NativeModel['step']>>;
         try {
           out = await this.model.step(batch.map((b) => b.step));
@@ -571,6 +591,18 @@ export class Scheduler {
   // give way first, then waiting requests' sequences, then the newest running request is
   // preempted (and the batch rebuilt) instead of failing the step.
   #plan(): Planned[] {
+    // Sequences over stored blocks whose KV was freed attach the blocks again first.
+    for (const req of [...this.#running]) {
+      const seq = req.init.seq;
+      if (seq.cached >= seq.attached || !seq.native || !seq.restore) continue;
+      try {
+        seq.restore();
+        seq.cached = seq.attached;
+        seq.placed = Math.max(seq.placed, seq.attached);
+      } catch (e) {
+        this.#end(req, asKvfocusError(e));
+      }
+    }
     for (;;) {
       const batch = this.#build();
       let need = 0;

@@ -64,12 +64,26 @@ export class Sequence {
   readonly #state: SequenceState;
   #busy = false;
   readonly #turns: (() => void)[] = [];
+  // Work before the first append or generate (attaching stored documents); null once done.
+  #prepare: (() => Promise<void>) | null;
 
   /** @internal Use model.sequence(). */
-  constructor(host: SequenceHost, state: SequenceState, policy: ResolvedPolicy) {
+  constructor(host: SequenceHost, state: SequenceState, policy: ResolvedPolicy, prepare?: () => Promise<void>) {
     this.#host = host;
     this.#state = state;
     this.policy = policy;
+    this.#prepare = prepare ?? null;
+  }
+
+  // Runs `then` once the sequence is prepared: at once (synchronously) when it already is.
+  #whenReady<T>(then: () => T): T | Promise<T> {
+    const prepare = this.#prepare;
+    if (prepare === null) return then();
+    return prepare().then(() => {
+      this.#prepare = null;
+      this.#live('append');
+      return then();
+    });
   }
 
   /** Tokens in the input stream so far: every token appended or generated. */
@@ -131,8 +145,9 @@ export class Sequence {
       this.#enqueue(() => {
         try {
           this.#live('append');
-          const tokens = ids ?? this.#host.encodeText(input as string, this.#state.length === 0);
-          const done = this.appendTokens(tokens, logits);
+          const done = Promise.resolve(
+            this.#whenReady(() => this.appendTokens(ids ?? this.#host.encodeText(input as string, this.#state.length === 0), logits)),
+          );
           done.then(resolve, reject);
           return done;
         } catch (e) {
@@ -173,7 +188,13 @@ export class Sequence {
    * next call. `result.promptTokens` counts the stream the generation read (every earlier token).
    */
   generate(options?: GenerateOptions | null): GenerationStream {
+    return this.generateAfter(null, options);
+  }
+
+  /** @internal generate() after appending `input` (checked here) in the same turn. */
+  generateAfter(input: SequenceInput | null, options?: GenerateOptions | null): GenerationStream {
     this.#live('generate');
+    const ids = input === null ? new Int32Array(0) : this.#checkInput(input);
     const { init, seed } = this.#host.generation(options);
     const stream = new GenerationStream(() => {});
     // Leaving the stream, or aborting, before its turn comes ends it there and then.
@@ -189,10 +210,18 @@ export class Sequence {
       if (stream.ended) return Promise.resolve();
       try {
         this.#live('generate');
-        if (this.#state.length === 0) throw new InvalidArgumentError('sequence: is empty; append a prompt before generate()', 'sequence');
-        this.#host.checkLength(this.#state.length, 0, 'sequence');
-        if (seed !== undefined) this.#state.native!.reseed(seed);
-        this.generateFrom(new Int32Array(0), init, stream);
+        const tokens = ids ?? this.#host.encodeText(input as string, this.#state.length === 0);
+        if (this.#state.length + tokens.length === 0) throw new InvalidArgumentError('sequence: is empty; append a prompt before generate()', 'sequence');
+        if (this.#state.length + tokens.length === this.#state.attached) {
+          throw new InvalidArgumentError('sequence: holds only stored documents; append a query before generate()', 'sequence');
+        }
+        this.#host.checkLength(this.#state.length + tokens.length, 0, 'sequence');
+        const started = this.#whenReady(() => {
+          if (stream.ended) return; // left or aborted while stored documents were attached
+          if (seed !== undefined) this.#state.native!.reseed(seed);
+          this.generateFrom(tokens, init, stream);
+        });
+        if (started instanceof Promise) started.catch((e: unknown) => stream.fail(e));
       } catch (e) {
         if (!waited) refused = { error: e };
         stream.fail(e);
