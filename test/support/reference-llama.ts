@@ -394,12 +394,36 @@ export class ReferenceLlama {
    * `prefill` only matters for dynamic RoPE scaling, whose frequencies depend on the forward
    * pass: tokens[0..prefill) are read in one pass (HF's prompt), every later token in a pass of
    * its own (HF's decode steps with a KV cache). Default: the whole sequence in one pass.
+   *
+   * `blocks` computes stored documents as a document cache store does: lengths [prefix, doc 1,
+   * doc 2, ...] of the first tokens. Each document is encoded as [prefix; doc]: its tokens sit
+   * at positions |prefix|, |prefix|+1, ... and attend (causally) only to the prefix and to
+   * their own document. Tokens after the last block attend to everything, with every key moved
+   * to its position in the stream (0, 1, ...: documents follow the prefix consecutively).
    */
-  forward(tokens: readonly number[], options: { prefill?: number } = {}): Float64Array[] {
+  forward(tokens: readonly number[], options: { prefill?: number; blocks?: readonly number[] } = {}): Float64Array[] {
     const { hiddenSize: H, numHeads, numKvHeads, headDim, rmsNormEps: eps, vocabSize } = this.config;
     const groupSize = numHeads / numKvHeads; // query heads per key/value head
     const scale = 1 / Math.sqrt(headDim);
     const prefill = options.prefill ?? tokens.length;
+    // Block of each token (-1 after the blocks) and the position it is encoded at.
+    const blockOf = new Int32Array(tokens.length).fill(-1);
+    const encodedAt = Int32Array.from(tokens, (_, i) => i);
+    let at = 0;
+    const prefixLength = options.blocks?.[0] ?? 0;
+    for (const [b, length] of (options.blocks ?? []).entries()) {
+      for (let i = 0; i < length && at < tokens.length; i++) {
+        blockOf[at] = b;
+        if (b > 0) encodedAt[at] = prefixLength + i;
+        at++;
+      }
+    }
+    const sees = (t: number, s: number): boolean => {
+      const b = blockOf[t]!;
+      if (b <= 0) return true;
+      const o = blockOf[s]!;
+      return o === 0 || o === b;
+    };
     // Frequencies per position: those of the pass that reads it (sequence length = its end).
     const frequencies = tokens.map((_, position) =>
       this.config.ropeScaling?.ropeType === 'dynamic'
@@ -418,8 +442,13 @@ export class ReferenceLlama {
       const q = h.map((row) => linear(row, layer.qProj, layer.qBias)); // (T, numHeads * headDim)
       const k = h.map((row) => linear(row, layer.kProj, layer.kBias)); // (T, numKvHeads * headDim)
       const v = h.map((row) => linear(row, layer.vProj, layer.vBias)); // (T, numKvHeads * headDim)
+      // Documents' own tokens read with their encoding positions; everything else in the stream's.
+      const qEnc = q.map((row) => row.slice());
+      const kEnc = k.map((row) => row.slice());
       q.forEach((row, position) => applyRope(row, numHeads, headDim, position, frequencies[position]!));
       k.forEach((row, position) => applyRope(row, numKvHeads, headDim, position, frequencies[position]!));
+      qEnc.forEach((row, t) => applyRope(row, numHeads, headDim, encodedAt[t]!, frequencies[t]!));
+      kEnc.forEach((row, t) => applyRope(row, numKvHeads, headDim, encodedAt[t]!, frequencies[t]!));
 
       for (let t = 0; t < tokens.length; t++) {
         const attended = new Float64Array(numHeads * headDim);
@@ -430,8 +459,13 @@ export class ReferenceLlama {
           const kvOffset = kvHead * headDim;
           const scores: number[] = [];
           for (let s = first; s <= t; s++) {
+            if (!sees(t, s)) {
+              scores.push(-Infinity);
+              continue;
+            }
+            const [qt, ks] = blockOf[t]! > 0 ? [qEnc[t]!, kEnc[s]!] : [q[t]!, k[s]!];
             let dot = 0;
-            for (let d = 0; d < headDim; d++) dot += q[t]![qOffset + d]! * k[s]![kvOffset + d]!;
+            for (let d = 0; d < headDim; d++) dot += qt[qOffset + d]! * ks[kvOffset + d]!;
             scores.push(dot * scale);
           }
           const max = Math.max(...scores);
