@@ -46,6 +46,8 @@ export interface NativeOps {
     q: T, kPool: T, vPool: T, out: T, qStart: T, kvLen: T, tableStart: T, pageTable: T, visible: T, attnSum: T | null,
     p: { heads: number; kvHeads: number; headDim: number; pageSize: number; numPages: number; seqs: number; totalQ: number; maxKv: number; scale: number },
     firstVisible?: T | null,
+    vPageTable?: T | null,
+    pageRows?: T | null,
   ): void;
 }
 

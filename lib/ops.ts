@@ -361,13 +361,16 @@ export const ops = {
    * visible[row] - window, so a row sees at most `window` slots, its own included.
    * With `attnSum`, also returns the softmax probabilities summed over each sequence's query
    * rows, f32 [seqs, heads, maxKv] (the per-token scores of score-based cache policies).
+   * A sequence may give `valuePages` (values read from other pages than the keys, one per page)
+   * and `pageRows` (rows of each page that hold tokens; later rows are holes, masked), as
+   * sequences over stored documents do.
    */
   pagedAttention(
     q: Tensor,
     kPool: Tensor,
     vPool: Tensor,
     options: {
-      sequences: { queries: number; kvLength: number; pages: readonly number[] }[];
+      sequences: { queries: number; kvLength: number; pages: readonly number[]; valuePages?: readonly number[]; pageRows?: readonly number[] }[];
       visible?: Int32Array | readonly number[];
       window?: number;
       scale?: number;
@@ -396,6 +399,9 @@ export const ops = {
     const tableStart = new Int32Array(seqs.length + 1);
     const kvLen = new Int32Array(seqs.length);
     const table: number[] = [];
+    const valueTable: number[] = [];
+    const rowsTable: number[] = [];
+    const paged = { values: seqs.some((s) => s.valuePages !== undefined), rows: seqs.some((s) => s.pageRows !== undefined) };
     const visible = new Int32Array(totalQ);
     seqs.forEach((s, i) => {
       const where = `pagedAttention: sequences[${i}]`;
@@ -410,6 +416,18 @@ export const ops = {
       s.pages.forEach((pg, j) => {
         if (!(Number.isInteger(pg) && pg >= 0 && pg < numPages)) throw new InvalidArgumentError(`${where}.pages[${j}] = ${pg} is not a page of the pool [0, ${numPages})`, 'sequences');
       });
+      for (const [name, list, ok] of [
+        ['valuePages', s.valuePages, (x: number) => x >= 0 && x < numPages],
+        ['pageRows', s.pageRows, (x: number) => x >= 0 && x <= pageSize],
+      ] as const) {
+        if (list === undefined) continue;
+        if (list.length !== s.pages.length) throw new InvalidArgumentError(`${where}.${name} needs one entry per page (${s.pages.length})`, 'sequences');
+        list.forEach((x, j) => {
+          if (!(Number.isInteger(x) && ok(x))) throw new InvalidArgumentError(`${where}.${name}[${j}] = ${x} is out of range`, 'sequences');
+        });
+      }
+      if (paged.values) valueTable.push(...(s.valuePages ?? s.pages));
+      if (paged.rows) rowsTable.push(...(s.pageRows ?? s.pages.map(() => pageSize)));
       qStart[i + 1] = qStart[i]! + s.queries;
       tableStart[i + 1] = tableStart[i]! + s.pages.length;
       kvLen[i] = s.kvLength;
@@ -441,13 +459,17 @@ export const ops = {
     if (window !== undefined) idx.push(Tensor.from(visible.map((v) => Math.max(0, v - window)), { device }));
     const out = Tensor.empty(q.shape, { dtype: q.dtype, device });
     const attnSum = options.attnSum ? Tensor.zeros([seqs.length, heads, maxKv], { dtype: 'f32', device }) : undefined;
+    const pagedTables = [paged.values ? valueTable : null, paged.rows ? rowsTable : null].map((t) =>
+      t === null ? null : Tensor.from(Int32Array.from(t.length ? t : [0]), { device }),
+    );
     try {
       const [qs, kl, ts, pt, vis, first] = idx.map((t) => t.handle()) as [ReturnType<Tensor['handle']>, ...ReturnType<Tensor['handle']>[]];
       native().ops.pagedAttention(q.handle(), kPool.handle(), vPool.handle(), out.handle(), qs, kl!, ts!, pt!, vis!, attnSum ? attnSum.handle() : null, {
         heads, kvHeads, headDim, pageSize, numPages, seqs: seqs.length, totalQ, maxKv, scale,
-      }, first ?? null);
+      }, first ?? null, pagedTables[0]?.handle() ?? null, pagedTables[1]?.handle() ?? null);
     } finally {
       for (const t of idx) t.dispose();
+      for (const t of pagedTables) t?.dispose();
     }
     return { out, attnSum };
   },

@@ -357,7 +357,7 @@ Napi::Value kv_write(const Napi::CallbackInfo& info) {
 }
 
 // pagedAttention(q, kPool, vPool, out, qStart, kvLen, tableStart, pageTable, visible, attnSum | null, params,
-//                firstVisible?)
+//                firstVisible?, vPageTable?, pageRows?)
 Napi::Value paged_attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "pagedAttention";
@@ -415,6 +415,16 @@ Napi::Value paged_attention(const Napi::CallbackInfo& info) {
     if (tfv->device() != d) throw_invalid(env, "pagedAttention: firstVisible must be on the same device");
     a.first_visible = static_cast<const int32_t*>(tfv->buffer()->data());
     inputs.push_back(tfv->buffer());
+  }
+  // Value page table and rows per page: one entry per page-table entry each.
+  for (int i : {12, 13}) {
+    if (info.Length() <= static_cast<size_t>(i) || info[i].IsNull() || info[i].IsUndefined()) continue;
+    const char* name = i == 12 ? "vPageTable" : "pageRows";
+    NativeTensor* t = arg(info, i, op, name, a.page_table_len);
+    require_dtype(env, t, DType::i32, op, name);
+    if (t->device() != d) throw_invalid(env, std::string("pagedAttention: ") + name + " must be on the same device");
+    (i == 12 ? a.v_page_table : a.page_rows) = static_cast<const int32_t*>(t->buffer()->data());
+    inputs.push_back(t->buffer());
   }
   enqueue_op(d, std::move(inputs), std::move(outputs), [a](Backend& be) { return be.paged_attention(a); });
   return env.Undefined();

@@ -45,11 +45,17 @@ function inputs(s: Setup) {
   };
 }
 
-async function both(s: Setup, options: { visible?: Int32Array; attnSum?: boolean; window?: number } = {}) {
+async function both(
+  s: Setup,
+  options: { visible?: Int32Array; attnSum?: boolean; window?: number } = {},
+  // Sequences over stored documents: a value page table and rows per page, from the key pages.
+  stored?: (pages: number[], i: number) => { valuePages: number[]; pageRows: number[] },
+) {
   const x = inputs(s);
+  const sequences = stored ? x.sequences.map((q, i) => ({ ...q, ...stored(q.pages, i) })) : x.sequences;
   const res = [];
   for (const device of ['cpu', 'cuda'] as const) {
-    const { out, attnSum } = ops.pagedAttention(x.q.to(device), x.kPool.to(device), x.vPool.to(device), { sequences: x.sequences, ...options });
+    const { out, attnSum } = ops.pagedAttention(x.q.to(device), x.kPool.to(device), x.vPool.to(device), { sequences, ...options });
     res.push({ out: (await out.toArray()) as Float32Array, attnSum: attnSum ? ((await attnSum.toArray()) as Float32Array) : undefined });
   }
   return { cpu: res[0]!, cuda: res[1]! };
@@ -116,6 +122,19 @@ describe.skipIf(!hasCuda)('pagedAttention (CUDA vs CPU)', () => {
       // A column sums up to 40 probabilities.
       expect(maxAbsDiff(cuda.attnSum!, cpu.attnSum!)).toBeLessThan(40 * F32_TOL);
       expect(cuda.out.subarray(0, heads * d).every((x) => x === 0)).toBe(true);
+    }
+  });
+
+  it('value page tables and holes (sequences over stored documents), prefill and split decode, with attnSum', async () => {
+    const seqs = [...mixed, { queries: 1, kvLength: 3000 }];
+    const stored = (pages: number[]) => ({
+      valuePages: [...pages].reverse(),
+      pageRows: pages.map((_, i) => (i === pages.length - 1 ? 16 : [16, 5, 0, 11][i % 4]!)),
+    });
+    for (const kvDtype of ['f32', 'bf16'] as const) {
+      const { cpu, cuda } = await both({ heads: 8, kvHeads: 2, d: 128, seqs, kvDtype, seed: 13 }, { attnSum: true }, stored);
+      expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+      expect(maxAbsDiff(cuda.attnSum!, cpu.attnSum!)).toBeLessThan(21 * F32_TOL);
     }
   });
 

@@ -21,7 +21,7 @@ interface Case {
   d: number;
   pageSize: number;
   numPages: number;
-  sequences: { queries: number; kvLength: number; pages: number[] }[];
+  sequences: { queries: number; kvLength: number; pages: number[]; valuePages?: number[]; pageRows?: number[] }[];
   q: Float32Array; // values as stored (already rounded to qDtype)
   k: Float32Array; // pool contents as stored
   v: Float32Array;
@@ -98,10 +98,16 @@ function reference(c: Case, visible: Int32Array, scale: number, window = Infinit
       const first = Math.max(0, vis - window);
       for (let h = 0; h < heads; h++) {
         const kvh = Math.floor(h / group);
-        const rowOf = (j: number) => ((s.pages[Math.floor(j / pageSize)]! * pageSize + (j % pageSize)) * kvHeads + kvh) * d;
+        const rowOf = (j: number, pages = s.pages) => ((pages[Math.floor(j / pageSize)]! * pageSize + (j % pageSize)) * kvHeads + kvh) * d;
+        // Holes (rows past pageRows of their page) hold no token: weight 0.
+        const hole = (j: number) => s.pageRows !== undefined && j % pageSize >= s.pageRows[Math.floor(j / pageSize)]!;
         const scores = new Float64Array(vis);
         let max = -Infinity;
         for (let j = first; j < vis; j++) {
+          if (hole(j)) {
+            scores[j] = -Infinity;
+            continue;
+          }
           const kb = rowOf(j);
           let dot = 0;
           for (let i = 0; i < d; i++) dot += c.q[(t * heads + h) * d + i]! * c.k[kb + i]!;
@@ -112,7 +118,8 @@ function reference(c: Case, visible: Int32Array, scale: number, window = Infinit
         for (let j = first; j < vis; j++) sum += (scores[j] = Math.exp(scores[j]! - max));
         for (let j = first; j < vis; j++) {
           const p = scores[j]! / sum;
-          const vb = rowOf(j);
+          if (p === 0 && hole(j)) continue;
+          const vb = rowOf(j, s.valuePages ?? s.pages);
           const ob = (t * heads + h) * d;
           for (let i = 0; i < d; i++) out[ob + i] = out[ob + i]! + p * c.v[vb + i]!;
           const col = (si * heads + h) * maxKv + j;
@@ -238,6 +245,30 @@ describe('pagedAttention (CPU) vs float64 dense attention', () => {
     const row = c.heads * c.d;
     for (const t of [0, 21]) expect(Array.from(out.subarray(t * row, (t + 1) * row)).every((x) => x === 0)).toBe(true);
     expect(maxAbsDiff(attnSum!, want.attnSum)).toBeLessThan(F32_TOL);
+  });
+});
+
+describe('pagedAttention over stored documents (value page table, holes) vs float64', () => {
+  it('reads values through valuePages and masks the rows past pageRows, in outputs and attnSum', async () => {
+    const c = makeCase({ heads: 4, kvHeads: 2, d: 32, seqs: [{ queries: 3, kvLength: 64 }, { queries: 1, kvLength: 40 }], seed: 71 });
+    // Each sequence's values come from another sequence's pages (any page of the pool will do).
+    const [a, b] = c.sequences as [Case['sequences'][0], Case['sequences'][0]];
+    a.valuePages = [...a.pages].reverse();
+    a.pageRows = [16, 5, 16, 16]; // the prefix's page ends in holes
+    b.valuePages = b.pages.map((_, i) => a.pages[i]!);
+    b.pageRows = [9, 16, 16];
+    const { out, attnSum, want } = await run(c, { attnSum: true });
+    expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+    expect(maxAbsDiff(attnSum!, want.attnSum)).toBeLessThan(F32_TOL);
+  });
+
+  it('a block of slots that are all holes is passed over (long decode, split path)', async () => {
+    const c = makeCase({ heads: 2, kvHeads: 1, d: 16, seqs: [{ queries: 1, kvLength: 700 }], seed: 72 });
+    const s = c.sequences[0]!;
+    s.pageRows = s.pages.map((_, i) => (i % 3 === 1 ? 0 : i % 3 === 2 ? 7 : 16));
+    s.pageRows[s.pageRows.length - 1] = 16; // the query's own slot holds a token
+    const { out, want } = await run(c);
+    expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
   });
 });
 
