@@ -14,7 +14,7 @@
 // Cases depend only on (seed, index), so a finding printed by one run replays with --case.
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -338,7 +338,7 @@ function hfCache(work, baseDir, c, outside) {
   mkdirSync(blobs, { recursive: true });
   mkdirSync(snapshot, { recursive: true });
   mkdirSync(other, { recursive: true });
-  for (const name of readdirSync(baseDir)) {
+  for (const name of modelFiles(baseDir)) {
     const bytes = readFileSync(path.join(baseDir, name));
     const sha = createHash('sha256').update(bytes).digest('hex');
     const link = path.join(snapshot, name);
@@ -357,6 +357,16 @@ function hfCache(work, baseDir, c, outside) {
   return snapshot;
 }
 
+/** The model's own files (models/ also holds models/deep/, another model, which is not copied). */
+function modelFiles(dir) {
+  return readdirSync(dir).filter((name) => statSync(path.join(dir, name)).isFile());
+}
+
+function copyModelFiles(from, to) {
+  mkdirSync(to, { recursive: true });
+  for (const name of modelFiles(from)) cpSync(path.join(from, name), path.join(to, name));
+}
+
 /** Builds the case's model directory under `work`; returns its path. */
 export function buildCase(c, work, baseDir = path.join(ROOT, 'models'), canary = 'KVFOCUS-CANARY') {
   const outside = {
@@ -367,11 +377,11 @@ export function buildCase(c, work, baseDir = path.join(ROOT, 'models'), canary =
   mkdirSync(outside.copy, { recursive: true });
   // Starts with the canary, so an error that quotes a file's first bytes shows it.
   writeFileSync(outside.secret, `${canary} {"not": "a model file"}\n`);
-  cpSync(baseDir, outside.copy, { recursive: true });
+  copyModelFiles(baseDir, outside.copy);
   if (c.kind === 'hf-cache') return hfCache(work, baseDir, c, outside);
 
   const dir = path.join(work, 'model');
-  cpSync(baseDir, dir, { recursive: true });
+  copyModelFiles(baseDir, dir);
   const file = path.join(dir, c.file ?? 'config.json');
   switch (c.kind) {
     case 'json-value':

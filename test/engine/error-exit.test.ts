@@ -59,7 +59,7 @@ const PATHS: Record<string, { expected: string; script: string }> = {
     script: `
       const fs = require('node:fs'), os = require('node:os'), path = require('node:path');
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvfocus-bad-'));
-      for (const f of fs.readdirSync(k.defaultModelDir())) fs.copyFileSync(path.join(k.defaultModelDir(), f), path.join(dir, f));
+      for (const f of fs.readdirSync(k.defaultModelDir())) if (fs.statSync(path.join(k.defaultModelDir(), f)).isFile()) fs.copyFileSync(path.join(k.defaultModelDir(), f), path.join(dir, f));
       fs.truncateSync(path.join(dir, 'model.safetensors'), 1000);
       await k.loadModel(dir, { device: 'cpu' }).catch((e) => console.log(e.name));
       fs.rmSync(dir, { recursive: true, force: true });`,

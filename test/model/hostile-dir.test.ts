@@ -28,7 +28,8 @@ function copyModel(): { dir: string; secret: string; root: string } {
   const { dir: root, cleanup } = makeTempDir('kvfocus-hostile-');
   cleanups.push(cleanup);
   const dir = path.join(root, 'model');
-  cpSync(MODELS, dir, { recursive: true });
+  // The model's own files: models/ also holds another model in models/deep/.
+  cpSync(MODELS, dir, { recursive: true, filter: (src) => src === MODELS || path.dirname(src) === MODELS && !src.endsWith(`${path.sep}deep`) });
   mkdirSync(path.join(root, 'outside'));
   const secret = path.join(root, 'outside', 'secret.txt');
   writeFileSync(secret, `${CANARY} {"a": 1}\n`);
