@@ -1,5 +1,7 @@
 // The CPU backend: 64-byte aligned host memory and the kernels' CPU twins. Work runs on the
 // CPU job queue's thread and fans out through the thread pool (kernels/parallel.h).
+#include <sys/mman.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -86,16 +88,22 @@ class CpuBackend final : public Backend {
 
   Status alloc(size_t bytes, void** ptr) override {
     // Round up so aligned_alloc's size contract holds; 0-byte tensors still get a real pointer.
-    const size_t size = (bytes + 63) / 64 * 64 + 64 * (bytes == 0);
+    // Large blocks (the KV pool, copied weights) are whole 2 MB huge pages where the kernel
+    // allows it: the pool is read in 256-byte pieces scattered over it on every decode step,
+    // and with 4 KB pages each piece costs a TLB miss and stops the hardware prefetcher.
+    const bool huge = bytes >= kHugeFrom;
+    const size_t align = huge ? kHugePage : 64;
+    const size_t size = huge ? (bytes + kHugePage - 1) / kHugePage * kHugePage : (bytes + 63) / 64 * 64 + 64 * (bytes == 0);
     if (void* p = cache_.take(size)) {
       *ptr = p;
       return Status::Ok();
     }
-    void* p = std::aligned_alloc(64, size);
+    void* p = std::aligned_alloc(align, size);
     if (p == nullptr) {
       cache_.release_all();  // cached blocks may be what stands between us and success
-      p = std::aligned_alloc(64, size);
+      p = std::aligned_alloc(align, size);
     }
+    if (p != nullptr && huge) madvise(p, size, MADV_HUGEPAGE);  // advice only: failure is harmless
     if (p == nullptr) return out_of_memory("cpu: could not allocate " + std::to_string(bytes) + " bytes of host memory");
     cache_.note_size(p, size);
     *ptr = p;
@@ -146,6 +154,8 @@ class CpuBackend final : public Backend {
   Status sample(const SampleArgs& a) override { return sample_cpu(a); }
 
  private:
+  static constexpr size_t kHugePage = size_t{2} << 20;
+  static constexpr size_t kHugeFrom = size_t{4} << 20;  // rounding wastes at most a third
   BlockCache cache_;
 };
 

@@ -3,8 +3,8 @@
 // Two paths, picked by the number of rows of A (a broadcast B folds the batch into the rows):
 // - GEMV, at most 4 rows: decode. Memory-bound, so B is streamed exactly once in its own dtype
 //   and widened to f32 in registers; threads split the columns of C. With trans_b (weights
-//   [n, k]) each output is a dot product of an A row with a weight row, summed in 8 lanes;
-//   without, a group of up to 512 columns keeps its sums in L1 while B's rows stream past.
+//   [n, k]) each output is a dot product of an A row with a weight row, read one weight row
+//   at a time (one sequential stream) into two 16-lane sums; without, a group of up to 512 columns keeps its sums in L1 while B's rows stream past.
 // - GEMM, more rows: prefill. BLIS-style blocking. C is cut into tasks of mc x nc; a task packs
 //   a kc x nc block of B (widened to f32) into NR-wide column panels that stay in L2, and for
 //   each MR-row panel of A (packed into L1) runs a register-blocked MR x NR micro-kernel over
@@ -17,8 +17,8 @@
 // shape follows the host: 12x32 with 24 zmm accumulators, 6x16 with 12 ymm, or 6x8 with 12 xmm.
 //
 // Determinism: every element of C is one fixed-order chain over k (GEMM: an FMA chain per
-// kc block, blocks added in order; GEMV: 8 lane chains reduced pairwise, then the k % 8 tail;
-// plain-B GEMV: one chain), independent of the thread count and of how C is cut into tasks.
+// kc block, blocks added in order; GEMV: 32 lane chains reduced pairwise, then the k % 16
+// tail; plain-B GEMV: one chain), independent of the thread count and of how C is cut into tasks.
 // The path depends only on the shapes, so for a given host ISA results are bitwise identical
 // for any KVFOCUS_THREADS, and on the GEMM path a row of C does not depend on the other rows.
 #include <algorithm>
@@ -56,6 +56,7 @@ typedef float v16f __attribute__((vector_size(64)));
 typedef uint16_t v8u16 __attribute__((vector_size(16)));
 typedef uint32_t v8u32 __attribute__((vector_size(32)));
 typedef int32_t v8i32 __attribute__((vector_size(32)));
+typedef uint32_t v16u32 __attribute__((vector_size(64)));
 
 constexpr int64_t KC = 256;      // k block: a kc x NR B panel is 32 KB at NR = 32
 constexpr int64_t NC_MAX = 512;  // a kc x nc packed B block is at most 512 KB (L2)
@@ -99,36 +100,44 @@ KVF_ALWAYS_INLINE v8u32 load8_high16(const void* p) {
 // (no F16C needed, so every clone shares it): move exponent and mantissa into place and
 // rebias; infinities and NaNs get the rest of the f32 exponent; zeros and subnormals are
 // renormalised exactly by subtracting 2^-14. Bit-identical to f16_to_f32.
-KVF_ALWAYS_INLINE v8f f16_high_to_f32(const v8u32& u) {
-  const v8u32 sign = u & 0x80000000u;
-  v8u32 o = (u & 0x7fff0000u) >> 3;
-  const v8u32 exp = o & 0x0f800000u;
+template <typename VU, typename VF = std::conditional_t<sizeof(VU) == 32, v8f, v16f>>
+KVF_ALWAYS_INLINE VF f16_high_to_f32(const VU& u) {
+  const VU sign = u & 0x80000000u;
+  VU o = (u & 0x7fff0000u) >> 3;
+  const VU exp = o & 0x0f800000u;
   o += (127u - 15u) << 23;
   o = exp == 0x0f800000u ? o + ((128u - 16u) << 23) : o;
-  const v8f magic = reinterpret_cast<v8f>(v8u32{} + (113u << 23));  // 2^-14
-  const v8u32 renorm = reinterpret_cast<v8u32>(reinterpret_cast<v8f>(o + (1u << 23)) - magic);
+  const VF magic = reinterpret_cast<VF>(VU{} + (113u << 23));  // 2^-14
+  const VU renorm = reinterpret_cast<VU>(reinterpret_cast<VF>(o + (1u << 23)) - magic);
   o = exp == 0u ? renorm : o;
-  return reinterpret_cast<v8f>(o | sign);
+  return reinterpret_cast<VF>(o | sign);
 }
 
 KVF_ALWAYS_INLINE v8f load8(const bf16_t* p) { return reinterpret_cast<v8f>(load8_high16(p)); }
 KVF_ALWAYS_INLINE v8f load8(const f16_t* p) { return f16_high_to_f32(load8_high16(p)); }
 
-// 16 consecutive 16-bit values widened as two vectors, the even-indexed elements and the
+// 32 consecutive 16-bit values widened as two vectors, the even-indexed elements and the
 // odd-indexed ones: no lane shuffles at all (shift and mask), for loops whose other operand
 // can be stored in the same even/odd order.
-KVF_ALWAYS_INLINE void load16_split(const bf16_t* p, v8f& even, v8f& odd) {
-  v8u32 u;
+KVF_ALWAYS_INLINE void load32_split(const bf16_t* p, v16f& even, v16f& odd) {
+  v16u32 u;
   __builtin_memcpy(&u, p, sizeof(u));
-  even = reinterpret_cast<v8f>(u << 16);
-  odd = reinterpret_cast<v8f>(u & 0xffff0000u);
+  even = reinterpret_cast<v16f>(u << 16);
+  odd = reinterpret_cast<v16f>(u & 0xffff0000u);
 }
 
-KVF_ALWAYS_INLINE void load16_split(const f16_t* p, v8f& even, v8f& odd) {
-  v8u32 u;
+KVF_ALWAYS_INLINE void load32_split(const f16_t* p, v16f& even, v16f& odd) {
+  v16u32 u;
   __builtin_memcpy(&u, p, sizeof(u));
   even = f16_high_to_f32(u << 16);
   odd = f16_high_to_f32(u & 0xffff0000u);
+}
+
+KVF_ALWAYS_INLINE v16f concat(const v8f& lo, const v8f& hi) {
+  v16f v;
+  __builtin_memcpy(&v, &lo, sizeof(lo));
+  __builtin_memcpy(reinterpret_cast<char*>(&v) + sizeof(lo), &hi, sizeof(hi));
+  return v;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -170,6 +179,14 @@ KVF_ALWAYS_INLINE float hsum(const v8f& v) {
   const float a = (v[0] + v[4]) + (v[2] + v[6]);
   const float b = (v[1] + v[5]) + (v[3] + v[7]);
   return a + b;
+}
+
+// Halves added lane by lane, then hsum.
+KVF_ALWAYS_INLINE float hsum(const v16f& v) {
+  v8f lo, hi;
+  __builtin_memcpy(&lo, &v, sizeof(lo));
+  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+  return hsum(lo + hi);
 }
 
 // ---- Packing ------------------------------------------------------------------------------
@@ -445,65 +462,79 @@ Status run_gemm(Gemm g) {
 
 // ---- GEMV ---------------------------------------------------------------------------------
 
-// trans_b: out[i][j] = dot(x[i, :], w[j, :]) for weight rows j in [j0, j1), R rows at a time so
-// each load of x feeds R FMAs. 16-bit weights are read 16 at a time and split into even and
-// odd elements (see load16_split); x then comes with each 16-block stored as its 8 even
-// elements followed by its 8 odd ones (split_blocks), so the widening needs no shuffles.
-template <int M, int R, typename TB>
-KVF_ALWAYS_INLINE void gemv_trans_rows(const float* x, const TB* w, int64_t k, int64_t j0, int64_t j1, void* c,
-                                       DType ct, int64_t c_off, int64_t ldc) {
-  constexpr bool split = std::is_same_v<TB, bf16_t> || std::is_same_v<TB, f16_t>;
-  constexpr int64_t STEP = split ? 16 : 8;
-  const int64_t kv = k / STEP * STEP;
-  int64_t j = j0;
-  for (; j + R <= j1; j += R) {
-    v8f acc[M][R];
-    for (int i = 0; i < M; ++i)
-      for (int r = 0; r < R; ++r) acc[i][r] = v8f{};
-    for (int64_t p = 0; p < kv; p += STEP) {
-      if constexpr (split) {
-        v8f we[R], wo[R];
-        for (int r = 0; r < R; ++r) load16_split(w + (j + r) * k + p, we[r], wo[r]);
-        for (int i = 0; i < M; ++i) {
-          const v8f xe = loadu<v8f>(x + i * k + p), xo = loadu<v8f>(x + i * k + p + 8);
-          for (int r = 0; r < R; ++r) {
-            acc[i][r] += xe * we[r];
-            acc[i][r] += xo * wo[r];
-          }
-        }
-      } else {
-        v8f wv[R];
-        for (int r = 0; r < R; ++r) wv[r] = load8(w + (j + r) * k + p);
-        for (int i = 0; i < M; ++i) {
-          const v8f xv = loadu<v8f>(x + i * k + p);
-          for (int r = 0; r < R; ++r) acc[i][r] += xv * wv[r];
-        }
-      }
-    }
-    for (int i = 0; i < M; ++i) {
-      for (int r = 0; r < R; ++r) {
-        float sum = hsum(acc[i][r]);
-        for (int64_t p = kv; p < k; ++p) sum += x[i * k + p] * to_f32(w[(j + r) * k + p]);
-        store_c(c, ct, c_off + i * ldc + j + r, sum);
-      }
-    }
-  }
-  if constexpr (R > 1) {
-    if (j < j1) gemv_trans_rows<M, 1>(x, w, k, j, j1, c, ct, c_off, ldc);
+// trans_b: out[i][j] = dot(x[i, :], w[j, :]) for weight rows j in [j0, j1), one weight row at a
+// time, so the weights are one sequential stream that the hardware prefetchers follow at full
+// bandwidth (reading 8 rows side by side, each only a few KB long, was ~15% slower: many short
+// streams). x, at most 4 rows of a few KB, stays in L1 and is read again for every weight row.
+// Each x row keeps two 16-lane chains: per 32-block, the first half into acc0 and the second
+// into acc1; a trailing 16-block goes into acc0; then (acc0 + acc1) is reduced pairwise and the
+// k % 16 tail added in order. 16-bit weights are read 32 at a time and split into even and odd
+// elements (load32_split); x then comes with each whole 32-block stored as its 16 even elements
+// followed by its 16 odd ones (split_blocks), so the widening needs no shuffles. The order
+// depends on k only: the same for any m, thread count or ISA clone.
+template <typename TB>
+KVF_ALWAYS_INLINE void load32(const TB* p, v16f& lo, v16f& hi) {
+  if constexpr (std::is_same_v<TB, float>) {
+    lo = loadu<v16f>(p);
+    hi = loadu<v16f>(p + 16);
+  } else if constexpr (std::is_same_v<TB, bf16_t> || std::is_same_v<TB, f16_t>) {
+    load32_split(p, lo, hi);
+  } else {
+    lo = concat(load8(p), load8(p + 8));
+    hi = concat(load8(p + 16), load8(p + 24));
   }
 }
 
-// Rows of length k, each whole 16-block rewritten as its even elements then its odd ones; the
-// k % 16 tail stays in place. The x operand of gemv_trans_rows for 16-bit weights.
+template <typename TB>
+KVF_ALWAYS_INLINE v16f load16(const TB* p) {
+  if constexpr (std::is_same_v<TB, float>) {
+    return loadu<v16f>(p);
+  } else {
+    return concat(load8(p), load8(p + 8));
+  }
+}
+
+template <int M, typename TB>
+KVF_ALWAYS_INLINE void gemv_trans_rows(const float* x, const TB* w, int64_t k, int64_t j0, int64_t j1, void* c,
+                                       DType ct, int64_t c_off, int64_t ldc) {
+  const int64_t k32 = k / 32 * 32;
+  const bool block16 = k - k32 >= 16;
+  const int64_t kv = k32 + (block16 ? 16 : 0);
+  for (int64_t j = j0; j < j1; ++j) {
+    const TB* row = w + j * k;
+    v16f acc0[M], acc1[M];
+    for (int i = 0; i < M; ++i) acc0[i] = acc1[i] = v16f{};
+    for (int64_t p = 0; p < k32; p += 32) {
+      v16f lo, hi;
+      load32(row + p, lo, hi);
+      for (int i = 0; i < M; ++i) {
+        acc0[i] += loadu<v16f>(x + i * k + p) * lo;
+        acc1[i] += loadu<v16f>(x + i * k + p + 16) * hi;
+      }
+    }
+    if (block16) {
+      const v16f v = load16(row + k32);
+      for (int i = 0; i < M; ++i) acc0[i] += loadu<v16f>(x + i * k + k32) * v;
+    }
+    for (int i = 0; i < M; ++i) {
+      float sum = hsum(acc0[i] + acc1[i]);
+      for (int64_t p = kv; p < k; ++p) sum += x[i * k + p] * to_f32(row[p]);
+      store_c(c, ct, c_off + i * ldc + j, sum);
+    }
+  }
+}
+
+// Rows of length k, each whole 32-block rewritten as its even elements then its odd ones; the
+// k % 32 rest stays in place. The x operand of gemv_trans_rows for split 16-bit weights.
 void split_blocks(float* rows, int64_t count, int64_t k) {
-  const int64_t k16 = k / 16 * 16;
-  float block[16];
+  const int64_t k32 = k / 32 * 32;
+  float block[32];
   for (int64_t r = 0; r < count; ++r) {
-    for (int64_t p = 0; p < k16; p += 16) {
+    for (int64_t p = 0; p < k32; p += 32) {
       float* x = rows + r * k + p;
-      for (int q = 0; q < 8; ++q) {
+      for (int q = 0; q < 16; ++q) {
         block[q] = x[2 * q];
-        block[8 + q] = x[2 * q + 1];
+        block[16 + q] = x[2 * q + 1];
       }
       std::memcpy(x, block, sizeof(block));
     }
@@ -579,7 +610,7 @@ KVF_ALWAYS_INLINE void gemv_range_typed(const Gemm& g, const float* x, int64_t u
     const TB* b = static_cast<const TB*>(g.b) + (g.broadcast_b ? 0 : bi * g.k * g.n);
     const int64_t c_off = bi * g.m * g.n;
     if (g.trans_b) {
-      gemv_trans_rows<M, (M == 1 ? 8 : M == 2 ? 4 : 2)>(xb, b, g.k, lo, hi, g.c, g.ct, c_off, g.n);
+      gemv_trans_rows<M>(xb, b, g.k, lo, hi, g.c, g.ct, c_off, g.n);
     } else {
       for (int64_t grp = lo; grp < hi; ++grp)
         gemv_cols<M>(xb, b, g.k, g.n, grp * g.nc, std::min(g.n, (grp + 1) * g.nc), g.c, g.ct, c_off);

@@ -239,7 +239,7 @@ inline int64_t first_visible(const PagedAttentionArgs& a, int64_t t) { return a.
 struct Scratch {
   std::vector<float> q, acc, m, l, scores, kbuf, vbuf;
   std::vector<const float*> krows, vrows;
-  std::vector<int64_t> offs, voffs;
+  std::vector<int64_t> offs, voffs, next_offs;
   std::vector<float> zeros;  // the value row a hole reads (its weight is 0; pool rows may hold NaN)
   Scratch(int64_t group, int64_t d, int64_t block) {
     voffs.resize(block);
@@ -254,6 +254,7 @@ struct Scratch {
     krows.resize(block);
     vrows.resize(block);
     offs.resize(block);
+    next_offs.resize(block);
   }
 };
 
@@ -269,6 +270,20 @@ KVF_ALWAYS_INLINE void gather_rows(const KV* pool, const int64_t* offs, int64_t 
       widen_row(src, buf + jj * d, d);
       rows[jj] = buf + jj * d;
     }
+  }
+}
+
+// Asks for n rows of d elements ahead of their use. A kv head's rows are 256-byte pieces
+// scattered over the pool's pages (one slice of every slot, pages in table order), a pattern the
+// hardware prefetchers do not follow; in decode they come from DRAM, the weights streamed
+// through the caches since the last step having evicted them.
+template <typename KV>
+KVF_ALWAYS_INLINE void prefetch_rows(const KV* pool, const int64_t* offs, int64_t n, int64_t d) {
+  const int64_t bytes = d * static_cast<int64_t>(sizeof(KV));
+  for (int64_t jj = 0; jj < n; ++jj) {
+    const char* row = reinterpret_cast<const char*>(pool + offs[jj]);
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b);
+    __builtin_prefetch(row + bytes - 1);  // a row not aligned to 64 bytes ends in one more line
   }
 }
 
@@ -291,6 +306,13 @@ KVF_ALWAYS_INLINE void attend_range(const Layout& L, int64_t s, int64_t g, int64
     int64_t holes = 0;
     slot_offsets(L, s, j0, n, g, w.offs.data(), paged_values ? w.voffs.data() : nullptr, &holes);
     if (holes == n) continue;  // nothing but holes
+    // While this block's scores are computed: its values and the next block's keys load.
+    if (!paged_values) prefetch_rows(vp, w.offs.data(), n, d);
+    const int64_t next_n = std::min(kBlock, j_end - (j0 + kBlock));
+    if (next_n > 0) {
+      slot_offsets(L, s, j0 + kBlock, next_n, g, w.next_offs.data());
+      prefetch_rows(kp, w.next_offs.data(), next_n, d);
+    }
     gather_rows(kp, w.offs.data(), n, d, w.kbuf.data(), w.krows.data());
     for (int64_t hh = 0; hh < G; ++hh) block_scores(&w.q[hh * d], w.krows.data(), n, d, a.scale, &w.scores[hh * kBlock]);
     if (!paged_values) {

@@ -170,10 +170,11 @@ describe('matmul (CPU) edge cases', () => {
 
   // Widening of 16-bit inputs is exact: every finite f16 (and bf16) value, passed through an
   // identity on each path: A packed by the GEMM, B packed (both layouts), and B streamed by
-  // the GEMV (both layouts). Rows of 16 reach the GEMV's vector loop for 16-bit weights.
-  for (const dtype of ['f16', 'bf16'] as const) {
-    it(`widens every finite ${dtype} value exactly on every path`, async () => {
-      const W = 16;
+  // the GEMV (both layouts). With transposeB the GEMV reads weight rows in 32-blocks (split
+  // into even and odd elements) and then one 16-block: rows of 16 take the 16-block alone,
+  // rows of 48 both.
+  for (const [dtype, W] of [['f16', 16], ['bf16', 16], ['f16', 48], ['bf16', 48]] as const) {
+    it(`widens every finite ${dtype} value exactly on every path (rows of ${W})`, async () => {
       const bits: number[] = [];
       for (let h = 0; h < 0x10000; h++) {
         const exp = dtype === 'f16' ? (h >> 10) & 0x1f : (h >> 7) & 0xff;
@@ -220,4 +221,32 @@ describe('matmul (CPU) edge cases', () => {
       expect(got).toEqual(all.slice(start * n, (start + rows) * n));
     }
   });
+
+  it('a row of C does not depend on the other rows of A (GEMV path, both layouts)', async () => {
+    const [n, k] = [45, 85];
+    const a = rand(4 * k, 33);
+    for (const transB of [false, true]) {
+      const w = Tensor.from(rand(n * k, 34), { shape: transB ? [n, k] : [k, n] });
+      const all = (await ops.matmul(Tensor.from(a, { shape: [4, k] }), w, { transposeB: transB }).toArray()) as Float32Array;
+      for (let i = 0; i < 4; i++) {
+        const row = Tensor.from(a.slice(i * k, (i + 1) * k), { shape: [1, k] });
+        expect(await ops.matmul(row, w, { transposeB: transB }).toArray()).toEqual(all.slice(i * n, (i + 1) * n));
+      }
+      w.dispose();
+    }
+  });
+});
+
+// Decode's matmul: one to four rows of A against weights [n, k] (transposeB), read a weight row
+// at a time in 32-blocks, then a 16-block, then the k % 16 tail. Every k below lands in a
+// different mix of those; the weights come in every dtype.
+describe('matmul (CPU) GEMV with transposeB covers every split of k', () => {
+  const ks = [1, 15, 16, 17, 31, 32, 33, 47, 48, 53, 64, 80, 111, 768];
+  for (const b of ['f32', 'bf16', 'f16'] as const) {
+    for (const m of [1, 4]) {
+      it(`B ${b}, ${m} row(s) of A, k in ${ks.join(', ')}`, async () => {
+        for (const k of ks) await check({ batch: 1, m, n: 37, k, broadcastB: true }, true, { a: 'f32', b, out: 'f32' }, 40 + k);
+      });
+    }
+  }
 });
