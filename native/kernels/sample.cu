@@ -8,21 +8,12 @@
 
 #include <algorithm>
 
+#include "rank_key.h"
 #include "sample.h"
 
 namespace kvf {
 namespace {
 
-// topk.cu's rank key; keep the two identical. Larger ranks first; no key is 0.
-__device__ __forceinline__ unsigned long long rank_key(float v, int64_t col) {
-  uint32_t u = f32_bits(v);
-  if ((u & 0x7fffffffu) == 0) u = 0;  // -0 ties with +0
-  uint32_t order = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) order = 0;  // NaN never beats a number
-  return (static_cast<unsigned long long>(order) << 32) | static_cast<uint32_t>(~static_cast<uint32_t>(col));
-}
-
-__device__ __forceinline__ int32_t key_col(unsigned long long key) { return static_cast<int32_t>(~static_cast<uint32_t>(key)); }
 
 // Block-wide reductions for blockDim.x a multiple of 32; every thread gets the result. The
 // trailing barrier lets the caller reuse `scratch` at once. Sums run in a fixed order, so a row

@@ -1,5 +1,5 @@
 // topk on CUDA: one block per row (grid-stride over rows), k rounds of a block-wide arg-max.
-// Every element has a distinct 64-bit rank key (rank_key below), so round j simply takes the
+// Every element has a distinct 64-bit rank key (rank_key.h), so round j simply takes the
 // largest key below the one round j-1 took: no marks, no shared copy of the row, any row length.
 // Cost per row: k passes over the row (each thread reads cols / blockDim elements per pass) and
 // k block reductions. Ideal for argmax and sampling-sized k (the row stays in L2 between passes);
@@ -8,26 +8,12 @@
 
 #include <algorithm>
 
+#include "rank_key.h"
 #include "topk.h"
 
 namespace kvf {
 namespace {
 
-// Larger key ranks first. High half: the value's bits mapped to an unsigned order that sorts
-// like the floats, with -0 equal to +0 and NaN (either sign) below -inf. Low half: the
-// complemented column, so an equal value at a lower index ranks first. No key is 0 and none is
-// all ones. topk_cpu.cc has the same function; keep the two identical.
-__device__ __forceinline__ unsigned long long rank_key(float v, int64_t col) {
-  uint32_t u = f32_bits(v);
-  if ((u & 0x7fffffffu) == 0) u = 0;  // -0 ties with +0
-  uint32_t order = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) order = 0;  // NaN never beats a number
-  return (static_cast<unsigned long long>(order) << 32) | static_cast<uint32_t>(~static_cast<uint32_t>(col));
-}
-
-__device__ __forceinline__ int32_t key_col(unsigned long long key) {
-  return static_cast<int32_t>(~static_cast<uint32_t>(key));
-}
 
 // Block-wide max for blockDim.x a multiple of 32 (at most 1024); every thread returns it.
 // `partials` holds 32 keys; the trailing barrier lets the caller reuse it at once.

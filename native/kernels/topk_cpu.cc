@@ -1,4 +1,4 @@
-// CPU twin of topk.cu. Each element gets a distinct 64-bit rank key (rank_key below); the top k
+// CPU twin of topk.cu. Each element gets a distinct 64-bit rank key (rank_key.h); the top k
 // are the k largest keys: a linear scan for k = 1 (argmax), else std::partial_sort of the row's
 // keys, O(cols log k).
 #include <algorithm>
@@ -6,41 +6,29 @@
 #include <vector>
 
 #include "parallel.h"
+#include "rank_key.h"
 #include "topk.h"
 
 namespace kvf {
 namespace {
 
-// Larger key ranks first. High half: the value's bits mapped to an unsigned order that sorts
-// like the floats, with -0 equal to +0 and NaN (either sign) below -inf. Low half: the
-// complemented column, so an equal value at a lower index ranks first. No key is 0.
-// topk.cu has the same function; keep the two identical.
-inline uint64_t rank_key(float v, int64_t col) {
-  uint32_t u = f32_bits(v);
-  if ((u & 0x7fffffffu) == 0) u = 0;  // -0 ties with +0
-  uint32_t order = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) order = 0;  // NaN never beats a number
-  return (static_cast<uint64_t>(order) << 32) | static_cast<uint32_t>(~static_cast<uint32_t>(col));
-}
-
-inline int32_t key_col(uint64_t key) { return static_cast<int32_t>(~static_cast<uint32_t>(key)); }
 
 template <typename T>
-void topk_rows(const TopKArgs& a, std::vector<uint64_t>& keys, int64_t r0, int64_t r1) {
+void topk_rows(const TopKArgs& a, std::vector<unsigned long long>& keys, int64_t r0, int64_t r1) {
   const int64_t cols = a.cols, k = a.k;
   for (int64_t r = r0; r < r1; ++r) {
     const T* x = static_cast<const T*>(a.x) + r * cols;
     float* values = a.values + r * k;
     int32_t* indices = a.indices + r * k;
     if (k == 1) {
-      uint64_t best = 0;
+      unsigned long long best = 0;
       for (int64_t j = 0; j < cols; ++j) best = std::max(best, rank_key(to_f32(x[j]), j));
       indices[0] = key_col(best);
       values[0] = to_f32(x[indices[0]]);
       continue;
     }
     for (int64_t j = 0; j < cols; ++j) keys[static_cast<size_t>(j)] = rank_key(to_f32(x[j]), j);
-    std::partial_sort(keys.begin(), keys.begin() + k, keys.end(), std::greater<uint64_t>());
+    std::partial_sort(keys.begin(), keys.begin() + k, keys.end(), std::greater<unsigned long long>());
     for (int64_t j = 0; j < k; ++j) {
       indices[j] = key_col(keys[static_cast<size_t>(j)]);
       values[j] = to_f32(x[indices[j]]);  // the stored value itself: -0 stays -0, NaN keeps its bits
@@ -58,7 +46,7 @@ Status topk_cpu(const TopKArgs& a) {
     using T = decltype(tag);
     const int64_t grain = std::max<int64_t>(1, 16384 / a.cols);  // ~16K elements per chunk
     cpu::parallel_for(a.rows, grain, [&](int64_t r0, int64_t r1) {
-      std::vector<uint64_t> keys(a.k == 1 ? 0 : static_cast<size_t>(a.cols));
+      std::vector<unsigned long long> keys(a.k == 1 ? 0 : static_cast<size_t>(a.cols));
       topk_rows<T>(a, keys, r0, r1);
     });
     return Status::Ok();
