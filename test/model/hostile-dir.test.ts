@@ -4,7 +4,7 @@
 // file's contents. Cases that would take the test process down if they regressed (V8 aborts,
 // unbounded memory) run in a child process through the fuzz harness (test/fuzz.test.ts).
 import { execFileSync } from 'node:child_process';
-import { cpSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -29,7 +29,7 @@ function copyModel(): { dir: string; secret: string; root: string } {
   cleanups.push(cleanup);
   const dir = path.join(root, 'model');
   // The model's own files: models/ also holds another model in models/deep/.
-  cpSync(MODELS, dir, { recursive: true, filter: (src) => src === MODELS || path.dirname(src) === MODELS && !src.endsWith(`${path.sep}deep`) });
+  cpSync(MODELS, dir, { recursive: true, filter: (src) => src === MODELS || statSync(src).isFile() });
   mkdirSync(path.join(root, 'outside'));
   const secret = path.join(root, 'outside', 'secret.txt');
   writeFileSync(secret, `${CANARY} {"a": 1}\n`);
