@@ -75,6 +75,10 @@ export interface NativeKvBlock {
   /** Another handle on the same pages; each handle holds them until its release(). */
   share(): NativeKvBlock;
   release(): void;
+  /** The keys then the values, each (layers, tokens, kvHeads, headDim) in the KV dtype. */
+  read(): Promise<ArrayBuffer>;
+  /** RoPE position of each token at `layer`. */
+  positions(layer: number): Int32Array;
 }
 
 export interface SamplingSpec {
@@ -106,6 +110,8 @@ export interface NativeModel {
    * stay in the stored pages). All or nothing.
    */
   attach(seq: NativeSequence, blocks: { block: NativeKvBlock; start: number }[]): void;
+  /** A block at positions start.. on fresh pages, filled from `data` (the layout read() returns). */
+  importBlock(start: number, tokens: number, data: Uint8Array): Promise<NativeKvBlock>;
   release(): void;
 }
 

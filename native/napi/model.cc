@@ -10,6 +10,7 @@
 #include "instance.h"
 #include "errors.h"
 #include "tensor.h"
+#include "../engine/kv_transfer.h"
 
 namespace kvf::napi {
 namespace {
@@ -162,6 +163,8 @@ Napi::Function NativeKvBlock::define(Napi::Env env) {
                          InstanceAccessor<&NativeKvBlock::pages>("pages"),
                          InstanceMethod<&NativeKvBlock::share>("share"),
                          InstanceMethod<&NativeKvBlock::release>("release"),
+                         InstanceMethod<&NativeKvBlock::read>("read"),
+                         InstanceMethod<&NativeKvBlock::positions>("positions"),
                      });
 }
 
@@ -208,6 +211,42 @@ Napi::Value NativeKvBlock::release(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// read() -> Promise<ArrayBuffer>: the block's keys then its values, each (layers, tokens,
+// kv_heads, head_dim) in the pool's dtype, after every step queued before it.
+Napi::Value NativeKvBlock::read(const Napi::CallbackInfo& info) {
+  return guarded(info, [&](const Napi::CallbackInfo& info) -> Napi::Value {
+    Napi::Env env = info.Env();
+    std::shared_ptr<KvBlock> block = unwrap(info.This(), "read")->block_;
+    const size_t half = block_array_bytes(block->pool->spec(), block->tokens());
+    Napi::ArrayBuffer out = Napi::ArrayBuffer::New(env, 2 * half);
+    auto completion = std::make_shared<Completion>(env);
+    completion->keep(out);
+    char* dst = static_cast<char*>(out.Data());
+    block->pool->device()->queue.push([completion, block, dst, half] {
+      Status st;
+      {
+        EnvWriteGuard guard(*completion);  // dst belongs to the environment
+        if (!guard) return;
+        st = read_block(*block, dst, dst + half);
+      }
+      completion->finish(st, [](Napi::Env, const KeptValues& kept) -> Napi::Value { return kept.at(0); });
+    });
+    return completion->promise();
+  });
+}
+
+// positions(layer) -> Int32Array: the RoPE position of each of the block's tokens at `layer`.
+Napi::Value NativeKvBlock::positions(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "positions");
+  const double l = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+  if (!(l >= 0 && l < static_cast<double>(block_->positions.size())) || static_cast<double>(static_cast<int64_t>(l)) != l)
+    throw_invalid(info.Env(), "positions: layer must be an integer in [0, layers)");
+  const auto& p = block_->positions[static_cast<size_t>(l)];
+  Napi::Int32Array out = Napi::Int32Array::New(info.Env(), p.size());
+  if (!p.empty()) std::memcpy(out.Data(), p.data(), p.size() * sizeof(int32_t));
+  return out;
+}
+
 // ---- NativeModel ----
 
 Napi::Function NativeModel::define(Napi::Env env) {
@@ -217,6 +256,7 @@ Napi::Function NativeModel::define(Napi::Env env) {
                          InstanceMethod<&NativeModel::step>("step"),
                          InstanceMethod<&NativeModel::free_pages>("freePages"),
                          InstanceMethod<&NativeModel::attach>("attach"),
+                         InstanceMethod<&NativeModel::import_block>("importBlock"),
                          InstanceMethod<&NativeModel::release>("release"),
                      });
 }
@@ -348,6 +388,45 @@ Napi::Value NativeModel::attach(const Napi::CallbackInfo& info) {
   Status st = m.attach(*seq, blocks);
   if (!st.ok()) throw_status(env, st);
   return env.Undefined();
+}
+
+// importBlock(start, tokens, data: Uint8Array) -> Promise<NativeKvBlock>: a block on fresh pages
+// (positions start.. at every layer) filled from `data` in the layout NativeKvBlock.read()
+// returns. Pages are taken now (out_of_memory when too few); the promise resolves once filled.
+Napi::Value NativeModel::import_block(const Napi::CallbackInfo& info) {
+  return guarded(info, [&](const Napi::CallbackInfo& info) -> Napi::Value {
+    Napi::Env env = info.Env();
+    Model& m = get(info, "importBlock");
+    if (!info[0].IsNumber() || !info[1].IsNumber()) throw_invalid(env, "importBlock: start and tokens must be numbers");
+    const double start = info[0].As<Napi::Number>().DoubleValue();
+    const double tokens = info[1].As<Napi::Number>().DoubleValue();
+    if (!(start >= 0 && start <= INT32_MAX) || start != static_cast<double>(static_cast<int64_t>(start)))
+      throw_invalid(env, "importBlock: start must be an integer position");
+    if (!(tokens >= 1 && tokens <= INT32_MAX) || tokens != static_cast<double>(static_cast<int64_t>(tokens)))
+      throw_invalid(env, "importBlock: tokens must be a positive integer");
+    if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      throw_invalid(env, "importBlock: data must be a Uint8Array");
+    Napi::Uint8Array data = info[2].As<Napi::Uint8Array>();
+    const size_t half = block_array_bytes(m.pool()->spec(), static_cast<int64_t>(tokens));
+    if (data.ByteLength() != 2 * half)
+      throw_invalid(env, "importBlock: data holds " + std::to_string(data.ByteLength()) + " bytes, expected " + std::to_string(2 * half));
+    std::shared_ptr<KvBlock> block;
+    Status st = new_block(m.pool(), static_cast<int32_t>(start), static_cast<int64_t>(tokens), &block);
+    if (!st.ok()) throw_status(env, st);
+    auto completion = std::make_shared<Completion>(env);
+    completion->keep(data);
+    const char* src = reinterpret_cast<const char*>(data.Data());
+    m.pool()->device()->queue.push([completion, block, src, half] {
+      Status st;
+      {
+        EnvWriteGuard guard(*completion);  // src belongs to the environment
+        if (!guard) return;
+        st = write_block(*block, src, src + half);
+      }
+      completion->finish(st, [block](Napi::Env env, const KeptValues&) -> Napi::Value { return NativeKvBlock::wrap(env, block); });
+    });
+    return completion->promise();
+  });
 }
 
 Napi::Value NativeModel::release(const Napi::CallbackInfo& info) {

@@ -40,6 +40,8 @@ class NativeKvBlock : public Napi::ObjectWrap<NativeKvBlock> {
   Napi::Value pages(const Napi::CallbackInfo& info);
   Napi::Value share(const Napi::CallbackInfo& info);
   Napi::Value release(const Napi::CallbackInfo& info);
+  Napi::Value read(const Napi::CallbackInfo& info);
+  Napi::Value positions(const Napi::CallbackInfo& info);
   std::shared_ptr<KvBlock> block_;
 };
 
@@ -55,6 +57,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value step(const Napi::CallbackInfo& info);
   Napi::Value free_pages(const Napi::CallbackInfo& info);
   Napi::Value attach(const Napi::CallbackInfo& info);
+  Napi::Value import_block(const Napi::CallbackInfo& info);
   Napi::Value release(const Napi::CallbackInfo& info);
   std::shared_ptr<Model> model_;
 };
