@@ -12,7 +12,9 @@ export type ErrorCode =
   | 'KVFOCUS_MODEL_FORMAT'
   | 'KVFOCUS_ABORTED'
   | 'KVFOCUS_QUEUE_FULL'
-  | 'KVFOCUS_LOAD_ERROR';
+  | 'KVFOCUS_LOAD_ERROR'
+  | 'KVFOCUS_DISK_FULL'
+  | 'KVFOCUS_STORE_IO';
 
 export class KvfocusError extends Error {
   readonly code: ErrorCode;
@@ -92,6 +94,24 @@ export class QueueFullError extends KvfocusError {
 export class LoadError extends KvfocusError {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, 'KVFOCUS_LOAD_ERROR', options);
+  }
+}
+
+/** The store's disk is full (ENOSPC, EDQUOT, EFBIG): the entry was not written and the store is unchanged. `file` names it. */
+export class DiskFullError extends KvfocusError {
+  readonly file: string;
+  constructor(message: string, file: string, options?: { cause?: unknown }) {
+    super(message, 'KVFOCUS_DISK_FULL', options);
+    this.file = file;
+  }
+}
+
+/** Reading or writing a store's folder failed for a reason other than a full disk. `file` names it. */
+export class StoreIOError extends KvfocusError {
+  readonly file: string;
+  constructor(message: string, file: string, options?: { cause?: unknown }) {
+    super(message, 'KVFOCUS_STORE_IO', options);
+    this.file = file;
   }
 }
 

@@ -1,7 +1,7 @@
 // loadModel() and Model: a Hugging Face checkpoint on a device, with a tokenizer, a paged KV
 // pool, logits() for scoring and generate() for streaming generation.
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { freemem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -189,6 +189,9 @@ export class Model {
       scheduler: this.#scheduler,
       vocabSize: vocab,
       layers: c.numLayers,
+      kvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      kvDtype: init.kvDtype,
       pageSize: init.pageSize,
       pageBytes: 2 * init.pageSize * c.numKvHeads * c.headDim * dtypeBytes(init.kvDtype),
       fingerprint: init.fingerprint,
@@ -594,10 +597,12 @@ export async function loadModel(dir: string, loadOptions?: LoadModelOptions | nu
     // The native model holds its own references; tensors that were only sources of a cast go.
     for (const t of tensors.values()) if (!owned.includes(t)) t.dispose();
   }
-  // Entries of a store never cross models: the key includes the config, the tensor index and
-  // the KV format. (The disk tier will add a hash of the weights' bytes.)
+  // Entries of a store never cross models: the key includes the config, the tensor index, the
+  // compute and KV formats and a sample of every tensor's bytes (two checkpoints of one
+  // architecture, a fine-tune and its base say, differ in every tensor).
   const fingerprint = createHash('sha256')
-    .update(JSON.stringify({ config, kvDtype, pageSize, tensors: [...index].map((t) => [t.name, t.dtype, t.shape, t.byteLength]) }))
+    .update(JSON.stringify({ config, dtype: wd ?? null, kvDtype, pageSize, tensors: [...index].map((t) => [t.name, t.dtype, t.shape, t.byteLength]) }))
+    .update(weightsSample(index))
     .digest('hex');
   return new Model({ config, tokenizer, device, native: nativeModel, weights: owned, eos, kvCacheTokens: poolTokens, pageSize, prefillChunk, maxQueuedRequests, maxSequenceTokens, kvDtype, fingerprint });
 }
@@ -653,4 +658,25 @@ async function generationEos(dir: string): Promise<number[]> {
   const g = await readOptionalJsonFile(join(dir, 'generation_config.json'), { dir });
   const e = isJsonObject(g) ? g['eos_token_id'] : undefined;
   return e === undefined ? [] : (Array.isArray(e) ? e : [e]).filter((x): x is number => Number.isInteger(x));
+}
+
+// Up to 4 windows of 4 KiB of every tensor (start, thirds, end), hashed: a few MB read at most.
+function weightsSample(index: Iterable<TensorInfo>): Buffer {
+  const hash = createHash('sha256');
+  const fds = new Map<string, number>();
+  try {
+    const buf = Buffer.alloc(4096);
+    for (const t of index) {
+      let fd = fds.get(t.file);
+      if (fd === undefined) fds.set(t.file, (fd = openSync(t.file, 'r')));
+      const n = Math.min(4096, t.byteLength);
+      for (const at of [0, Math.floor(t.byteLength / 3), Math.floor((2 * t.byteLength) / 3), t.byteLength - n]) {
+        const got = readSync(fd, buf, 0, n, t.byteOffset + Math.max(0, Math.min(at, t.byteLength - n)));
+        hash.update(buf.subarray(0, got));
+      }
+    }
+  } finally {
+    for (const fd of fds.values()) closeSync(fd);
+  }
+  return hash.digest();
 }

@@ -176,7 +176,17 @@ describe('the store', () => {
     const pageBytes = 2 * 16 * model.config.numKvHeads * model.config.headDim * 4;
     const layers = model.config.numLayers;
     const prefixPages = 2 * layers;
-    expect(store.stats()).toEqual({ device: { entries: 0, tokens: 0, pages: prefixPages, bytes: prefixPages * pageBytes }, hits: 0, misses: 0, evictions: 0, corruptEntries: 0 });
+    const none = { entries: 0, tokens: 0, pages: 0, bytes: 0 };
+    expect(store.stats()).toEqual({
+      device: { entries: 0, tokens: 0, pages: prefixPages, bytes: prefixPages * pageBytes },
+      host: none,
+      disk: none,
+      hits: 0,
+      hitsByTier: { device: 0, host: 0, disk: 0 },
+      misses: 0,
+      evictions: 0,
+      corruptEntries: 0,
+    });
     await store.put('a', ids(1, 13));
     await store.putMany([{ id: 'b', tokens: ids(2, 40) }, { id: 'c', text: ' a river' }]);
     expect(store.has('a')).toBe(true);
@@ -236,10 +246,11 @@ describe('the store', () => {
     }
   });
 
-  it('refuses what it cannot do yet, by name', async () => {
-    await expect(model.openStore({ prefix: 'P', dir: join(root, 'store') })).rejects.toThrow(UnsupportedError);
-    await expect(model.openStore({ prefix: 'P', dir: join(root, 'store') })).rejects.toThrow(/dir/);
-    await expect(model.openStore({ prefix: 'P', hostBytes: 1 << 20 })).rejects.toThrow(/hostBytes/);
+  it('refuses bad options and use after close, by name', async () => {
+    await expect(model.openStore({ prefix: 'P', dir: '' })).rejects.toThrow(/dir/);
+    await expect(model.openStore({ prefix: 'P', dir: 5 as never })).rejects.toThrow(InvalidArgumentError);
+    await expect(model.openStore({ prefix: 'P', hostBytes: -1 })).rejects.toThrow(/hostBytes/);
+    await expect(model.openStore({ prefix: 'P', hostBytes: 1.5 })).rejects.toThrow(/hostBytes/);
     await expect(model.openStore({ prefix: '' })).rejects.toThrow(InvalidArgumentError);
     await expect(model.openStore({ prefix: 'P', deviceBytes: 0 })).rejects.toThrow(/deviceBytes/);
     using store = await model.openStore({ prefix: 'P' });
@@ -250,23 +261,26 @@ describe('the store', () => {
     expect(() => store.list()).toThrow(DisposedError);
   });
 
-  it('putMany reports progress and stops on abort', async () => {
+  it('putMany reports progress in order and stops on abort (documents already started are stored)', async () => {
     using store = await model.openStore({ prefix: ids(0, PREFIX) });
     const seen: number[] = [];
     const controller = new AbortController();
-    const docs = [1, 2, 3].map((i) => ({ id: `d${i}`, tokens: ids(i, 5) }));
+    const docs = [1, 2, 3, 4, 5, 6, 7, 8].map((i) => ({ id: `d${i}`, tokens: ids(i, 5 + (i % 3) * 20) }));
     await expect(
       store.putMany(docs, {
         signal: controller.signal,
         onProgress: (done, total) => {
           seen.push(done);
-          expect(total).toBe(3);
+          expect(total).toBe(8);
           if (done === 2) controller.abort();
         },
       }),
     ).rejects.toThrow(/abort/i);
-    expect(seen).toEqual([1, 2]);
-    expect(store.list()).toEqual(['d1', 'd2']);
+    // Stored in the order listed; at most the four in flight when it was aborted finish.
+    expect(seen.slice(0, 2)).toEqual([1, 2]);
+    expect(seen).toEqual(seen.map((_, i) => i + 1));
+    expect(seen.length).toBeLessThanOrEqual(6);
+    expect(store.list()).toEqual(seen.map((i) => `d${i}`));
   });
 });
 
