@@ -4,15 +4,17 @@
 // POLICIES; the model has no special path for any of them.
 import { InvalidArgumentError } from '../errors.js';
 import { describe } from '../tensor.js';
+import { CACHE_FOCUS_OPTIONS, resolveCacheFocus, type CacheFocusPolicy, type ResolvedCacheFocus } from './cache-focus.js';
 import type { FullAttentionPolicy } from './full.js';
 
 export type { FullAttentionPolicy } from './full.js';
+export type { CacheFocusPolicy, KeepRule } from './cache-focus.js';
 
 /** A sequence's cache policy, chosen by `name`. */
-export type CachePolicy = FullAttentionPolicy;
+export type CachePolicy = FullAttentionPolicy | CacheFocusPolicy;
 
 /** A policy's validated options, with defaults filled in. */
-export type ResolvedPolicy = Readonly<CachePolicy>;
+export type ResolvedPolicy = Readonly<FullAttentionPolicy> | ResolvedCacheFocus;
 
 interface PolicyDefinition {
   /** Every option key, `name` included: any other key is refused. */
@@ -22,7 +24,22 @@ interface PolicyDefinition {
 
 const POLICIES: Record<string, PolicyDefinition> = {
   full: { options: ['name'], resolve: () => Object.freeze({ name: 'full' as const }) },
+  cacheFocus: { options: CACHE_FOCUS_OPTIONS, resolve: resolveCacheFocus },
 };
+
+/**
+ * Policy constructors: `policies.full()`, `policies.cacheFocus({ ... })`. Each returns the
+ * plain `{ name, ...options }` object a sequence takes, validated now (InvalidArgumentError).
+ */
+export const policies = Object.freeze({
+  full: (): FullAttentionPolicy => checked({ name: 'full' }),
+  cacheFocus: (options: Omit<CacheFocusPolicy, 'name'> = {}): CacheFocusPolicy => checked({ ...options, name: 'cacheFocus' }),
+});
+
+function checked<P extends CachePolicy>(p: P): P {
+  resolvePolicy(p);
+  return Object.freeze(p);
+}
 
 /** The policy names this build knows. */
 export const policyNames: readonly string[] = Object.freeze(Object.keys(POLICIES));
