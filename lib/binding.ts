@@ -44,10 +44,20 @@ export interface NativeOps {
   kvWrite(k: T, v: T, kPool: T, vPool: T, slots: T, p: { tokens: number; kvHeads: number; headDim: number; pageSize: number; numPages: number }): void;
   pagedAttention(
     q: T, kPool: T, vPool: T, out: T, qStart: T, kvLen: T, tableStart: T, pageTable: T, visible: T, attnSum: T | null,
-    p: { heads: number; kvHeads: number; headDim: number; pageSize: number; numPages: number; seqs: number; totalQ: number; maxKv: number; scale: number },
+    p: {
+      heads: number; kvHeads: number; headDim: number; pageSize: number; numPages: number; seqs: number; totalQ: number; maxKv: number; scale: number;
+      /** Ranges per sequence of massRanges / rangeMass (needed with them). */
+      numRanges?: number;
+    },
     firstVisible?: T | null,
     vPageTable?: T | null,
     pageRows?: T | null,
+    /** f32 [seqs, kvHeads, maxKv], added into: attnSum summed over each GQA group's heads. */
+    kvAttnSum?: T | null,
+    /** i32 [seqs, numRanges, 2]: [begin, end) slot ranges; with rangeMass. */
+    massRanges?: T | null,
+    /** f32 [totalQ, heads, numRanges], written: each row's probability mass over each range. */
+    rangeMass?: T | null,
   ): void;
 }
 
