@@ -108,11 +108,18 @@ export interface StepRequest {
   sample?: SamplingSpec;
   /** RoPE inverse frequencies (headDim / 2) for this request's tokens; default: the model's. */
   invFreq?: Float32Array;
+  /**
+   * Scores: [begin, end) slot-range pairs, for every layer or one Int32Array per layer (each in
+   * that layer's slot order, this step's tokens included). The step then returns, for this
+   * request, the attention probability mass of each of its rows and heads over each range,
+   * from each layer's own softmax: rangeMass[i] (layers, rows, heads, ranges) f32.
+   */
+  rangeMass?: Int32Array | readonly Int32Array[];
 }
 
 export interface NativeModel {
   newSequence(seed?: number): NativeSequence;
-  step(requests: StepRequest[]): Promise<{ logits: (Float32Array | null)[]; tokens: Int32Array }>;
+  step(requests: StepRequest[]): Promise<{ logits: (Float32Array | null)[]; tokens: Int32Array; rangeMass: (Float32Array | null)[] }>;
   freePages(): number;
   /**
    * Attaches blocks, in order, to an empty sequence, each from a fresh page with its first token
