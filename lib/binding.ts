@@ -44,10 +44,20 @@ export interface NativeOps {
   kvWrite(k: T, v: T, kPool: T, vPool: T, slots: T, p: { tokens: number; kvHeads: number; headDim: number; pageSize: number; numPages: number }): void;
   pagedAttention(
     q: T, kPool: T, vPool: T, out: T, qStart: T, kvLen: T, tableStart: T, pageTable: T, visible: T, attnSum: T | null,
-    p: { heads: number; kvHeads: number; headDim: number; pageSize: number; numPages: number; seqs: number; totalQ: number; maxKv: number; scale: number },
+    p: {
+      heads: number; kvHeads: number; headDim: number; pageSize: number; numPages: number; seqs: number; totalQ: number; maxKv: number; scale: number;
+      /** Ranges per sequence of massRanges / rangeMass (needed with them). */
+      numRanges?: number;
+    },
     firstVisible?: T | null,
     vPageTable?: T | null,
     pageRows?: T | null,
+    /** f32 [seqs, kvHeads, maxKv], added into: attnSum summed over each GQA group's heads. */
+    kvAttnSum?: T | null,
+    /** i32 [seqs, numRanges, 2]: [begin, end) slot ranges; with rangeMass. */
+    massRanges?: T | null,
+    /** f32 [totalQ, heads, numRanges], written: each row's probability mass over each range. */
+    rangeMass?: T | null,
   ): void;
 }
 
@@ -98,11 +108,18 @@ export interface StepRequest {
   sample?: SamplingSpec;
   /** RoPE inverse frequencies (headDim / 2) for this request's tokens; default: the model's. */
   invFreq?: Float32Array;
+  /**
+   * Scores: [begin, end) slot-range pairs, for every layer or one Int32Array per layer (each in
+   * that layer's slot order, this step's tokens included). The step then returns, for this
+   * request, the attention probability mass of each of its rows and heads over each range,
+   * from each layer's own softmax: rangeMass[i] (layers, rows, heads, ranges) f32.
+   */
+  rangeMass?: Int32Array | readonly Int32Array[];
 }
 
 export interface NativeModel {
   newSequence(seed?: number): NativeSequence;
-  step(requests: StepRequest[]): Promise<{ logits: (Float32Array | null)[]; tokens: Int32Array }>;
+  step(requests: StepRequest[]): Promise<{ logits: (Float32Array | null)[]; tokens: Int32Array; rangeMass: (Float32Array | null)[] }>;
   freePages(): number;
   /**
    * Attaches blocks, in order, to an empty sequence, each from a fresh page with its first token

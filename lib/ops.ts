@@ -50,6 +50,45 @@ function optNumber(value: unknown, fallback: number, what: string, check: (x: nu
   return value;
 }
 
+/** A range of slots [begin, end) in a sequence's slot order. */
+export type SlotRange = readonly [begin: number, end: number];
+
+function isSlotRange(v: unknown): v is SlotRange {
+  return Array.isArray(v) && v.length === 2 && typeof v[0] === 'number' && typeof v[1] === 'number';
+}
+
+/**
+ * pagedAttention's rangeMass: one list of ranges for every sequence, or one list per sequence,
+ * as the kernel's table [seqs, R, 2] (R: the longest list; shorter lists padded with [0, 0)).
+ */
+function massRanges(v: unknown, seqs: number): Int32Array {
+  const what = 'pagedAttention: rangeMass';
+  if (!Array.isArray(v) || v.length === 0) {
+    throw new InvalidArgumentError(`${what}: expected a non-empty array of [begin, end] slot ranges (or one per sequence) but received ${describe(v)}`, 'rangeMass');
+  }
+  const shared = v.every(isSlotRange);
+  if (!shared && v.length !== seqs) {
+    throw new InvalidArgumentError(`${what}: expected [begin, end] ranges, or one list of them per sequence (${seqs}), but received ${v.length} lists`, 'rangeMass');
+  }
+  const lists: unknown[][] = shared ? Array.from({ length: seqs }, () => v) : v.map((x) => (Array.isArray(x) ? x : [x]));
+  const R = Math.max(...lists.map((l) => l.length));
+  if (R === 0) throw new InvalidArgumentError(`${what}: expected at least one range`, 'rangeMass');
+  const table = new Int32Array(seqs * R * 2);
+  lists.forEach((list, s) => {
+    list.forEach((r, i) => {
+      const where = shared ? `${what}[${i}]` : `${what}[${s}][${i}]`;
+      if (!isSlotRange(r)) throw new InvalidArgumentError(`${where}: expected a [begin, end] pair but received ${describe(r)}`, 'rangeMass');
+      const [b, e] = r;
+      if (!(Number.isInteger(b) && Number.isInteger(e) && b >= 0 && b <= e && e <= 0x7fffffff)) {
+        throw new InvalidArgumentError(`${where}: [${b}, ${e}] is not a range of slots (integers, 0 <= begin <= end < 2^31)`, 'rangeMass');
+      }
+      table[(s * R + i) * 2] = b;
+      table[(s * R + i) * 2 + 1] = e;
+    });
+  });
+  return table;
+}
+
 /** An i32 tensor on `device` from a Tensor or an Int32Array/number[] (a temporary, disposed by the caller). */
 function indexTensor(v: unknown, device: DeviceName, what: string): { t: Tensor; temporary: boolean } {
   if (v instanceof Tensor) {
@@ -359,8 +398,18 @@ export const ops = {
    * by default the queries are the newest `queries` slots of the cache (causal prefill/decode).
    * `window` (sliding-window attention, as HF masks it) also hides the slots before
    * visible[row] - window, so a row sees at most `window` slots, its own included.
-   * With `attnSum`, also returns the softmax probabilities summed over each sequence's query
-   * rows, f32 [seqs, heads, maxKv] (the per-token scores of score-based cache policies).
+   * Scores, from the same softmax probabilities as `out` (nothing is computed for those not
+   * asked for):
+   * - `attnSum`: the probabilities summed over each sequence's query rows, f32
+   *   [seqs, heads, maxKv] (the per-token scores of score-based cache policies: H2O, SnapKV).
+   * - `kvAttnSum`: the same summed also over the query heads of each KV head's group, f32
+   *   [seqs, kvHeads, maxKv] (per-KV-head scores, as the Cascading KV cache keeps them).
+   * - `rangeMass`: slot ranges [begin, end) (in the sequence's slot order, the order of its
+   *   pages), one list for every sequence or one list per sequence; returns f32
+   *   [totalQ, heads, R] with each row's probability mass over each range (R: the longest
+   *   list; a shorter list's missing ranges get 0). Slots a row does not see (causal mask,
+   *   window, holes, past kvLength) weigh 0, so ranges covering every slot sum to 1 per row.
+   *   CacheFocus scores documents by it.
    * A sequence may give `valuePages` (values read from other pages than the keys, one per page)
    * and `pageRows` (rows of each page that hold tokens; later rows are holes, masked), as
    * sequences over stored documents do.
@@ -375,8 +424,10 @@ export const ops = {
       window?: number;
       scale?: number;
       attnSum?: boolean;
+      kvAttnSum?: boolean;
+      rangeMass?: readonly SlotRange[] | readonly (readonly SlotRange[])[];
     },
-  ): { out: Tensor; attnSum: Tensor | undefined } {
+  ): { out: Tensor; attnSum: Tensor | undefined; kvAttnSum: Tensor | undefined; rangeMass: Tensor | undefined } {
     for (const [name, t] of [['q', q], ['kPool', kPool], ['vPool', vPool]] as const) {
       requireTensor(t, `pagedAttention: ${name}`);
       requireFloat(t, `pagedAttention: ${name}`);
@@ -454,24 +505,31 @@ export const ops = {
     if (window !== undefined && !(Number.isSafeInteger(window) && window >= 1)) {
       throw new InvalidArgumentError(`pagedAttention: window: expected a positive integer but received ${describe(window)}`, 'window');
     }
+    const ranges = options.rangeMass === undefined ? undefined : massRanges(options.rangeMass, seqs.length);
     const maxKv = Math.max(0, ...kvLen);
     const idx = [qStart, kvLen, tableStart, Int32Array.from(table.length ? table : [0]), visible].map((a) => Tensor.from(a, { device }));
     if (window !== undefined) idx.push(Tensor.from(visible.map((v) => Math.max(0, v - window)), { device }));
     const out = Tensor.empty(q.shape, { dtype: q.dtype, device });
     const attnSum = options.attnSum ? Tensor.zeros([seqs.length, heads, maxKv], { dtype: 'f32', device }) : undefined;
+    const kvAttnSum = options.kvAttnSum ? Tensor.zeros([seqs.length, kvHeads, maxKv], { dtype: 'f32', device }) : undefined;
+    const numRanges = ranges ? ranges.length / (2 * seqs.length) : 0;
+    const rangeTable = ranges ? Tensor.from(ranges, { device }) : undefined;
+    const rangeMass = ranges ? Tensor.zeros([totalQ, heads, numRanges], { dtype: 'f32', device }) : undefined;
     const pagedTables = [paged.values ? valueTable : null, paged.rows ? rowsTable : null].map((t) =>
       t === null ? null : Tensor.from(Int32Array.from(t.length ? t : [0]), { device }),
     );
     try {
       const [qs, kl, ts, pt, vis, first] = idx.map((t) => t.handle()) as [ReturnType<Tensor['handle']>, ...ReturnType<Tensor['handle']>[]];
       native().ops.pagedAttention(q.handle(), kPool.handle(), vPool.handle(), out.handle(), qs, kl!, ts!, pt!, vis!, attnSum ? attnSum.handle() : null, {
-        heads, kvHeads, headDim, pageSize, numPages, seqs: seqs.length, totalQ, maxKv, scale,
-      }, first ?? null, pagedTables[0]?.handle() ?? null, pagedTables[1]?.handle() ?? null);
+        heads, kvHeads, headDim, pageSize, numPages, seqs: seqs.length, totalQ, maxKv, scale, numRanges,
+      }, first ?? null, pagedTables[0]?.handle() ?? null, pagedTables[1]?.handle() ?? null,
+      kvAttnSum?.handle() ?? null, rangeTable?.handle() ?? null, rangeMass?.handle() ?? null);
     } finally {
       for (const t of idx) t.dispose();
       for (const t of pagedTables) t?.dispose();
+      rangeTable?.dispose();
     }
-    return { out, attnSum };
+    return { out, attnSum, kvAttnSum, rangeMass };
   },
 
   /** Index of the largest value per row (last axis); ties pick the lower index. */

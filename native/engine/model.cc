@@ -25,6 +25,10 @@ struct StepPlan {
   std::vector<int64_t> page_rows;          // per layer offset into ints, -1: no holes
   std::vector<int32_t> max_kv;             // per layer
   std::vector<int64_t> first_visible;      // per layer offset into ints, -1: the layer does not slide
+  // Range masses, when some request asks: per layer offset into ints of (seqs, num_ranges, 2)
+  // ranges (a request with fewer ranges padded with empty ones); num_ranges 0: none asked.
+  int64_t num_ranges = 0;
+  std::vector<size_t> mass_ranges;
   std::vector<float> floats;               // per-request RoPE frequencies, packed: one upload
   std::vector<int64_t> inv_freq;           // per request offset into floats, -1: the model's
   std::vector<int32_t> logit_rows;         // rows of the final hidden state to project
@@ -90,6 +94,9 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
   void* o = scratch.get(T * D, act);
   void* g = scratch.get(T * F, act);
   void* u = scratch.get(T * F, act);
+  // Range masses of every layer: (layers, T, H, num_ranges) f32.
+  const int64_t NR = plan.num_ranges;
+  float* masses = NR > 0 ? static_cast<float*>(scratch.get(s.layers * T * H * NR, DType::f32)) : nullptr;
   KVF_RETURN_IF_ERROR(scratch.status());
   // Not waited for: the plan outlives the step, and the step's one wait comes at its end.
   KVF_RETURN_IF_ERROR(be.copy_from_host_async(ints, plan.ints.data(), plan.ints.size() * sizeof(int32_t)));
@@ -231,6 +238,11 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
       const int64_t fv = plan.first_visible[static_cast<size_t>(l)];
       a.first_visible = fv < 0 ? nullptr : ints + fv;
       a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+      if (NR > 0) {
+        a.mass_ranges = ints + plan.mass_ranges[static_cast<size_t>(l)];
+        a.num_ranges = NR;
+        a.range_mass = masses + l * T * H * NR;
+      }
       KVF_RETURN_IF_ERROR(be.paged_attention(a));
     }
     KVF_RETURN_IF_ERROR(linear(attn, lw.wo, o, D, H * hd));
@@ -253,6 +265,26 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
     KVF_RETURN_IF_ERROR(linear(g, lw.down, o, D, F));
     if (lw.b_down) KVF_RETURN_IF_ERROR(add_into(o, lw.b_down.buf->data(), lw.b_down.dtype, T, D, true));
     KVF_RETURN_IF_ERROR(add_into(x, o, act, T, D, false));
+  }
+
+  // Range masses, when asked for: one more wait, only then. Each request gets its rows and its
+  // own ranges, (layers, rows, heads, its num_ranges).
+  result->range_mass.assign(plan.batch.size(), {});
+  if (NR > 0) {
+    std::vector<float> host(static_cast<size_t>(s.layers * T * H * NR));
+    KVF_RETURN_IF_ERROR(be.copy_to_host(host.data(), masses, host.size() * sizeof(float)));
+    int64_t row0 = 0;
+    for (size_t i = 0; i < plan.batch.size(); ++i) {
+      const int64_t rows = static_cast<int64_t>(plan.batch[i].tokens.size()), nr = plan.batch[i].num_ranges;
+      if (nr > 0) {
+        std::vector<float>& out = result->range_mass[i];
+        out.reserve(static_cast<size_t>(s.layers * rows * H * nr));
+        for (int64_t l = 0; l < s.layers; ++l)
+          for (int64_t th = (l * T + row0) * H; th < (l * T + row0 + rows) * H; ++th)
+            out.insert(out.end(), host.begin() + th * NR, host.begin() + th * NR + nr);
+      }
+      row0 += rows;
+    }
   }
 
   // Logits only for the rows asked for: gather them, final norm, LM head; then the sampled
@@ -333,6 +365,10 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
   auto plan = std::make_shared<StepPlan>();
   const size_t S = batch.size();
   const size_t L = static_cast<size_t>(spec_.layers);
+  for (const StepRequest& r : batch) {
+    if (r.num_ranges < 0 || r.mass_ranges.size() != L * static_cast<size_t>(std::max<int64_t>(0, r.num_ranges)) * 2)
+      return invalid_argument("step: mass_ranges must hold layers x num_ranges [begin, end) pairs");
+  }
   // Reserve slots; undo this batch's reservations if the pool runs dry part way.
   std::vector<std::vector<std::vector<int32_t>>> slots(S);
   std::vector<std::vector<int64_t>> before(S);
@@ -412,6 +448,20 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
     plan->page_rows.push_back(holes ? static_cast<int64_t>(push(plan->ints, rows)) : -1);
     plan->table_len.push_back(static_cast<int64_t>(table.size()));
     plan->max_kv.push_back(max_kv);
+  }
+  // Range masses: each layer's (seqs, num_ranges, 2) table, requests without ranges (or with
+  // fewer) padded with empty ranges.
+  for (const StepRequest& r : batch) plan->num_ranges = std::max(plan->num_ranges, r.num_ranges);
+  if (plan->num_ranges > 0) {
+    const size_t NR = static_cast<size_t>(plan->num_ranges);
+    for (size_t l = 0; l < L; ++l) {
+      std::vector<int32_t> table(S * NR * 2, 0);
+      for (size_t i = 0; i < S; ++i) {
+        const size_t nr = static_cast<size_t>(batch[i].num_ranges);
+        if (nr > 0) std::copy_n(batch[i].mass_ranges.begin() + static_cast<ptrdiff_t>(l * nr * 2), nr * 2, table.begin() + static_cast<ptrdiff_t>(i * NR * 2));
+      }
+      plan->mass_ranges.push_back(push(plan->ints, table));
+    }
   }
   for (size_t i = 0; i < S; ++i) {
     StepRequest& r = batch[i];

@@ -58,11 +58,21 @@ struct StepRequest {
   enum class Logits { none, last, all } logits = Logits::last;
   bool sample = false;
   SamplingParams sampling;
+  // Scores (CacheFocus document relevance): with num_ranges > 0, every layer's attention also
+  // reports the probability mass each of this request's query rows and heads puts on each of
+  // num_ranges slot ranges, from the softmax of the attention itself. mass_ranges holds
+  // (layers, num_ranges) [begin, end) pairs, each layer's in that layer's slot order (after this
+  // step's tokens are appended). Returned in StepResult::range_mass; a step that asks for none
+  // runs as before.
+  std::vector<int32_t> mass_ranges;
+  int64_t num_ranges = 0;
 };
 
 struct StepResult {
   std::vector<std::vector<float>> logits;  // per request: rows x vocab (empty for none)
   std::vector<int32_t> sampled;            // per request: the sampled token, or -1
+  // Per request: (layers, rows, heads, num_ranges) f32 range masses; empty when not asked for.
+  std::vector<std::vector<float>> range_mass;
 };
 
 class Model : public std::enable_shared_from_this<Model> {

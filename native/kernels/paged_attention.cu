@@ -15,10 +15,22 @@
 // them. The split count is chosen on the host from the SM count and, when set, max_kv (the
 // slot ranges per split are cut on the device from each row's own visible count).
 //
-// attn_sum_kernel: a second pass, one block per (sequence, head, tile of 32 slots). The tile's
-// keys are staged in shared memory as f32; each warp takes query rows of the sequence, lane jj
-// recomputes the score of slot jj and adds exp(s - max) / sum with the row's final (max, sum)
-// from the first pass. One thread adds each column's total: no atomics, deterministic.
+// range_mass, in attention_kernel itself: each warp keeps a running mass per range in shared
+// memory (lane r % 32 owns range r, so no lane reads another's entry before the final merge).
+// Per tile, ranges that meet the tile take the warp sum of their slots' p = exp(s - m) (the very
+// p that weights the values and goes into l), and every mass is rescaled by alpha with l. The
+// warps' and the splits' masses merge with the weights of their sums; mass / L at the end.
+//
+// col_sum_kernel (attn_sum, kv_attn_sum): a second pass, one block per (sequence, kv head, tile
+// of 32 slots). The tile's keys are staged in shared memory as f32; each warp takes query rows of
+// the sequence and, for each head of the group, recomputes the tile's scores exactly as
+// attention_kernel computes them (score_part: the same lanes, the same FMA chain, the same warp
+// reduction, so bitwise the same score) and adds exp(s - M) / L with the row's final (M, L) from
+// the first pass. That is the probability the first pass applied: its weight for slot j was
+// exp(s_j - m) times the rescales exp(m - m') ... exp(. - M) of later tiles, warps and splits,
+// all divided by L, which is exp(s_j - M) / L but for the f32 rounding of those factors. One
+// thread adds each column's total (heads of the group in order, then their sum): no atomics,
+// deterministic.
 //
 // Sliding window: a row sees slots [first_visible, visible); the split and the warps share out
 // that range only, and attn_sum leaves the slots before it alone.
@@ -45,6 +57,7 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTile = 32;          // slots per warp step, and per attn_sum block
 constexpr int kMaxSplits = 64;
+constexpr int64_t kMaxRanges = 2048;  // range_mass: kWarps x 2048 f32 of shared memory (32 KB)
 constexpr int64_t kMinChunk = 128;  // decode split: no split shorter than this
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -119,6 +132,20 @@ __device__ Row find_row(const PagedAttentionArgs& a, int64_t t) {
   return {lo, first_visible(a, t, vis), vis};
 }
 
+// Lane's share of q . k for one slot: lanes split head_dim (DPL elements each, in registers for
+// q). warp_sum(score_part(...)) * scale is the slot's score; both passes compute it this way so
+// that the second pass's score is bitwise the first's.
+template <int DPL, typename K>
+__device__ __forceinline__ float score_part(const float (&q)[DPL], const K* __restrict__ k, int64_t d, int lane) {
+  float part = 0.0f;
+#pragma unroll
+  for (int e = 0; e < DPL; ++e) {
+    const int64_t i = e * 32 + lane;
+    if (i < d) part += q[e] * to_f32(k[i]);
+  }
+  return part;
+}
+
 // Element offset of slot j (of the table starting at `table`) for kv head g, in the key table
 // or (values) in v_page_table when there is one; -1 when the page id is outside the pool or the
 // slot is a hole (page_rows), so a hole is skipped as a bad slot is.
@@ -131,9 +158,12 @@ __device__ __forceinline__ int64_t slot_offset(const PagedAttentionArgs& a, int6
   return ((page * a.page_size + j % a.page_size) * a.kv_heads + g) * a.head_dim;
 }
 
+// Dynamic shared memory: the warps' running range masses [kWarps][ranges] (none without ranges).
+// With a split, a (row, head, split)'s partial state is [M, L, acc[d], mass[ranges]] (pstride).
 template <typename KV, int DPL>
-__global__ void __launch_bounds__(kThreads) attention_kernel(PagedAttentionArgs a, int splits, float* __restrict__ partial,
-                                                             float2* __restrict__ stats) {
+__global__ void __launch_bounds__(kThreads) attention_kernel(PagedAttentionArgs a, int splits, int ranges, int64_t pstride,
+                                                             float* __restrict__ partial, float2* __restrict__ stats) {
+  extern __shared__ float s_mass[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t th = blockIdx.x;  // t * heads + h
   const int64_t t = th / a.heads, h = th % a.heads;
@@ -156,6 +186,9 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(PagedAttentionArgs 
     acc[k] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
+  float* w_mass = s_mass + warp * ranges;  // this warp's masses; lane r % 32 owns entry r
+  const int32_t* rng = ranges > 0 && row.seq >= 0 ? a.mass_ranges + row.seq * ranges * 2 : nullptr;
+  for (int r = lane; r < ranges; r += 32) w_mass[r] = 0.0f;
 
   for (int64_t tile = begin + warp * kTile; tile < end; tile += kWarps * kTile) {
     const int n = static_cast<int>(min64(kTile, end - tile));  // warp-uniform
@@ -165,14 +198,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(PagedAttentionArgs 
 #pragma unroll 4
     for (int jj = 0; jj < n; ++jj) {
       const int64_t off = __shfl_sync(kFull, my_off, jj);
-      float part = 0.0f;
-      if (off >= 0) {
-#pragma unroll
-        for (int k = 0; k < DPL; ++k) {
-          const int64_t i = k * 32 + lane;
-          if (i < d) part += q[k] * to_f32(kp[off + i]);
-        }
-      }
+      const float part = off >= 0 ? score_part<DPL>(q, kp + off, d, lane) : 0.0f;
       const float s = warp_sum(part) * a.scale;
       if (lane == jj && off >= 0) my_s = s;
     }
@@ -181,6 +207,28 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(PagedAttentionArgs 
     const float alpha = expf(m - m_new);  // 0 while m = -inf
     const float p = my_s == -INFINITY ? 0.0f : expf(my_s - m_new);
     l = l * alpha + warp_sum(p);
+    if (rng != nullptr) {
+      // Ranges in groups of 32 (lane r % 32 holds range r): rescale all, then add the tile's p
+      // over each range that meets the tile (a warp sum per such range).
+      for (int r0 = 0; r0 < ranges; r0 += 32) {
+        const int r = r0 + lane;
+        int64_t b = 0, e = 0;
+        if (r < ranges) {
+          b = rng[2 * r];
+          e = rng[2 * r + 1];
+          if (alpha != 1.0f) w_mass[r] *= alpha;
+        }
+        unsigned meets = __ballot_sync(kFull, r < ranges && b < tile + n && e > tile && b < e);
+        while (meets != 0) {
+          const int src = __ffs(meets) - 1;
+          meets &= meets - 1;
+          const int64_t rb = __shfl_sync(kFull, b, src), re = __shfl_sync(kFull, e, src);
+          const int64_t j = tile + lane;
+          const float share = warp_sum(j >= rb && j < re ? p : 0.0f);
+          if (lane == src) w_mass[r] += share;
+        }
+      }
+    }
 #pragma unroll
     for (int k = 0; k < DPL; ++k) acc[k] *= alpha;
 #pragma unroll 4
@@ -218,7 +266,14 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(PagedAttentionArgs 
     wgt[w] = s_m[w] == -INFINITY ? 0.0f : expf(s_m[w] - M);
     L += s_l[w] * wgt[w];
   }
-  float* part = partial + (th * splits + split) * (d + 2);  // used only with a split
+  float* part = partial + (th * splits + split) * pstride;  // used only with a split
+  for (int r = threadIdx.x; r < ranges; r += kThreads) {
+    float mass = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mass += s_mass[w * ranges + r] * wgt[w];
+    if (splits > 1) part[2 + d + r] = mass;
+    else a.range_mass[th * ranges + r] = L > 0.0f ? mass / L : 0.0f;
+  }
   for (int64_t i = threadIdx.x; i < d; i += kThreads) {
     float o = 0.0f;
 #pragma unroll
@@ -237,96 +292,120 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(PagedAttentionArgs 
 }
 
 // Decode split: merges the splits of one (row, head) per block.
-__global__ void __launch_bounds__(kThreads) combine_kernel(PagedAttentionArgs a, int splits, const float* __restrict__ partial,
-                                                           float2* __restrict__ stats) {
+__global__ void __launch_bounds__(kThreads) combine_kernel(PagedAttentionArgs a, int splits, int ranges, int64_t pstride,
+                                                           const float* __restrict__ partial, float2* __restrict__ stats) {
   const int64_t th = blockIdx.x;
   const int64_t d = a.head_dim;
-  const float* p = partial + th * splits * (d + 2);
+  const float* p = partial + th * splits * pstride;
   __shared__ float s_w[kMaxSplits];
   float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, p[s * (d + 2)]);
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, p[s * pstride]);
   for (int s = threadIdx.x; s < splits; s += kThreads) {
-    const float ms = p[s * (d + 2)];
+    const float ms = p[s * pstride];
     s_w[s] = ms == -INFINITY ? 0.0f : expf(ms - M);
   }
   __syncthreads();
   float L = 0.0f;
-  for (int s = 0; s < splits; ++s) L += p[s * (d + 2) + 1] * s_w[s];
+  for (int s = 0; s < splits; ++s) L += p[s * pstride + 1] * s_w[s];
   for (int64_t i = threadIdx.x; i < d; i += kThreads) {
     float o = 0.0f;
-    for (int s = 0; s < splits; ++s) o += p[s * (d + 2) + 2 + i] * s_w[s];
+    for (int s = 0; s < splits; ++s) o += p[s * pstride + 2 + i] * s_w[s];
     store_f32(a.out, a.out_dtype, th * d + i, L > 0.0f ? o / L : 0.0f);
+  }
+  for (int r = threadIdx.x; r < ranges; r += kThreads) {
+    float mass = 0.0f;
+    for (int s = 0; s < splits; ++s) mass += p[s * pstride + 2 + d + r] * s_w[s];
+    a.range_mass[th * ranges + r] = L > 0.0f ? mass / L : 0.0f;
   }
   if (threadIdx.x == 0 && stats != nullptr) stats[th] = make_float2(M, L);
 }
 
-// Dynamic shared memory: keys [kTile][d + 1] (padded: lane jj reads row jj, conflict-free),
-// then one query row per warp [kWarps][d].
-template <typename KV>
-__global__ void __launch_bounds__(kThreads) attn_sum_kernel(PagedAttentionArgs a, const float2* __restrict__ stats) {
-  extern __shared__ float smem[];
+// Dynamic shared memory: the tile's keys as f32 [kTile][d].
+template <typename KV, int DPL>
+__global__ void __launch_bounds__(kThreads) col_sum_kernel(PagedAttentionArgs a, const float2* __restrict__ stats) {
+  extern __shared__ float k_tile[];
   __shared__ long long s_off[kTile];
   __shared__ float s_red[kWarps][32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t d = a.head_dim;
-  const int64_t sh = blockIdx.x;  // s * heads + h
-  const int64_t s = sh / a.heads, h = sh % a.heads;
-  const int64_t g = h / (a.heads / a.kv_heads);
+  const int64_t sg = blockIdx.x;  // s * kv_heads + g
+  const int64_t s = sg / a.kv_heads, g = sg % a.kv_heads;
+  const int64_t group = a.heads / a.kv_heads;
   const int64_t tile0 = static_cast<int64_t>(blockIdx.y) * kTile;
   const int64_t cap = backed_slots(a, s);
   const int64_t cols = min64(cap, a.max_kv);
   if (tile0 >= cols) return;  // block-uniform, before any barrier
   const int64_t table = a.table_start[s];
-  float* k_tile = smem;
-  float* q_row = smem + kTile * (d + 1) + warp * d;
 
   if (threadIdx.x < kTile) {
     const int64_t j = tile0 + threadIdx.x;
-    s_off[threadIdx.x] = j < cols ? slot_offset(a, table, j, g) : -1;
+    s_off[threadIdx.x] = j < cols ? slot_offset(a, table, j, g) : -1;  // -1: past the columns, a hole or a bad page
   }
   __syncthreads();
   const KV* __restrict__ kp = static_cast<const KV*>(a.k_pool);
   for (int64_t e = threadIdx.x; e < kTile * d; e += kThreads) {
     const int64_t jj = e / d, i = e - jj * d;
     const int64_t off = s_off[jj];
-    k_tile[jj * (d + 1) + i] = off >= 0 ? to_f32(kp[off + i]) : 0.0f;
+    k_tile[e] = off >= 0 ? to_f32(kp[off + i]) : 0.0f;
   }
   __syncthreads();
 
-  const int64_t my_off = s_off[lane];
-  const float* k_row = k_tile + lane * (d + 1);
   const int64_t r0 = max64(0, a.q_start[s]);
   const int64_t r1 = min64(a.total_q, a.q_start[s + 1]);
-  float total = 0.0f;
-  for (int64_t t = r0 + warp; t < r1; t += kWarps) {
-    const int64_t v = a.visible[t];
-    const int64_t vis = v < 0 ? 0 : (v > cap ? cap : v);
-    const int64_t first = first_visible(a, t, vis);
-    if (tile0 >= vis || tile0 + kTile <= first) continue;  // warp-uniform
-    const float2 ml = stats[t * a.heads + h];
-    __syncwarp();  // the previous row's readers of q_row are done
-    for (int64_t i = lane; i < d; i += 32) q_row[i] = load_f32(a.q, a.q_dtype, (t * a.heads + h) * d + i);
-    __syncwarp();
-    if (tile0 + lane >= first && tile0 + lane < vis && my_off >= 0 && ml.y > 0.0f) {
-      float dot = 0.0f;
-      for (int64_t i = 0; i < d; ++i) dot += q_row[i] * k_row[i];
-      total += expf(dot * a.scale - ml.x) / ml.y;
-    }
-  }
-  s_red[warp][lane] = total;
-  __syncthreads();
-  if (threadIdx.x < 32 && tile0 + lane < cols) {
-    float sum = 0.0f;
+  float kv_total = 0.0f;  // lane jj < 32 of warp 0: column tile0 + jj over the group's heads
+  for (int64_t hh = 0; hh < group; ++hh) {
+    const int64_t h = g * group + hh;
+    float total = 0.0f;  // lane jj: column tile0 + jj over this warp's rows
+    for (int64_t t = r0 + warp; t < r1; t += kWarps) {
+      const int64_t v = a.visible[t];
+      const int64_t vis = v < 0 ? 0 : (v > cap ? cap : v);
+      const int64_t first = first_visible(a, t, vis);
+      const float2 ml = stats[t * a.heads + h];
+      if (tile0 >= vis || tile0 + kTile <= first || !(ml.y > 0.0f)) continue;  // warp-uniform
+      float q[DPL];
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += s_red[w][lane];
-    a.attn_sum[sh * a.max_kv + tile0 + lane] += sum;
+      for (int e = 0; e < DPL; ++e) {
+        const int64_t i = e * 32 + lane;
+        q[e] = i < d ? load_f32(a.q, a.q_dtype, (t * a.heads + h) * d + i) : 0.0f;
+      }
+      const int j_begin = static_cast<int>(max64(0, first - tile0));
+      const int j_end = static_cast<int>(min64(kTile, min64(vis, cols) - tile0));
+      float my_s = -INFINITY;  // lane jj: score of slot tile0 + jj
+      for (int jj = j_begin; jj < j_end; ++jj) {
+        if (s_off[jj] < 0) continue;  // warp-uniform
+        const float sc = warp_sum(score_part<DPL>(q, k_tile + jj * d, d, lane)) * a.scale;
+        if (lane == jj) my_s = sc;
+      }
+      if (my_s != -INFINITY) total += expf(my_s - ml.x) / ml.y;
+    }
+    s_red[warp][lane] = total;
+    __syncthreads();
+    if (threadIdx.x < 32 && tile0 + lane < cols) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) sum += s_red[w][lane];
+      if (a.attn_sum != nullptr) a.attn_sum[(s * a.heads + h) * a.max_kv + tile0 + lane] += sum;
+      kv_total += sum;
+    }
+    __syncthreads();  // s_red is read before the next head writes it
   }
+  if (threadIdx.x < 32 && tile0 + lane < cols && a.kv_attn_sum != nullptr)
+    a.kv_attn_sum[(s * a.kv_heads + g) * a.max_kv + tile0 + lane] += kv_total;
 }
 
 template <typename KV, int DPL>
-void launch_attention(const PagedAttentionArgs& a, int splits, float* partial, float2* stats, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(a.total_q * a.heads), static_cast<unsigned>(splits));
-  attention_kernel<KV, DPL><<<grid, kThreads, 0, stream>>>(a, splits, partial, stats);
+void launch(const PagedAttentionArgs& a, int splits, int ranges, int64_t pstride, float* partial, float2* stats, cudaStream_t stream) {
+  const int64_t rows = a.total_q * a.heads;
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
+  const size_t mass_smem = static_cast<size_t>(kWarps) * ranges * sizeof(float);
+  attention_kernel<KV, DPL><<<grid, kThreads, mass_smem, stream>>>(a, splits, ranges, pstride, partial, stats);
+  if (splits > 1) combine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(a, splits, ranges, pstride, partial, stats);
+  const int64_t sum_tiles = (a.max_kv + kTile - 1) / kTile;
+  if (stats != nullptr && sum_tiles > 0 && a.seqs * a.kv_heads > 0) {
+    const dim3 sum_grid(static_cast<unsigned>(a.seqs * a.kv_heads), static_cast<unsigned>(sum_tiles));
+    const size_t smem = static_cast<size_t>(kTile) * a.head_dim * sizeof(float);
+    col_sum_kernel<KV, DPL><<<sum_grid, kThreads, smem, stream>>>(a, stats);
+  }
 }
 
 // Splits per row for decode: enough blocks for ~4 per SM and, when max_kv is known, no split
@@ -354,20 +433,27 @@ Status paged_attention_cuda(const PagedAttentionArgs& a, void* stream) {
   const std::string op = "paged_attention: ";
   if (a.heads < 0 || a.kv_heads <= 0 || a.heads % a.kv_heads != 0) return invalid_argument(op + "kv_heads must divide heads");
   if (a.page_size <= 0) return invalid_argument(op + "page_size must be positive");
-  if (a.head_dim < 0 || a.num_pages < 0 || a.seqs < 0 || a.total_q < 0 || a.max_kv < 0) return invalid_argument(op + "negative size");
+  if (a.head_dim < 0 || a.num_pages < 0 || a.seqs < 0 || a.total_q < 0 || a.max_kv < 0 || a.num_ranges < 0)
+    return invalid_argument(op + "negative size");
   if (!is_float(a.q_dtype) || !is_float(a.out_dtype)) return unsupported(op + "q and out must be f32, f16 or bf16");
   if (a.head_dim > 256) return unsupported(op + "head_dim " + std::to_string(a.head_dim) + " > 256 is not supported on CUDA");
   const int64_t rows = a.total_q * a.heads;
   if (rows == 0 || a.head_dim == 0) return Status::Ok();
   if (rows > INT_MAX) return unsupported(op + "more than 2^31 query rows x heads in one call");
+  const bool col_sums = a.attn_sum != nullptr || a.kv_attn_sum != nullptr;
   const int64_t sum_tiles = (a.max_kv + kTile - 1) / kTile;
-  if (a.attn_sum != nullptr && (a.seqs * a.heads > INT_MAX || sum_tiles > 65535))
-    return unsupported(op + "attn_sum over more than 2^31 sequences x heads or 2M slots");
+  if (col_sums && (a.seqs * a.kv_heads > INT_MAX || sum_tiles > 65535))
+    return unsupported(op + "attn_sum over more than 2^31 sequences x kv heads or 2M slots");
+  const int64_t ranges = a.range_mass != nullptr ? a.num_ranges : 0;
+  if (ranges > kMaxRanges)
+    return unsupported(op + std::to_string(ranges) + " ranges for range_mass; CUDA takes at most " + std::to_string(kMaxRanges));
+  if (ranges > 0 && a.mass_ranges == nullptr) return invalid_argument(op + "range_mass needs mass_ranges");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
 
   const int splits = choose_splits(a);
-  const size_t stats_bytes = a.attn_sum != nullptr ? static_cast<size_t>(rows) * sizeof(float2) : 0;
-  const size_t partial_bytes = splits > 1 ? static_cast<size_t>(rows) * splits * (a.head_dim + 2) * sizeof(float) : 0;
+  const int64_t pstride = a.head_dim + 2 + ranges;
+  const size_t stats_bytes = col_sums ? static_cast<size_t>(rows) * sizeof(float2) : 0;
+  const size_t partial_bytes = splits > 1 ? static_cast<size_t>(rows) * splits * pstride * sizeof(float) : 0;
   char* workspace = nullptr;
   if (stats_bytes + partial_bytes > 0) {
     const cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&workspace), stats_bytes + partial_bytes, s);
@@ -384,16 +470,11 @@ Status paged_attention_cuda(const PagedAttentionArgs& a, void* stream) {
 
   Status st = dispatch_float(a.kv_dtype, "paged_attention (kv pools)", [&](auto tag) {
     using KV = decltype(tag);
-    if (a.head_dim <= 32) launch_attention<KV, 1>(a, splits, partial, stats, s);
-    else if (a.head_dim <= 64) launch_attention<KV, 2>(a, splits, partial, stats, s);
-    else if (a.head_dim <= 128) launch_attention<KV, 4>(a, splits, partial, stats, s);
-    else launch_attention<KV, 8>(a, splits, partial, stats, s);
-    if (splits > 1) combine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(a, splits, partial, stats);
-    if (a.attn_sum != nullptr && sum_tiles > 0 && a.seqs * a.heads > 0) {
-      const dim3 grid(static_cast<unsigned>(a.seqs * a.heads), static_cast<unsigned>(sum_tiles));
-      const size_t smem = static_cast<size_t>(kTile * (a.head_dim + 1) + kWarps * a.head_dim) * sizeof(float);
-      attn_sum_kernel<KV><<<grid, kThreads, smem, s>>>(a, stats);
-    }
+    const int r = static_cast<int>(ranges);
+    if (a.head_dim <= 32) launch<KV, 1>(a, splits, r, pstride, partial, stats, s);
+    else if (a.head_dim <= 64) launch<KV, 2>(a, splits, r, pstride, partial, stats, s);
+    else if (a.head_dim <= 128) launch<KV, 4>(a, splits, r, pstride, partial, stats, s);
+    else launch<KV, 8>(a, splits, r, pstride, partial, stats, s);
     return Status::Ok();
   });
   const cudaError_t launch_err = cudaGetLastError();

@@ -22,9 +22,28 @@
 // page-table entry i hold tokens and later rows are holes: masked like invisible slots, and
 // their value rows are never read.
 //
-// Optional, for score-based cache policies: when attn_sum is not null, the softmax
-// probabilities are also added into attn_sum[s][h][j] (f32, (heads, max_kv) per sequence at
-// attn_sum + s * heads * max_kv), summed over the sequence's query rows.
+// Scores, for score-based cache policies (H2O, SnapKV, Cascading) and CacheFocus pruning: the
+// attention probabilities p[t, h, j] behind `out` can also be reported, each output off (and
+// free) while its pointer is null. All three come from the same probabilities as `out`:
+//  - attn_sum (seqs, heads, max_kv) f32, added into: attn_sum[s][h][j] += sum over the
+//    sequence's query rows t of p[t, h, j] (the column sums per query head).
+//  - kv_attn_sum (seqs, kv_heads, max_kv) f32, added into: kv_attn_sum[s][g][j] += sum over the
+//    sequence's query rows t and over the query heads h of kv head g's group of p[t, h, j].
+//    Columns j >= kv_len[s] of either are left alone.
+//  - range_mass (total_q, heads, num_ranges) f32, written: range_mass[t][h][r] = sum of
+//    p[t, h, j] over the slots j in [begin, end) of range r of row t's sequence, where
+//    mass_ranges (seqs, num_ranges, 2) i32 holds the [begin, end) pairs in slot order (the
+//    sequence's page-table order). Ranges may overlap or reach past what a row sees; slots a row
+//    does not see (causal mask, sliding window, holes) weigh 0, so ranges that cover every
+//    slot give masses that sum to 1 (0 for a row that sees no slot). On CUDA, num_ranges is at
+//    most 2048 (the running masses live in shared memory).
+// Exactness: p[t, h, j] = exp(s_j - M) / L with s_j the row's score of slot j and (M, L) the
+// row's final max and sum of exp(s - M). range_mass is accumulated in the attention pass itself,
+// from the very exp(s_j - m) terms that weight the values, under the same online rescaling as
+// L. The column sums need every row of a sequence per column, so a second pass recomputes s_j
+// with the first pass's arithmetic (bitwise the same score) and adds exp(s_j - M) / L with the
+// row's final (M, L) taken from the first pass: the same probability, not an estimate.
+#pragma once
 #pragma once
 #include "common.h"
 
@@ -52,8 +71,13 @@ struct PagedAttentionArgs {
   const int32_t* visible = nullptr;      // (total_q)
   const int32_t* first_visible = nullptr;  // optional (total_q), 0 <= first_visible <= visible
   float scale = 1.0f;
-  float* attn_sum = nullptr;             // optional (seqs, heads, max_kv)
-  int64_t max_kv = 0;
+  // Scores (see above); null: not computed.
+  float* attn_sum = nullptr;             // optional (seqs, heads, max_kv), added into
+  float* kv_attn_sum = nullptr;          // optional (seqs, kv_heads, max_kv), added into
+  int64_t max_kv = 0;                    // columns of attn_sum and kv_attn_sum (>= every kv_len)
+  const int32_t* mass_ranges = nullptr;  // (seqs, num_ranges, 2): [begin, end) slot ranges
+  int64_t num_ranges = 0;
+  float* range_mass = nullptr;           // optional (total_q, heads, num_ranges), written
 };
 
 Status paged_attention_cpu(const PagedAttentionArgs& args);

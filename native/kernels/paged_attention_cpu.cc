@@ -12,11 +12,18 @@
 // Decode (few rows x kv heads for the threads): the visible slots are also cut into chunks
 // (flash-decoding); each chunk leaves (max, sum, acc) per head and a merge combines them.
 //
-// attn_sum: a second pass, parallel over (sequence, kv head, block of kSumBlock slots), so each
-// item owns its slice of attn_sum and nothing races. It recomputes the scores with the same
-// arithmetic as the first pass (bitwise identical: every dot product has one fixed order) and
-// adds exp(s - max) / sum with the row's final (max, sum), rows in order: deterministic for any
-// thread count.
+// range_mass: kept in the first pass beside the running sum. Per head and range, a running mass
+// takes the block's exp(s - max) terms of the range's slots (the same terms that weight the
+// values, and that the running sum takes) and the same rescale by exp(old max - new max) as the
+// sum and the accumulator; the decode split merges masses as it merges sums. At the end
+// mass / sum is the range's probability: for ranges that cover every slot, the masses add up to
+// sum / sum = 1 up to f32 rounding.
+//
+// attn_sum and kv_attn_sum: a second pass, parallel over (sequence, kv head, block of kSumBlock
+// slots), so each item owns its slice of both outputs and nothing races. It recomputes the
+// scores with the same arithmetic as the first pass (bitwise identical: every dot product has
+// one fixed order) and adds exp(s - max) / sum with the row's final (max, sum), rows in order:
+// deterministic for any thread count.
 //
 // Vector code: GCC vector extensions (8 x f32) inside always-inline helpers, compiled into the
 // KVF_CPU_CLONES functions for baseline x86-64, AVX2+FMA and AVX-512. Each dot product is one
@@ -205,6 +212,7 @@ struct Layout {
   const PagedAttentionArgs& a;
   int64_t group;            // query heads per kv head
   int64_t row_stride;       // kv_heads * head_dim: one slot of the pool
+  int64_t ranges;           // ranges of range_mass per sequence; 0 when range_mass is off
   std::vector<int32_t> row_seq;  // sequence of every query row
 };
 
@@ -237,11 +245,12 @@ inline int64_t first_visible(const PagedAttentionArgs& a, int64_t t) { return a.
 
 // Per-thread scratch for one parallel_for chunk.
 struct Scratch {
-  std::vector<float> q, acc, m, l, scores, kbuf, vbuf;
+  std::vector<float> q, acc, m, l, mass, scores, kbuf, vbuf;
   std::vector<const float*> krows, vrows;
   std::vector<int64_t> offs, voffs, next_offs;
   std::vector<float> zeros;  // the value row a hole reads (its weight is 0; pool rows may hold NaN)
-  Scratch(int64_t group, int64_t d, int64_t block) {
+  Scratch(int64_t group, int64_t d, int64_t block, int64_t ranges) {
+    mass.resize(group * ranges);
     voffs.resize(block);
     zeros.assign(d, 0.0f);
     q.resize(group * d);
@@ -290,7 +299,8 @@ KVF_ALWAYS_INLINE void prefetch_rows(const KV* pool, const int64_t* offs, int64_
 // ---- Pass 1: attention ---------------------------------------------------------------------
 
 // Slots [j_begin, j_end) of row t for the heads of kv head g: leaves (m, l, acc) per head in
-// the scratch (m = -inf, l = 0, acc = 0 for an empty range). The q rows are in scratch.q.
+// the scratch (m = -inf, l = 0, acc = 0 for an empty range), and with range_mass, the unscaled
+// mass of every range per head (l's share of each range). The q rows are in scratch.q.
 template <typename KV>
 KVF_ALWAYS_INLINE void attend_range(const Layout& L, int64_t s, int64_t g, int64_t j_begin, int64_t j_end, Scratch& w) {
   const PagedAttentionArgs& a = L.a;
@@ -300,6 +310,9 @@ KVF_ALWAYS_INLINE void attend_range(const Layout& L, int64_t s, int64_t g, int64
   std::fill(w.acc.begin(), w.acc.end(), 0.0f);
   std::fill(w.m.begin(), w.m.end(), -INFINITY);
   std::fill(w.l.begin(), w.l.end(), 0.0f);
+  std::fill(w.mass.begin(), w.mass.end(), 0.0f);
+  const int64_t R = L.ranges;
+  const int32_t* ranges = R > 0 ? a.mass_ranges + s * R * 2 : nullptr;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBlock) {
     const int64_t n = std::min(kBlock, j_end - j0);
     const bool paged_values = has_holes_or_split(a);
@@ -343,16 +356,31 @@ KVF_ALWAYS_INLINE void attend_range(const Layout& L, int64_t s, int64_t g, int64
       accumulate(acc, sc, w.vrows.data(), n, d);
       w.l[hh] = w.l[hh] * alpha + sum;
       w.m[hh] = m_new;
+      // Each range's share of this block's terms (holes are exp(-inf) = 0), rescaled as l is.
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t b = std::max<int64_t>(ranges[2 * r], j0) - j0, e = std::min<int64_t>(ranges[2 * r + 1], j0 + n) - j0;
+        float part = 0.0f;
+        for (int64_t jj = b; jj < e; ++jj) part += sc[jj];
+        w.mass[hh * R + r] = w.mass[hh * R + r] * alpha + part;
+      }
     }
   }
 }
 
-// Per (row, kv head, chunk) partial state in the decode split: per head [m, l, acc[d]].
+// Per (row, kv head, chunk) partial state in the decode split: per head [m, l, acc[d], mass[R]].
 struct Split {
   int64_t chunks = 1;
   int64_t chunk_len = 0;
-  std::vector<float> partial;  // (total_q, kv_heads, chunks, group, d + 2)
+  int64_t stride = 0;          // d + 2 + R: one head's partial state
+  std::vector<float> partial;  // (total_q, kv_heads, chunks, group, stride)
 };
+
+// Row t, head h's masses: mass / l, or zeros for a row that sees nothing.
+inline void store_mass(const Layout& L, int64_t t, int64_t h, const float* mass, float l) {
+  const int64_t R = L.ranges;
+  float* dst = L.a.range_mass + (t * L.a.heads + h) * R;
+  for (int64_t r = 0; r < R; ++r) dst[r] = l > 0.0f ? mass[r] / l : 0.0f;
+}
 
 // Items [u0, u1) of (row, kv head, chunk). Without a split, each item writes its rows of out
 // (and the (max, sum) per head into stats when attn_sum needs them).
@@ -360,7 +388,8 @@ template <typename KV>
 KVF_CPU_CLONES void attend_items(const Layout& L, Split& sp, float* stats, int64_t u0, int64_t u1) {
   const PagedAttentionArgs& a = L.a;
   const int64_t d = a.head_dim, G = L.group;
-  Scratch w(G, d, kBlock);
+  Scratch w(G, d, kBlock, L.ranges);
+  const int64_t R = L.ranges;
   for (int64_t u = u0; u < u1; ++u) {
     const int64_t c = u % sp.chunks;
     const int64_t tg = u / sp.chunks;
@@ -376,17 +405,20 @@ KVF_CPU_CLONES void attend_items(const Layout& L, Split& sp, float* stats, int64
       for (int64_t hh = 0; hh < G; ++hh) {
         const float l = w.l[hh];
         store_row(a.out, a.out_dtype, (t * a.heads + h0 + hh) * d, d, &w.acc[hh * d], l > 0.0f ? 1.0f / l : 0.0f);
+        if (R > 0) store_mass(L, t, h0 + hh, &w.mass[hh * R], l);
         if (stats != nullptr) {
           stats[2 * (t * a.heads + h0 + hh)] = w.m[hh];
           stats[2 * (t * a.heads + h0 + hh) + 1] = l;
         }
       }
     } else {
-      float* dst = &sp.partial[u * G * (d + 2)];
+      float* dst = &sp.partial[u * G * sp.stride];
       for (int64_t hh = 0; hh < G; ++hh) {
-        dst[hh * (d + 2)] = w.m[hh];
-        dst[hh * (d + 2) + 1] = w.l[hh];
-        std::copy(&w.acc[hh * d], &w.acc[hh * d] + d, &dst[hh * (d + 2) + 2]);
+        float* part = dst + hh * sp.stride;
+        part[0] = w.m[hh];
+        part[1] = w.l[hh];
+        std::copy(&w.acc[hh * d], &w.acc[hh * d] + d, part + 2);
+        std::copy(&w.mass[hh * R], &w.mass[hh * R] + R, part + 2 + d);
       }
     }
   }
@@ -395,27 +427,30 @@ KVF_CPU_CLONES void attend_items(const Layout& L, Split& sp, float* stats, int64
 // Decode split: merges the chunks of (row, kv head) items [v0, v1) into out (and stats).
 KVF_CPU_CLONES void merge_chunks(const Layout& L, const Split& sp, float* stats, int64_t v0, int64_t v1) {
   const PagedAttentionArgs& a = L.a;
-  const int64_t d = a.head_dim, G = L.group;
-  std::vector<float> acc(d);
+  const int64_t d = a.head_dim, G = L.group, R = L.ranges;
+  std::vector<float> acc(d), mass(R);
   for (int64_t v = v0; v < v1; ++v) {
     const int64_t g = v % a.kv_heads, t = v / a.kv_heads;
     for (int64_t hh = 0; hh < G; ++hh) {
-      const float* part = &sp.partial[(v * sp.chunks) * G * (d + 2) + hh * (d + 2)];
-      const int64_t stride = G * (d + 2);  // from one chunk to the next
+      const float* part = &sp.partial[(v * sp.chunks) * G * sp.stride + hh * sp.stride];
+      const int64_t stride = G * sp.stride;  // from one chunk to the next
       float m = -INFINITY;
       for (int64_t c = 0; c < sp.chunks; ++c) m = std::max(m, part[c * stride]);
       float l = 0.0f;
       std::fill(acc.begin(), acc.end(), 0.0f);
+      std::fill(mass.begin(), mass.end(), 0.0f);
       if (m != -INFINITY) {
         for (int64_t c = 0; c < sp.chunks; ++c) {
           const float* p = part + c * stride;
           const float wgt = exp_f32(p[0] - m);  // 0 for an empty chunk (m = -inf)
           l += p[1] * wgt;
           for (int64_t i = 0; i < d; ++i) acc[i] += p[2 + i] * wgt;
+          for (int64_t r = 0; r < R; ++r) mass[r] += p[2 + d + r] * wgt;
         }
       }
       const int64_t h = g * G + hh;
       store_row(a.out, a.out_dtype, (t * a.heads + h) * d, d, acc.data(), l > 0.0f ? 1.0f / l : 0.0f);
+      if (R > 0) store_mass(L, t, h, mass.data(), l);
       if (stats != nullptr) {
         stats[2 * (t * a.heads + h)] = m;
         stats[2 * (t * a.heads + h) + 1] = l;
@@ -424,7 +459,7 @@ KVF_CPU_CLONES void merge_chunks(const Layout& L, const Split& sp, float* stats,
   }
 }
 
-// ---- Pass 2: attn_sum ----------------------------------------------------------------------
+// ---- Pass 2: attn_sum, kv_attn_sum ---------------------------------------------------------
 
 struct SumItem {
   int32_t seq;
@@ -460,9 +495,14 @@ KVF_CPU_CLONES void attn_sum_items(const Layout& L, const std::vector<SumItem>& 
         const float inv_l = 1.0f / stats[2 * (t * a.heads + h) + 1];  // l >= 1: the row sees a slot
         load_row(a.q, a.q_dtype, (t * a.heads + h) * d, d, q.data());
         block_scores(q.data(), krows.data() + jf, nt - jf, d, a.scale, scores.data());
-        float* dst = a.attn_sum + (s * a.heads + h) * a.max_kv + j0 + jf;
-        for (int64_t jj = 0; jj < nt - jf; ++jj)
-          if (holes == 0 || voffs[jf + jj] >= 0) dst[jj] += exp_f32(scores[jj] - m) * inv_l;
+        float* dst = a.attn_sum != nullptr ? a.attn_sum + (s * a.heads + h) * a.max_kv + j0 + jf : nullptr;
+        float* kv_dst = a.kv_attn_sum != nullptr ? a.kv_attn_sum + (s * a.kv_heads + g) * a.max_kv + j0 + jf : nullptr;
+        for (int64_t jj = 0; jj < nt - jf; ++jj) {
+          if (holes != 0 && voffs[jf + jj] < 0) continue;
+          const float p = exp_f32(scores[jj] - m) * inv_l;
+          if (dst != nullptr) dst[jj] += p;
+          if (kv_dst != nullptr) kv_dst[jj] += p;
+        }
       }
     }
   }
@@ -480,8 +520,9 @@ Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_span) {
   if (a.page_size <= 0) return invalid_argument(op + "page_size must be positive");
   if (!is_float(a.q_dtype) || !is_float(a.out_dtype))
     return unsupported(op + "q and out must be f32, f16 or bf16 (got " + dtype_name(a.q_dtype) + ", " + dtype_name(a.out_dtype) + ")");
-  if (a.head_dim < 0 || a.num_pages < 0 || a.seqs < 0 || a.total_q < 0 || a.max_kv < 0)
+  if (a.head_dim < 0 || a.num_pages < 0 || a.seqs < 0 || a.total_q < 0 || a.max_kv < 0 || a.num_ranges < 0)
     return invalid_argument(op + "negative size");
+  if (L.ranges > 0 && a.mass_ranges == nullptr) return invalid_argument(op + "range_mass needs mass_ranges");
   if (a.q_start[0] != 0) return invalid_argument(op + "q_start[0] must be 0, got " + std::to_string(a.q_start[0]));
   if (a.table_start[0] < 0) return invalid_argument(op + "table_start[0] is negative");
   L.row_seq.assign(a.total_q, 0);
@@ -501,9 +542,15 @@ Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_span) {
       return invalid_argument(op + "sequence " + std::to_string(s) + ": kv_len " + std::to_string(kv) + " is outside its page table [0, " +
                               std::to_string((t1 - t0) * a.page_size) + "] (" + std::to_string(t1 - t0) + " pages of " +
                               std::to_string(a.page_size) + ")");
-    if (a.attn_sum != nullptr && kv > a.max_kv)
+    if ((a.attn_sum != nullptr || a.kv_attn_sum != nullptr) && kv > a.max_kv)
       return invalid_argument(op + "sequence " + std::to_string(s) + ": kv_len " + std::to_string(kv) + " exceeds max_kv " +
                               std::to_string(a.max_kv) + " of attn_sum");
+    for (int64_t r = 0; r < L.ranges; ++r) {
+      const int64_t b = a.mass_ranges[(s * L.ranges + r) * 2], e = a.mass_ranges[(s * L.ranges + r) * 2 + 1];
+      if (b < 0 || e < b)
+        return invalid_argument(op + "sequence " + std::to_string(s) + ": range " + std::to_string(r) + " [" + std::to_string(b) +
+                                ", " + std::to_string(e) + ") of mass_ranges is not a range of slots (0 <= begin <= end)");
+    }
     const int64_t used_pages = (kv + a.page_size - 1) / a.page_size;
     for (int64_t i = 0; i < used_pages; ++i) {
       const int64_t page = a.page_table[t0 + i];
@@ -539,7 +586,8 @@ Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_span) {
 
 template <typename KV>
 Status run(const PagedAttentionArgs& a) {
-  Layout L{a, a.heads / a.kv_heads, a.kv_heads * a.head_dim, {}};
+  const int64_t ranges = a.range_mass != nullptr ? std::max<int64_t>(0, a.num_ranges) : 0;
+  Layout L{a, a.heads / a.kv_heads, a.kv_heads * a.head_dim, ranges, {}};
   int64_t max_span = 0;
   KVF_RETURN_IF_ERROR(validate(a, L, &max_span));
   if (a.total_q == 0 || a.heads == 0 || a.head_dim == 0) return Status::Ok();
@@ -552,10 +600,12 @@ Status run(const PagedAttentionArgs& a) {
     sp.chunks = std::min((threads + items - 1) / items, max_span / kMinChunk);
   }
   sp.chunk_len = (max_span + sp.chunks - 1) / sp.chunks;
-  if (sp.chunks > 1) sp.partial.resize(items * sp.chunks * L.group * (a.head_dim + 2));
+  sp.stride = a.head_dim + 2 + L.ranges;
+  if (sp.chunks > 1) sp.partial.resize(items * sp.chunks * L.group * sp.stride);
 
-  std::vector<float> stats(a.attn_sum != nullptr ? 2 * a.total_q * a.heads : 0);
-  float* st = a.attn_sum != nullptr ? stats.data() : nullptr;
+  const bool col_sums = a.attn_sum != nullptr || a.kv_attn_sum != nullptr;
+  std::vector<float> stats(col_sums ? 2 * a.total_q * a.heads : 0);
+  float* st = col_sums ? stats.data() : nullptr;
   // Grain: about 4K slot-rows of work per chunk so short rows don't drown in dispatch.
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, max_span / sp.chunks));
   cpu::parallel_for(items * sp.chunks, grain, [&](int64_t u0, int64_t u1) { attend_items<KV>(L, sp, st, u0, u1); });
@@ -563,7 +613,7 @@ Status run(const PagedAttentionArgs& a) {
     cpu::parallel_for(items, 1, [&](int64_t v0, int64_t v1) { merge_chunks(L, sp, st, v0, v1); });
   }
 
-  if (a.attn_sum != nullptr) {
+  if (col_sums) {
     std::vector<SumItem> sum_items;
     for (int64_t s = 0; s < a.seqs; ++s) {
       const int64_t blocks = (a.kv_len[s] + kSumBlock - 1) / kSumBlock;

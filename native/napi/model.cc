@@ -53,6 +53,30 @@ std::vector<int32_t> int_array(Napi::Env env, Napi::Value v, const char* what) {
   return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
 }
 
+// A step request's rangeMass: one Int32Array of [begin, end) pairs for every layer, or an array
+// of one per layer, all of one length; stored per layer in sr->mass_ranges.
+void mass_ranges(Napi::Env env, Napi::Value v, int64_t layers, StepRequest* sr) {
+  std::vector<std::vector<int32_t>> lists;
+  if (v.IsArray()) {
+    Napi::Array arr = v.As<Napi::Array>();
+    if (static_cast<int64_t>(arr.Length()) != layers)
+      throw_invalid(env, "step: rangeMass needs one Int32Array per layer (" + std::to_string(layers) + "), got " + std::to_string(arr.Length()));
+    for (uint32_t l = 0; l < arr.Length(); ++l) lists.push_back(int_array(env, arr.Get(l), "step: rangeMass[layer]"));
+  } else {
+    lists.assign(static_cast<size_t>(layers), int_array(env, v, "step: rangeMass"));
+  }
+  const size_t n = lists.front().size();
+  if (n == 0 || n % 2 != 0) throw_invalid(env, "step: rangeMass must hold one or more [begin, end) pairs");
+  for (const auto& list : lists) {
+    if (list.size() != n) throw_invalid(env, "step: rangeMass needs the same number of ranges in every layer");
+    for (size_t i = 0; i < n; i += 2)
+      if (list[i] < 0 || list[i + 1] < list[i])
+        throw_invalid(env, "step: rangeMass [" + std::to_string(list[i]) + ", " + std::to_string(list[i + 1]) + ") is not a range of slots");
+    sr->mass_ranges.insert(sr->mass_ranges.end(), list.begin(), list.end());
+  }
+  sr->num_ranges = static_cast<int64_t>(n / 2);
+}
+
 }  // namespace
 
 // ---- NativeSequence ----
@@ -434,8 +458,11 @@ Napi::Value NativeModel::release(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// step([{ seq, tokens: Int32Array, positions: Int32Array, logits: 'none'|'last'|'all', sample?: {...} }])
-//   -> Promise<{ logits: (Float32Array | null)[], tokens: Int32Array }>
+// step([{ seq, tokens: Int32Array, positions: Int32Array, logits: 'none'|'last'|'all', sample?: {...},
+//         invFreq?: Float32Array, rangeMass?: Int32Array | Int32Array[] }])
+//   -> Promise<{ logits: (Float32Array | null)[], tokens: Int32Array, rangeMass: (Float32Array | null)[] }>
+// rangeMass: [begin, end) slot-range pairs for every layer, or one Int32Array per layer (all of
+// one length); the result's rangeMass[i] is (layers, rows, heads, ranges) f32.
 Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
   return guarded(info, [&](const Napi::CallbackInfo& info) -> Napi::Value {
     Napi::Env env = info.Env();
@@ -464,6 +491,8 @@ Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
       }
       for (int32_t t : sr.tokens)
         if (t < 0 || t >= m.spec().vocab) throw_invalid(env, "step: token id " + std::to_string(t) + " is outside the vocabulary");
+      Napi::Value rv = r.Get("rangeMass");
+      if (!rv.IsUndefined() && !rv.IsNull()) mass_ranges(env, rv, m.spec().layers, &sr);
       const std::string lg = r.Get("logits").IsString() ? r.Get("logits").As<Napi::String>().Utf8Value() : "last";
       sr.logits = lg == "all" ? StepRequest::Logits::all : lg == "none" ? StepRequest::Logits::none : StepRequest::Logits::last;
       Napi::Value sv = r.Get("sample");
@@ -499,8 +528,20 @@ Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
         }
         Napi::Int32Array tokens = Napi::Int32Array::New(env, result->sampled.size());
         for (size_t i = 0; i < result->sampled.size(); ++i) tokens[i] = result->sampled[i];
+        Napi::Array masses = Napi::Array::New(env, result->range_mass.size());
+        for (size_t i = 0; i < result->range_mass.size(); ++i) {
+          const auto& rm = result->range_mass[i];
+          if (rm.empty()) {
+            masses.Set(static_cast<uint32_t>(i), env.Null());
+            continue;
+          }
+          Napi::Float32Array a = Napi::Float32Array::New(env, rm.size());
+          std::memcpy(a.Data(), rm.data(), rm.size() * sizeof(float));
+          masses.Set(static_cast<uint32_t>(i), a);
+        }
         out.Set("logits", logits);
         out.Set("tokens", tokens);
+        out.Set("rangeMass", masses);
         return out;
       });
     };

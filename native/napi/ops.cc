@@ -357,7 +357,9 @@ Napi::Value kv_write(const Napi::CallbackInfo& info) {
 }
 
 // pagedAttention(q, kPool, vPool, out, qStart, kvLen, tableStart, pageTable, visible, attnSum | null, params,
-//                firstVisible?, vPageTable?, pageRows?)
+//                firstVisible?, vPageTable?, pageRows?, kvAttnSum?, massRanges?, rangeMass?)
+// params.numRanges: ranges per sequence in massRanges (seqs x numRanges x 2 i32) and rangeMass
+// (totalQ x heads x numRanges f32); both or neither.
 Napi::Value paged_attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "pagedAttention";
@@ -425,6 +427,29 @@ Napi::Value paged_attention(const Napi::CallbackInfo& info) {
     if (t->device() != d) throw_invalid(env, std::string("pagedAttention: ") + name + " must be on the same device");
     (i == 12 ? a.v_page_table : a.page_rows) = static_cast<const int32_t*>(t->buffer()->data());
     inputs.push_back(t->buffer());
+  }
+  // Scores beyond attnSum: column sums per kv head, and probability mass per slot range.
+  if (info.Length() > 14 && !info[14].IsNull() && !info[14].IsUndefined()) {
+    NativeTensor* t = arg(info, 14, op, "kvAttnSum", a.seqs * a.kv_heads * a.max_kv);
+    require_dtype(env, t, DType::f32, op, "kvAttnSum");
+    if (t->device() != d) throw_invalid(env, "pagedAttention: kvAttnSum must be on the same device");
+    a.kv_attn_sum = static_cast<float*>(t->buffer()->data());
+    outputs.push_back(t->buffer());
+  }
+  const bool has_ranges = info.Length() > 15 && !info[15].IsNull() && !info[15].IsUndefined();
+  const bool has_mass = info.Length() > 16 && !info[16].IsNull() && !info[16].IsUndefined();
+  if (has_ranges != has_mass) throw_invalid(env, "pagedAttention: massRanges and rangeMass go together");
+  if (has_mass) {
+    a.num_ranges = p.i64("numRanges");
+    NativeTensor* tr = arg(info, 15, op, "massRanges", a.seqs * a.num_ranges * 2);
+    NativeTensor* tm = arg(info, 16, op, "rangeMass", a.total_q * a.heads * a.num_ranges);
+    require_dtype(env, tr, DType::i32, op, "massRanges");
+    require_dtype(env, tm, DType::f32, op, "rangeMass");
+    if (tr->device() != d || tm->device() != d) throw_invalid(env, "pagedAttention: massRanges and rangeMass must be on the same device");
+    a.mass_ranges = static_cast<const int32_t*>(tr->buffer()->data());
+    a.range_mass = static_cast<float*>(tm->buffer()->data());
+    inputs.push_back(tr->buffer());
+    outputs.push_back(tm->buffer());
   }
   enqueue_op(d, std::move(inputs), std::move(outputs), [a](Backend& be) { return be.paged_attention(a); });
   return env.Undefined();

@@ -1,9 +1,10 @@
 // pagedAttention on CUDA against its CPU twin (which test/ops checks against float64): outputs
-// and attnSum, over prefill, decode (including the split-over-slots path), GQA, every head size
-// the CUDA kernel has a variant for, every pool dtype, and sliding windows.
+// and the scores (attnSum, kvAttnSum, rangeMass), over prefill, decode (including the
+// split-over-slots path), GQA, every head size the CUDA kernel has a variant for, every pool
+// dtype, holes and sliding windows.
 import { describe, expect, it } from 'vitest';
 
-import { Tensor, ops } from '../../lib/index.js';
+import { type SlotRange, Tensor, ops } from '../../lib/index.js';
 import { native } from '../../lib/loader.js';
 import { rand, rng } from '../support/random.js';
 import { hasCuda } from './gpu.js';
@@ -45,18 +46,32 @@ function inputs(s: Setup) {
   };
 }
 
+interface Options {
+  visible?: Int32Array;
+  attnSum?: boolean;
+  kvAttnSum?: boolean;
+  rangeMass?: readonly SlotRange[] | readonly (readonly SlotRange[])[];
+  window?: number;
+}
+
 async function both(
   s: Setup,
-  options: { visible?: Int32Array; attnSum?: boolean; window?: number } = {},
+  options: Options = {},
   // Sequences over stored documents: a value page table and rows per page, from the key pages.
   stored?: (pages: number[], i: number) => { valuePages: number[]; pageRows: number[] },
 ) {
   const x = inputs(s);
   const sequences = stored ? x.sequences.map((q, i) => ({ ...q, ...stored(q.pages, i) })) : x.sequences;
   const res = [];
+  const read = async (t: Tensor | undefined) => (t ? ((await t.toArray()) as Float32Array) : undefined);
   for (const device of ['cpu', 'cuda'] as const) {
-    const { out, attnSum } = ops.pagedAttention(x.q.to(device), x.kPool.to(device), x.vPool.to(device), { sequences, ...options });
-    res.push({ out: (await out.toArray()) as Float32Array, attnSum: attnSum ? ((await attnSum.toArray()) as Float32Array) : undefined });
+    const r = ops.pagedAttention(x.q.to(device), x.kPool.to(device), x.vPool.to(device), { sequences, ...options });
+    res.push({
+      out: (await r.out.toArray()) as Float32Array,
+      attnSum: await read(r.attnSum),
+      kvAttnSum: await read(r.kvAttnSum),
+      rangeMass: await read(r.rangeMass),
+    });
   }
   return { cpu: res[0]!, cuda: res[1]! };
 }
@@ -188,5 +203,134 @@ describe.skipIf(!hasCuda)('pagedAttention (CUDA vs CPU)', () => {
     const { cpu, cuda } = await both({ heads: 8, kvHeads: 2, d: 128, seqs: [{ queries: 300, kvLength: 700 }, { queries: 1, kvLength: 5000 }], seed: 10 }, { attnSum: true });
     expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
     expect(maxAbsDiff(cuda.attnSum!, cpu.attnSum!)).toBeLessThan(300 * F32_TOL);
+  });
+});
+
+/** Ranges that cut [0, kvLength) into consecutive pieces at the given lengths (the last takes the rest). */
+function cover(kvLength: number, lengths: number[]): SlotRange[] {
+  const out: SlotRange[] = [];
+  let b = 0;
+  for (const n of lengths) {
+    if (b >= kvLength) break;
+    out.push([b, Math.min(kvLength, b + n)]);
+    b += n;
+  }
+  if (b < kvLength) out.push([b, kvLength]);
+  return out;
+}
+
+/** Largest |1 - sum of a row's masses| over the rows and heads that see a slot (mass list R long, all covering). */
+function coverError(mass: Float32Array, R: number): number {
+  let worst = 0;
+  for (let th = 0; th < mass.length / R; th++) {
+    let sum = 0;
+    for (let r = 0; r < R; r++) sum += mass[th * R + r]!;
+    if (sum !== 0) worst = Math.max(worst, Math.abs(sum - 1));
+  }
+  return worst;
+}
+
+describe.skipIf(!hasCuda)('pagedAttention scores (CUDA vs CPU): rangeMass and kvAttnSum', () => {
+  // Masses are sums of probabilities within one row: f32 accuracy, like the outputs.
+  for (const d of [16, 64, 128, 256]) {
+    for (const [heads, kvHeads] of [[4, 4], [8, 2], [4, 1]] as const) {
+      it(`rangeMass over a mixed batch, ${heads}/${kvHeads} heads, d=${d}`, async () => {
+        const seqs = [...mixed, { queries: 40, kvLength: 600 }];
+        const rangeMass = seqs.map((q) => cover(q.kvLength, [5, 17, 3, 30, 11, 100]));
+        const { cpu, cuda } = await both({ heads, kvHeads, d, seqs, kvDtype: 'bf16', seed: 50 + d + heads }, { rangeMass });
+        expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+        expect(maxAbsDiff(cuda.rangeMass!, cpu.rangeMass!)).toBeLessThan(F32_TOL);
+        expect(coverError(cuda.rangeMass!, 7)).toBeLessThan(2e-6);
+      });
+    }
+  }
+
+  it('rangeMass of long decodes (the split path merges the masses), many ranges (lanes own several each)', async () => {
+    const seqs = [4096, 1, 777, 2048].map((kvLength) => ({ queries: 1, kvLength }));
+    const rangeMass = seqs.map((q) => cover(q.kvLength, Array.from({ length: 99 }, (_, i) => 1 + ((i * 37) % 61))));
+    const R = Math.max(...rangeMass.map((l) => l.length));
+    expect(R).toBeGreaterThan(64);
+    const { cpu, cuda } = await both({ heads: 8, kvHeads: 2, d: 128, seqs, seed: 60 }, { rangeMass });
+    expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+    expect(maxAbsDiff(cuda.rangeMass!, cpu.rangeMass!)).toBeLessThan(F32_TOL);
+    expect(coverError(cuda.rangeMass!, R)).toBeLessThan(2e-6);
+  });
+
+  it('rangeMass with overlapping ranges, custom visibility and rows that see nothing', async () => {
+    const seqs = [...mixed, { queries: 1, kvLength: 3000 }];
+    const r = rng(61);
+    const visible: number[] = [];
+    for (const s of seqs) for (let i = 0; i < s.queries; i++) visible.push(Math.floor(r() * (s.kvLength + 1)));
+    visible[0] = 0;
+    visible[21] = 0;
+    const rangeMass: SlotRange[] = [[0, 16], [10, 40], [7, 7], [0, 5000], [50, 60], [2999, 3000], [4000, 5000]];
+    const { cpu, cuda } = await both({ heads: 8, kvHeads: 2, d: 64, seqs, seed: 62 }, { visible: Int32Array.from(visible), rangeMass });
+    expect(maxAbsDiff(cuda.rangeMass!, cpu.rangeMass!)).toBeLessThan(F32_TOL);
+    expect(cuda.rangeMass!.subarray(0, 8 * 7).every((x) => x === 0)).toBe(true);
+  });
+
+  it('rangeMass and kvAttnSum over value page tables and holes, prefill and split decode', async () => {
+    const seqs = [...mixed, { queries: 1, kvLength: 3000 }];
+    const stored = (pages: number[]) => ({
+      valuePages: [...pages].reverse(),
+      pageRows: pages.map((_, i) => (i === pages.length - 1 ? 16 : [16, 5, 0, 11][i % 4]!)),
+    });
+    const rangeMass = seqs.map((q) => cover(q.kvLength, [16, 16, 16, 16, 21, 9]));
+    for (const kvDtype of ['f32', 'f16'] as const) {
+      const { cpu, cuda } = await both({ heads: 8, kvHeads: 2, d: 128, seqs, kvDtype, seed: 63 }, { rangeMass, kvAttnSum: true }, stored);
+      expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+      expect(maxAbsDiff(cuda.rangeMass!, cpu.rangeMass!)).toBeLessThan(F32_TOL);
+      expect(coverError(cuda.rangeMass!, 7)).toBeLessThan(2e-6);
+      // A column sums up to 21 rows x 4 heads.
+      expect(maxAbsDiff(cuda.kvAttnSum!, cpu.kvAttnSum!)).toBeLessThan(4 * 21 * F32_TOL);
+    }
+  });
+
+  for (const window of [1, 100]) {
+    it(`sliding window ${window}: rangeMass, attnSum and kvAttnSum, prefill and long decodes`, async () => {
+      const seqs = [...mixed, { queries: 40, kvLength: 600 }, { queries: 1, kvLength: 5000 }];
+      const rangeMass = seqs.map((q) => cover(q.kvLength, [9, 9, 9, 9, 9, 300]));
+      const { cpu, cuda } = await both({ heads: 8, kvHeads: 2, d: 128, seqs, kvDtype: 'bf16', seed: 64 + window }, { window, rangeMass, attnSum: true, kvAttnSum: true });
+      expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+      expect(maxAbsDiff(cuda.rangeMass!, cpu.rangeMass!)).toBeLessThan(F32_TOL);
+      expect(maxAbsDiff(cuda.attnSum!, cpu.attnSum!)).toBeLessThan(40 * F32_TOL);
+      expect(maxAbsDiff(cuda.kvAttnSum!, cpu.kvAttnSum!)).toBeLessThan(4 * 40 * F32_TOL);
+    });
+  }
+
+  for (const [heads, kvHeads, d] of [[8, 2, 128], [4, 4, 64], [4, 1, 32], [2, 1, 256]] as const) {
+    it(`kvAttnSum is attnSum summed over each group (${heads}/${kvHeads} heads, d=${d}), prefill and decode`, async () => {
+      const seqs = [{ queries: 300, kvLength: 700 }, { queries: 1, kvLength: 5000 }, ...mixed];
+      const { cpu, cuda } = await both({ heads, kvHeads, d, seqs, seed: 70 + d }, { attnSum: true, kvAttnSum: true });
+      expect(maxAbsDiff(cuda.attnSum!, cpu.attnSum!)).toBeLessThan(300 * F32_TOL);
+      expect(maxAbsDiff(cuda.kvAttnSum!, cpu.kvAttnSum!)).toBeLessThan((heads / kvHeads) * 300 * F32_TOL);
+      // Every query row puts one unit per head: the kv columns of a sequence add up to rows x group.
+      const maxKv = 5000;
+      seqs.forEach((q, si) => {
+        for (let g = 0; g < kvHeads; g++) {
+          let total = 0;
+          for (let j = 0; j < maxKv; j++) total += cuda.kvAttnSum![(si * kvHeads + g) * maxKv + j]!;
+          expect(total).toBeCloseTo(q.queries * (heads / kvHeads), 2);
+        }
+      });
+    });
+  }
+
+  it('rangeMass is deterministic, and leaves the output bitwise as without it', async () => {
+    const seqs = [...mixed, { queries: 1, kvLength: 3000 }];
+    const rangeMass = seqs.map((q) => cover(q.kvLength, [7, 70, 700]));
+    const plain = await both({ heads: 8, kvHeads: 2, d: 128, seqs, seed: 75 });
+    const a = await both({ heads: 8, kvHeads: 2, d: 128, seqs, seed: 75 }, { rangeMass, attnSum: true, kvAttnSum: true });
+    const b = await both({ heads: 8, kvHeads: 2, d: 128, seqs, seed: 75 }, { rangeMass, attnSum: true, kvAttnSum: true });
+    expect(a.cuda.out).toEqual(plain.cuda.out);
+    expect(b.cuda.rangeMass).toEqual(a.cuda.rangeMass);
+    expect(b.cuda.kvAttnSum).toEqual(a.cuda.kvAttnSum);
+  });
+
+  it('rejects more ranges than the kernel keeps in shared memory', async () => {
+    const x = inputs({ heads: 2, kvHeads: 1, d: 16, seqs: [{ queries: 1, kvLength: 4 }], seed: 76 });
+    const rangeMass = Array.from({ length: 2049 }, (): SlotRange => [0, 1]);
+    const r = ops.pagedAttention(x.q.to('cuda'), x.kPool.to('cuda'), x.vPool.to('cuda'), { sequences: x.sequences, rangeMass });
+    await expect(r.out.toArray()).rejects.toThrow(/at most 2048/);
   });
 });

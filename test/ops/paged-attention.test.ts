@@ -2,7 +2,7 @@
 // gathered slots, computed here in float64.
 import { describe, expect, it } from 'vitest';
 
-import { InvalidArgumentError, Tensor, ops } from '../../lib/index.js';
+import { InvalidArgumentError, type SlotRange, Tensor, ops } from '../../lib/index.js';
 import { native } from '../../lib/loader.js';
 import { rand, rng, roundTo } from '../support/random.js';
 
@@ -82,15 +82,26 @@ function causalVisible(c: Case): Int32Array {
 
 /**
  * float64 dense attention over each row's visible slots, gathered through the page tables; with a
- * window, only the last `window` of them (slots j >= visible - window).
+ * window, only the last `window` of them (slots j >= visible - window). With the scores: the
+ * probabilities summed over rows per head (attnSum) and per kv head (kvAttnSum), and each row's
+ * mass over each of its sequence's ranges (rangeMass, R = the longest list).
  */
-function reference(c: Case, visible: Int32Array, scale: number, window = Infinity): { out: Float64Array; attnSum: Float64Array; maxKv: number } {
+function reference(
+  c: Case,
+  visible: Int32Array,
+  scale: number,
+  window = Infinity,
+  ranges: readonly (readonly SlotRange[])[] = [],
+): { out: Float64Array; attnSum: Float64Array; kvAttnSum: Float64Array; rangeMass: Float64Array; maxKv: number } {
   const { heads, kvHeads, d, pageSize } = c;
   const group = heads / kvHeads;
   const maxKv = Math.max(0, ...c.sequences.map((s) => s.kvLength));
   const totalQ = visible.length;
   const out = new Float64Array(totalQ * heads * d);
   const attnSum = new Float64Array(c.sequences.length * heads * maxKv);
+  const kvAttnSum = new Float64Array(c.sequences.length * kvHeads * maxKv);
+  const R = Math.max(0, ...ranges.map((l) => l.length));
+  const rangeMass = new Float64Array(totalQ * heads * R);
   let t = 0;
   c.sequences.forEach((s, si) => {
     for (let r = 0; r < s.queries; r++, t++) {
@@ -124,11 +135,16 @@ function reference(c: Case, visible: Int32Array, scale: number, window = Infinit
           for (let i = 0; i < d; i++) out[ob + i] = out[ob + i]! + p * c.v[vb + i]!;
           const col = (si * heads + h) * maxKv + j;
           attnSum[col] = attnSum[col]! + p;
+          const kvCol = (si * kvHeads + kvh) * maxKv + j;
+          kvAttnSum[kvCol] = kvAttnSum[kvCol]! + p;
+          (ranges[si] ?? []).forEach(([b, e], ri) => {
+            if (j >= b && j < e) rangeMass[(t * heads + h) * R + ri] = rangeMass[(t * heads + h) * R + ri]! + p;
+          });
         }
       }
     }
   });
-  return { out, attnSum, maxKv };
+  return { out, attnSum, kvAttnSum, rangeMass, maxKv };
 }
 
 function tensors(c: Case): { q: Tensor; kPool: Tensor; vPool: Tensor } {
@@ -141,14 +157,27 @@ function tensors(c: Case): { q: Tensor; kPool: Tensor; vPool: Tensor } {
   };
 }
 
-async function run(c: Case, options: { visible?: Int32Array; scale?: number; attnSum?: boolean; window?: number } = {}) {
+interface RunOptions {
+  visible?: Int32Array;
+  scale?: number;
+  attnSum?: boolean;
+  kvAttnSum?: boolean;
+  window?: number;
+  rangeMass?: readonly SlotRange[] | readonly (readonly SlotRange[])[];
+}
+
+async function run(c: Case, options: RunOptions = {}) {
   const { q, kPool, vPool } = tensors(c);
   const res = ops.pagedAttention(q, kPool, vPool, { sequences: c.sequences, ...options });
+  const read = async (t: Tensor | undefined) => (t ? ((await t.toArray()) as Float32Array) : undefined);
   const out = (await res.out.toArray()) as Float32Array;
-  const attnSum = res.attnSum ? ((await res.attnSum.toArray()) as Float32Array) : undefined;
-  for (const t of [q, kPool, vPool, res.out, res.attnSum]) t?.dispose();
-  const want = reference(c, options.visible ?? causalVisible(c), options.scale ?? 1 / Math.sqrt(c.d), options.window);
-  return { out, attnSum, want };
+  const [attnSum, kvAttnSum, rangeMass] = [await read(res.attnSum), await read(res.kvAttnSum), await read(res.rangeMass)];
+  for (const t of [q, kPool, vPool, res.out, res.attnSum, res.kvAttnSum, res.rangeMass]) t?.dispose();
+  // The reference takes one list per sequence (a shared list is every sequence's).
+  const rm = options.rangeMass;
+  const perSeq = rm === undefined ? [] : rm.every((x) => typeof x[0] === 'number') ? c.sequences.map(() => rm as readonly SlotRange[]) : (rm as readonly (readonly SlotRange[])[]);
+  const want = reference(c, options.visible ?? causalVisible(c), options.scale ?? 1 / Math.sqrt(c.d), options.window, perSeq);
+  return { out, attnSum, kvAttnSum, rangeMass, want };
 }
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -342,6 +371,190 @@ describe('pagedAttention attnSum', () => {
   });
 });
 
+/** Ranges that cut [0, kvLength) into consecutive pieces at the given lengths (the last takes the rest). */
+function cover(kvLength: number, lengths: number[]): SlotRange[] {
+  const out: SlotRange[] = [];
+  let b = 0;
+  for (const n of lengths) {
+    if (b >= kvLength) break;
+    out.push([b, Math.min(kvLength, b + n)]);
+    b += n;
+  }
+  if (b < kvLength) out.push([b, kvLength]);
+  return out;
+}
+
+/** Per row and head, the sum of its masses over ranges [0, covering): 1 for a row that sees a slot. */
+function coverSums(mass: Float32Array, rows: number, heads: number, R: number, covering: number): Float64Array {
+  const sums = new Float64Array(rows * heads);
+  for (let th = 0; th < rows * heads; th++) for (let r = 0; r < covering; r++) sums[th] = sums[th]! + mass[th * R + r]!;
+  return sums;
+}
+
+describe('pagedAttention rangeMass (CPU) vs float64', () => {
+  // Documents of uneven lengths, not aligned to pages, covering every slot of each sequence.
+  const docs = (c: Case) => c.sequences.map((s) => cover(s.kvLength, [5, 17, 3, 30, 11]));
+
+  for (const [heads, kvHeads, d, kvDtype] of [[4, 4, 64, 'f32'], [8, 2, 128, 'bf16'], [4, 1, 16, 'f16']] as const) {
+    it(`is each row's probability over each range, and a full cover sums to 1 (${heads}/${kvHeads} heads, d=${d}, ${kvDtype})`, async () => {
+      const c = makeCase({ heads, kvHeads, d, seqs: [...mixedBatch, { queries: 40, kvLength: 600 }], kvDtype, seed: 80 + d });
+      const ranges = docs(c);
+      const { out, rangeMass, want } = await run(c, { rangeMass: ranges });
+      expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+      expect(maxAbsDiff(rangeMass!, want.rangeMass)).toBeLessThan(F32_TOL);
+      const R = Math.max(...ranges.map((l) => l.length));
+      // Lists shorter than R are padded with empty ranges: mass 0, and the cover is the rest.
+      for (const x of coverSums(rangeMass!, out.length / (heads * d), heads, R, R)) expect(Math.abs(x - 1)).toBeLessThan(1e-6);
+    });
+  }
+
+  it('one list for every sequence: overlapping ranges, empty ones, and ranges past what a row sees', async () => {
+    const c = makeCase({ heads: 8, kvHeads: 2, d: 64, seqs: mixedBatch, seed: 81 });
+    const ranges: SlotRange[] = [[0, 16], [10, 40], [7, 7], [0, 1000], [50, 60], [99, 100], [2000, 3000]];
+    const { rangeMass, want } = await run(c, { rangeMass: ranges });
+    expect(maxAbsDiff(rangeMass!, want.rangeMass)).toBeLessThan(F32_TOL);
+    const R = ranges.length;
+    for (let th = 0; th < rangeMass!.length / R; th++) {
+      expect(rangeMass![th * R + 2]).toBe(0); // empty
+      expect(Math.abs(rangeMass![th * R + 3]! - 1)).toBeLessThan(1e-6); // every slot
+      expect(rangeMass![th * R + 6]).toBe(0); // beyond every cache
+    }
+  });
+
+  it('causal masking: a prefill row puts no mass on the slots after its own', async () => {
+    const c = makeCase({ heads: 4, kvHeads: 2, d: 32, seqs: [{ queries: 21, kvLength: 21 }], seed: 82 });
+    const ranges = Array.from({ length: 21 }, (_, j): SlotRange => [j, j + 1]); // one range per slot
+    const { rangeMass, want } = await run(c, { rangeMass: ranges });
+    expect(maxAbsDiff(rangeMass!, want.rangeMass)).toBeLessThan(F32_TOL);
+    for (let t = 0; t < 21; t++) {
+      for (let h = 0; h < 4; h++) {
+        const row = rangeMass!.subarray((t * 4 + h) * 21, (t * 4 + h + 1) * 21);
+        expect(row.subarray(t + 1).every((x) => x === 0)).toBe(true);
+        expect(row.subarray(0, t + 1).every((x) => x > 0)).toBe(true);
+      }
+    }
+  });
+
+  // One row x one kv head: fewer items than threads, so the slots are split over them.
+  it('a long decode (the split-over-slots path merges the masses with the sums)', async () => {
+    const c = makeCase({ heads: 4, kvHeads: 1, d: 64, seqs: [{ queries: 1, kvLength: 3001 }], seed: 83 });
+    const ranges = cover(3001, [4, 300, 1000, 1, 255, 256]);
+    const { out, rangeMass, want } = await run(c, { rangeMass: ranges });
+    expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+    expect(maxAbsDiff(rangeMass!, want.rangeMass)).toBeLessThan(F32_TOL);
+    for (const x of coverSums(rangeMass!, 1, 4, ranges.length, ranges.length)) expect(Math.abs(x - 1)).toBeLessThan(1e-6);
+  });
+
+  it('holes and value page tables (sequences over stored documents): holes weigh 0', async () => {
+    const c = makeCase({ heads: 4, kvHeads: 2, d: 32, seqs: [{ queries: 3, kvLength: 64 }, { queries: 1, kvLength: 700 }], seed: 84 });
+    const [a, b] = c.sequences as [Case['sequences'][0], Case['sequences'][0]];
+    a.valuePages = [...a.pages].reverse();
+    a.pageRows = [16, 5, 16, 16];
+    b.pageRows = b.pages.map((_, i) => (i === b.pages.length - 1 ? 16 : [16, 0, 7][i % 3]!));
+    // Range 1 of the first sequence is exactly the holes of its second page.
+    const ranges: SlotRange[][] = [[[0, 21], [21, 32], [32, 64]], cover(700, [16, 16, 16, 100])];
+    const { out, rangeMass, want } = await run(c, { rangeMass: ranges });
+    expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+    expect(maxAbsDiff(rangeMass!, want.rangeMass)).toBeLessThan(F32_TOL);
+    const R = 5;
+    for (let t = 0; t < 3; t++) for (let h = 0; h < 4; h++) expect(rangeMass![(t * 4 + h) * R + 1]).toBe(0);
+    for (let h = 0; h < 4; h++) expect(rangeMass![(3 * 4 + h) * R + 1]).toBe(0); // the second page: all holes
+    for (const x of coverSums(rangeMass!, 4, 4, R, R)) expect(Math.abs(x - 1)).toBeLessThan(1e-6);
+  });
+
+  for (const window of [1, 16, 40]) {
+    it(`sliding window ${window}: the slots before the window weigh 0`, async () => {
+      const c = makeCase({ heads: 8, kvHeads: 2, d: 64, seqs: [...mixedBatch, { queries: 1, kvLength: 3001 }], kvDtype: 'bf16', seed: 85 + window });
+      const ranges = c.sequences.map((s) => cover(s.kvLength, [9, 9, 9, 9, 9]));
+      const { out, rangeMass, want } = await run(c, { window, rangeMass: ranges });
+      expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+      expect(maxAbsDiff(rangeMass!, want.rangeMass)).toBeLessThan(F32_TOL);
+      const R = Math.max(...ranges.map((l) => l.length));
+      for (const x of coverSums(rangeMass!, out.length / (8 * 64), 8, R, R)) expect(Math.abs(x - 1)).toBeLessThan(1e-6);
+    });
+  }
+
+  it('a row that sees no slot gets zeros; a custom visible per row', async () => {
+    const c = makeCase({ heads: 4, kvHeads: 2, d: 16, seqs: mixedBatch, seed: 88 });
+    const r = rng(89);
+    const visible: number[] = [];
+    for (const s of c.sequences) for (let i = 0; i < s.queries; i++) visible.push(Math.floor(r() * (s.kvLength + 1)));
+    visible[0] = 0;
+    visible[21] = 0;
+    const ranges = c.sequences.map((s) => cover(s.kvLength, [3, 20]));
+    const { rangeMass, want } = await run(c, { visible: Int32Array.from(visible), rangeMass: ranges });
+    expect(maxAbsDiff(rangeMass!, want.rangeMass)).toBeLessThan(F32_TOL);
+    const R = Math.max(...ranges.map((l) => l.length));
+    for (const t of [0, 21]) expect(rangeMass!.subarray(t * 4 * R, (t + 1) * 4 * R).every((x) => x === 0)).toBe(true);
+  });
+
+  it('pages of 1 and 8 tokens', async () => {
+    for (const pageSize of [1, 8]) {
+      const c = makeCase({ heads: 4, kvHeads: 2, d: 16, pageSize, seqs: mixedBatch, seed: 90 + pageSize });
+      const { rangeMass, want } = await run(c, { rangeMass: c.sequences.map((s) => cover(s.kvLength, [7, 7, 7])) });
+      expect(maxAbsDiff(rangeMass!, want.rangeMass)).toBeLessThan(F32_TOL);
+    }
+  });
+
+  it('leaves the output bitwise as without it, alongside attnSum and kvAttnSum', async () => {
+    const c = makeCase({ heads: 8, kvHeads: 2, d: 64, seqs: [...mixedBatch, { queries: 1, kvLength: 3001 }], seed: 92 });
+    const plain = await run(c);
+    const all = await run(c, { attnSum: true, kvAttnSum: true, rangeMass: c.sequences.map((s) => cover(s.kvLength, [10, 10])) });
+    expect(all.out).toEqual(plain.out);
+    expect(maxAbsDiff(all.rangeMass!, all.want.rangeMass)).toBeLessThan(F32_TOL);
+    expect(maxAbsDiff(all.kvAttnSum!, all.want.kvAttnSum)).toBeLessThan(16 * F32_TOL);
+  });
+
+  it('rejects ranges that are not ranges of slots, and lists that do not match the sequences', () => {
+    const c = makeCase({ heads: 2, kvHeads: 1, d: 16, seqs: [{ queries: 1, kvLength: 4 }, { queries: 1, kvLength: 8 }], seed: 93 });
+    const { q, kPool, vPool } = tensors(c);
+    const bad: unknown[] = [[], [[3, 1]], [[-1, 2]], [[0, 1.5]], [[0, 2 ** 31]], [[[0, 1]]], [[[0, 1]], [[0, 1]], [[0, 1]]], [[[]], [[0, 1]]], 'all', [[0, 1, 2]]];
+    for (const rangeMass of bad) {
+      expect(() => ops.pagedAttention(q, kPool, vPool, { sequences: c.sequences, rangeMass: rangeMass as SlotRange[] })).toThrow(InvalidArgumentError);
+    }
+    for (const t of [q, kPool, vPool]) t.dispose();
+  });
+});
+
+describe('pagedAttention kvAttnSum (CPU) vs float64', () => {
+  for (const [heads, kvHeads] of [[4, 4], [8, 2], [4, 1]] as const) {
+    it(`is attnSum summed over each kv head's group of query heads (${heads}/${kvHeads} heads)`, async () => {
+      const c = makeCase({ heads, kvHeads, d: 64, seqs: [...mixedBatch, { queries: 40, kvLength: 600 }], kvDtype: 'bf16', seed: 94 + heads * kvHeads });
+      const { attnSum, kvAttnSum, want } = await run(c, { attnSum: true, kvAttnSum: true });
+      const group = heads / kvHeads;
+      // A column sums up to 40 rows x `group` heads of probabilities, each of f32 accuracy.
+      expect(maxAbsDiff(kvAttnSum!, want.kvAttnSum)).toBeLessThan(4 * group * F32_TOL);
+      // And it is attnSum's heads added up (in f32 both: within their rounding).
+      const maxKv = want.maxKv;
+      const summed = new Float32Array(kvAttnSum!.length);
+      for (let s = 0; s < c.sequences.length; s++) {
+        for (let h = 0; h < heads; h++) {
+          const dst = (s * kvHeads + Math.floor(h / group)) * maxKv;
+          for (let j = 0; j < maxKv; j++) summed[dst + j] = summed[dst + j]! + attnSum![(s * heads + h) * maxKv + j]!;
+        }
+      }
+      expect(maxAbsDiff(kvAttnSum!, summed)).toBeLessThan(4 * group * F32_TOL);
+      c.sequences.forEach((s, si) => {
+        for (let g = 0; g < kvHeads; g++) {
+          let total = 0;
+          for (let j = 0; j < maxKv; j++) total += kvAttnSum![(si * kvHeads + g) * maxKv + j]!;
+          expect(total).toBeCloseTo(s.queries * group, 3);
+        }
+      });
+    });
+  }
+
+  it('with holes, a window and a long decode; deterministic', async () => {
+    const c = makeCase({ heads: 8, kvHeads: 2, d: 32, seqs: [{ queries: 5, kvLength: 300 }, { queries: 1, kvLength: 3001 }], seed: 97 });
+    const b = c.sequences[1]!;
+    b.pageRows = b.pages.map((_, i) => (i === b.pages.length - 1 ? 16 : [16, 0, 7][i % 3]!));
+    const first = await run(c, { kvAttnSum: true, window: 700 });
+    expect(maxAbsDiff(first.kvAttnSum!, first.want.kvAttnSum)).toBeLessThan(4 * F32_TOL);
+    const again = await run(c, { kvAttnSum: true, window: 700 });
+    expect(again.kvAttnSum).toEqual(first.kvAttnSum);
+  });
+});
+
 describe('pagedAttention rejects bad tables from data on the CPU', () => {
   // Through the raw binding: ops.pagedAttention already rejects these before queueing.
   function rawCall(opts: { pageTable: number[]; kvLen: number; visible?: number; firstVisible?: number }) {
@@ -360,6 +573,22 @@ describe('pagedAttention rejects bad tables from data on the CPU', () => {
     }, first);
     return out;
   }
+
+  it('a mass range with end before begin (through massRanges)', async () => {
+    const [heads, kvHeads, d, pageSize, numPages] = [2, 1, 16, 16, 4];
+    const q = Tensor.from(rand(heads * d, 1), { shape: [1, heads, d] });
+    const pool = Tensor.from(rand(numPages * pageSize * kvHeads * d, 2), { shape: [numPages, pageSize, kvHeads, d] });
+    const out = Tensor.empty([1, heads, d]);
+    const idx = [[0, 1], [20], [0, 2], [3, 0], [20], [0, 4, 9, 5]].map((a) => Tensor.from(Int32Array.from(a)));
+    const [qs, kl, ts, pt, vis, ranges] = idx.map((t) => t.handle());
+    const mass = Tensor.zeros([1, heads, 2]);
+    native().ops.pagedAttention(q.handle(), pool.handle(), pool.handle(), out.handle(), qs!, kl!, ts!, pt!, vis!, null, {
+      heads, kvHeads, headDim: d, pageSize, numPages, seqs: 1, totalQ: 1, maxKv: 20, scale: 0.25, numRanges: 2,
+    }, null, null, null, null, ranges, mass.handle());
+    const p = out.toArray();
+    await expect(p).rejects.toThrow(InvalidArgumentError);
+    await expect(p).rejects.toThrow(/range 1 \[9, 5\) of mass_ranges/);
+  });
 
   it('accepts a well-formed call (the control)', async () => {
     await expect(rawCall({ pageTable: [3, 0], kvLen: 20 }).toArray()).resolves.toBeInstanceOf(Float32Array);

@@ -400,8 +400,18 @@ export class ReferenceLlama {
    * at positions |prefix|, |prefix|+1, ... and attend (causally) only to the prefix and to
    * their own document. Tokens after the last block attend to everything, with every key moved
    * to its position in the stream (0, 1, ...: documents follow the prefix consecutively).
+   *
+   * `attention`, when given, sees every layer's softmax probabilities: for token t and query
+   * head `head`, p[s] for the keys s = 0..t (0 where masked).
    */
-  forward(tokens: readonly number[], options: { prefill?: number; blocks?: readonly number[] } = {}): Float64Array[] {
+  forward(
+    tokens: readonly number[],
+    options: {
+      prefill?: number;
+      blocks?: readonly number[];
+      attention?: (layer: number, t: number, head: number, p: Float64Array) => void;
+    } = {},
+  ): Float64Array[] {
     const { hiddenSize: H, numHeads, numKvHeads, headDim, rmsNormEps: eps, vocabSize } = this.config;
     const groupSize = numHeads / numKvHeads; // query heads per key/value head
     const scale = 1 / Math.sqrt(headDim);
@@ -471,10 +481,13 @@ export class ReferenceLlama {
           const max = Math.max(...scores);
           const weights = scores.map((score) => Math.exp(score - max));
           const total = weights.reduce((a, b) => a + b, 0);
+          const probabilities = options.attention ? new Float64Array(t + 1) : undefined;
           for (let s = first; s <= t; s++) {
             const p = weights[s - first]! / total;
+            if (probabilities) probabilities[s] = p;
             for (let d = 0; d < headDim; d++) attended[qOffset + d] = attended[qOffset + d]! + p * v[s]![kvOffset + d]!;
           }
+          if (probabilities) options.attention!(l, t, head, probabilities);
         }
         addInPlace(x[t]!, linear(attended, layer.oProj, layer.oBias));
 
