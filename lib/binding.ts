@@ -32,7 +32,12 @@ export interface NativeOps {
   matmul(a: T, b: T, out: T, p: { batch: number; m: number; n: number; k: number; transB: boolean; broadcastB: boolean }): void;
   rmsnorm(x: T, weight: T, out: T, p: { rows: number; dim: number; eps: number }): void;
   rope(x: T, positions: T, invFreq: T, out: T, p: { tokens: number; heads: number; headDim: number; layout: RopeLayout; attnFactor: number }): void;
-  rerotate(keys: T, from: T, to: T, invFreq: T, out: T, p: { tokens: number; heads: number; headDim: number; layout: RopeLayout }): void;
+  rerotate(keys: T, from: T, to: T, invFreq: T, out: T, p: { tokens: number; heads: number; headDim: number; rotaryDim: number; layout: RopeLayout }): void;
+  /** runs: 8 i32 per run (src page, src row, dst page, dst row, rows, from, to, 0); from/to index positions. */
+  rerotatePages(
+    srcPool: T, dstPool: T, invFreq: T, runs: Int32Array, positions: Int32Array,
+    p: { numPages: number; pageSize: number; kvHeads: number; headDim: number; rotaryDim: number; layout: RopeLayout; perRun: boolean },
+  ): void;
   softmax(x: T, out: T, p: { rows: number; cols: number; scale: number }): void;
   siluMul(gate: T, up: T, out: T, p: { n: number }): void;
   embedding(table: T, ids: T, out: T, p: { tokens: number; vocab: number; dim: number }): void;

@@ -118,7 +118,7 @@ export function ropeInvFreq(headDim: number, base: number): Float32Array {
 }
 
 interface RopeFrequencies {
-  /** Inverse frequencies, length headDim/2 (rope scaling folded in). Default: from `base`. */
+  /** Inverse frequencies, length headDim/2 (rotaryDim/2 where given; rope scaling folded in). Default: from `base`. */
   invFreq?: Float32Array | Tensor;
   /** RoPE base (theta) used when invFreq is not given. Default 10000. */
   base?: number;
@@ -128,33 +128,143 @@ interface RopeFrequencies {
 
 const ROPE_FREQUENCY_OPTIONS = ['invFreq', 'base', 'layout'] as const satisfies readonly (keyof RopeFrequencies)[];
 
-function ropeSetup(op: string, x: Tensor, opts: RopeFrequencies) {
+function ropeSetup(op: string, x: Tensor, opts: RopeFrequencies & { rotaryDim?: number }) {
   requireRank(x, [3], `${op}: x`);
   const [tokens, heads, headDim] = x.shape as [number, number, number];
   if (headDim % 2 !== 0) throw new InvalidArgumentError(`${op}: head size (x.shape[2] = ${headDim}) must be even`, 'x');
-  const layout = opts.layout ?? 'half';
+  const layout = ropeLayout(op, opts.layout);
+  const rotaryDim = rotaryWidth(op, headDim, opts.rotaryDim);
+  const freq = frequencyTensor(op, rotaryDim, x.device, opts);
+  return { tokens, heads, headDim, rotaryDim, layout, freq };
+}
+
+function ropeLayout(op: string, layout: unknown): RopeLayout {
+  if (layout === undefined) return 'half';
   if (layout !== 'half' && layout !== 'adjacent') {
     throw new InvalidArgumentError(`${op}: layout: expected 'half' or 'adjacent' but received ${describe(layout)}`, 'layout');
   }
-  let freq: { t: Tensor; temporary: boolean };
+  return layout;
+}
+
+/** The rotary width: the whole head by default, else an even number of leading dimensions. */
+function rotaryWidth(op: string, headDim: number, rotaryDim: unknown): number {
+  if (rotaryDim === undefined) return headDim;
+  if (!(Number.isInteger(rotaryDim) && (rotaryDim as number) >= 2 && (rotaryDim as number) <= headDim && (rotaryDim as number) % 2 === 0)) {
+    throw new InvalidArgumentError(`${op}: rotaryDim: expected an even integer in [2, ${headDim}] (the head size) but received ${describe(rotaryDim)}`, 'rotaryDim');
+  }
+  return rotaryDim as number;
+}
+
+/** invFreq as an f32 tensor of rotaryDim / 2 values on `device` (from `base` when not given). */
+function frequencyTensor(op: string, rotaryDim: number, device: DeviceName, opts: RopeFrequencies): { t: Tensor; temporary: boolean } {
+  const pairs = rotaryDim / 2;
   if (opts.invFreq instanceof Tensor) {
     requireTensor(opts.invFreq, `${op}: invFreq`);
-    if (opts.invFreq.dtype !== 'f32' || opts.invFreq.size !== headDim / 2 || opts.invFreq.device !== x.device) {
-      throw new InvalidArgumentError(`${op}: invFreq: expected an f32 tensor of ${headDim / 2} values on ${x.device}`, 'invFreq');
+    if (opts.invFreq.dtype !== 'f32' || opts.invFreq.size !== pairs || opts.invFreq.device !== device) {
+      throw new InvalidArgumentError(`${op}: invFreq: expected an f32 tensor of ${pairs} values on ${device}`, 'invFreq');
     }
-    freq = { t: opts.invFreq, temporary: false };
-  } else if (opts.invFreq instanceof Float32Array) {
-    if (opts.invFreq.length !== headDim / 2) {
-      throw new InvalidArgumentError(`${op}: invFreq: expected ${headDim / 2} values (head size / 2) but received ${opts.invFreq.length}`, 'invFreq');
-    }
-    freq = { t: Tensor.from(opts.invFreq, { device: x.device }), temporary: true };
-  } else if (opts.invFreq === undefined) {
-    const base = optNumber(opts.base, 10000, `${op}: base`, (b) => b > 1, 'a number > 1');
-    freq = { t: Tensor.from(ropeInvFreq(headDim, base), { device: x.device }), temporary: true };
-  } else {
-    throw new InvalidArgumentError(`${op}: invFreq: expected a Float32Array or Tensor but received ${describe(opts.invFreq)}`, 'invFreq');
+    return { t: opts.invFreq, temporary: false };
   }
-  return { tokens, heads, headDim, layout, freq };
+  if (opts.invFreq instanceof Float32Array) {
+    if (opts.invFreq.length !== pairs) {
+      throw new InvalidArgumentError(`${op}: invFreq: expected ${pairs} values (rotary size / 2) but received ${opts.invFreq.length}`, 'invFreq');
+    }
+    return { t: Tensor.from(opts.invFreq, { device }), temporary: true };
+  }
+  if (opts.invFreq === undefined) {
+    const base = optNumber(opts.base, 10000, `${op}: base`, (b) => b > 1, 'a number > 1');
+    return { t: Tensor.from(ropeInvFreq(rotaryDim, base), { device }), temporary: true };
+  }
+  throw new InvalidArgumentError(`${op}: invFreq: expected a Float32Array or Tensor but received ${describe(opts.invFreq)}`, 'invFreq');
+}
+
+/**
+ * One run of keys moved by ops.rerotatePages: `from.length` consecutive rows of one page, read
+ * from rows srcRow.. of srcPage and written to rows dstRow.. of dstPage.
+ */
+export interface KeyMove {
+  srcPage: number;
+  /** First row read (default 0). */
+  srcRow?: number;
+  dstPage: number;
+  /** First row written (default 0). */
+  dstRow?: number;
+  /** The position each row's key was rotated at. */
+  from: Int32Array | readonly number[];
+  /** The position to move each row's key to (one per row, as many as `from`). */
+  to: Int32Array | readonly number[];
+}
+
+export interface RerotatePagesOptions extends RopeFrequencies {
+  /** Pool written (same shape and dtype as the source pool); default: the source pool itself. */
+  out?: Tensor;
+  /** Leading dimensions of each head that carry RoPE (partial rotary); the rest are copied. Default: the head size. */
+  rotaryDim?: number;
+  /**
+   * Launch one rerotate per run instead of one fused launch: the engine's former path, kept for
+   * equivalence tests and benchmarks. Same results, bit for bit.
+   */
+  perRun?: boolean;
+}
+
+const REROTATE_PAGES_OPTIONS = [...ROPE_FREQUENCY_OPTIONS, 'out', 'rotaryDim', 'perRun'] as const;
+
+function checkIndex(v: unknown, lo: number, hi: number, what: string): number {
+  if (!(typeof v === 'number' && Number.isInteger(v) && v >= lo && v < hi)) {
+    throw new InvalidArgumentError(`${what} must be an integer in [${lo}, ${hi}) but is ${describe(v)}`, 'moves');
+  }
+  return v;
+}
+
+/**
+ * Packs and checks rerotatePages moves: pages inside the pool, rows inside their pages, one
+ * position per row, and no row written twice or written by one run while another reads it.
+ */
+function packMoves(moves: readonly KeyMove[], numPages: number, pageSize: number, samePool: boolean): { runs: Int32Array; positions: Int32Array } {
+  if (!Array.isArray(moves)) throw new InvalidArgumentError(`rerotatePages: moves: expected an array but received ${describe(moves)}`, 'moves');
+  const runs = new Int32Array(moves.length * 8);
+  let total = 0;
+  moves.forEach((m, r) => {
+    const what = `rerotatePages: moves[${r}]`;
+    if (typeof m !== 'object' || m === null) throw new InvalidArgumentError(`${what}: expected an object but received ${describe(m)}`, 'moves');
+    const rows = m.from?.length;
+    if (!(m.from instanceof Int32Array || Array.isArray(m.from)) || !(m.to instanceof Int32Array || Array.isArray(m.to))) {
+      throw new InvalidArgumentError(`${what}: from and to must be Int32Arrays or arrays of positions`, 'moves');
+    }
+    if (m.to.length !== rows) throw new InvalidArgumentError(`${what}: from has ${rows} positions but to has ${m.to.length}`, 'moves');
+    const srcRow = m.srcRow ?? 0;
+    const dstRow = m.dstRow ?? 0;
+    runs.set([
+      checkIndex(m.srcPage, 0, numPages, `${what}.srcPage`),
+      checkIndex(srcRow, 0, pageSize - rows + 1, `${what}.srcRow (with ${rows} rows in pages of ${pageSize})`),
+      checkIndex(m.dstPage, 0, numPages, `${what}.dstPage`),
+      checkIndex(dstRow, 0, pageSize - rows + 1, `${what}.dstRow (with ${rows} rows in pages of ${pageSize})`),
+      rows, total, total + rows, 0,
+    ], r * 8);
+    total += 2 * rows;
+  });
+  const positions = new Int32Array(total);
+  const reads = new Map<number, number>(); // source slot -> run
+  moves.forEach((m, r) => {
+    const from = runs[r * 8 + 5]!;
+    const rows = runs[r * 8 + 4]!;
+    positions.set(Array.isArray(m.from) ? checkInt32Array(m.from, `rerotatePages: moves[${r}].from`) : m.from, from);
+    positions.set(Array.isArray(m.to) ? checkInt32Array(m.to, `rerotatePages: moves[${r}].to`) : m.to, from + rows);
+    if (samePool) for (let k = 0; k < rows; k++) reads.set(m.srcPage * pageSize + runs[r * 8 + 1]! + k, r * pageSize + k);
+  });
+  const written = new Set<number>();
+  moves.forEach((m, r) => {
+    for (let k = 0; k < runs[r * 8 + 4]!; k++) {
+      const slot = m.dstPage * pageSize + runs[r * 8 + 3]! + k;
+      if (written.has(slot)) throw new InvalidArgumentError(`rerotatePages: moves[${r}] writes page ${m.dstPage} row ${slot % pageSize}, which another row of the moves writes too`, 'moves');
+      written.add(slot);
+      const reader = reads.get(slot);
+      if (reader !== undefined && reader !== r * pageSize + k) {
+        throw new InvalidArgumentError(`rerotatePages: moves[${r}] writes page ${m.dstPage} row ${slot % pageSize} while another row of the moves reads it`, 'moves');
+      }
+    }
+  });
+  return { runs, positions };
 }
 
 export const ops = {
@@ -245,10 +355,10 @@ export const ops = {
     to: Tensor | Int32Array | number[],
     rerotateOptions?: (RopeFrequencies & { inPlace?: boolean }) | null,
   ): Tensor {
-    const options = checkOptions(rerotateOptions, [...ROPE_FREQUENCY_OPTIONS, 'inPlace'], 'rerotate');
+    const options = checkOptions(rerotateOptions, [...ROPE_FREQUENCY_OPTIONS, 'inPlace', 'rotaryDim'], 'rerotate');
     requireTensor(keys, 'rerotate: keys');
     requireFloat(keys, 'rerotate: keys');
-    const { tokens, heads, headDim, layout, freq } = ropeSetup('rerotate', keys, options);
+    const { tokens, heads, headDim, rotaryDim, layout, freq } = ropeSetup('rerotate', keys, options);
     const f = indexTensor(from, keys.device, 'rerotate: from');
     const t = indexTensor(to, keys.device, 'rerotate: to');
     try {
@@ -258,10 +368,47 @@ export const ops = {
         }
       }
       const out = options.inPlace ? keys : Tensor.empty(keys.shape, { dtype: keys.dtype, device: keys.device });
-      native().ops.rerotate(keys.handle(), f.t.handle(), t.t.handle(), freq.t.handle(), out.handle(), { tokens, heads, headDim, layout });
+      native().ops.rerotate(keys.handle(), f.t.handle(), t.t.handle(), freq.t.handle(), out.handle(), { tokens, heads, headDim, rotaryDim, layout });
       return out;
     } finally {
       disposeTemps(f, t, freq);
+    }
+  },
+
+  /**
+   * The fused re-rotation of paged keys (CacheFocus): moves the keys of the given runs of rows,
+   * in pages of every layer at once, from the positions they were rotated at to new ones, in one
+   * launch. pool: [numPages, pageSize, kvHeads, headDim] keys; the moved keys are written into
+   * `out` (default: the same pool, as the engine does: stored pages are read, the sequence's
+   * own pages written). Only the rows named are touched. Returns the pool written.
+   * Same arithmetic as rerotate: one rotation by (to - from) * invFreq, one rounding.
+   */
+  rerotatePages(pool: Tensor, moves: readonly KeyMove[], rerotateOptions?: RerotatePagesOptions | null): Tensor {
+    const options = checkOptions(rerotateOptions, REROTATE_PAGES_OPTIONS, 'rerotatePages');
+    requireTensor(pool, 'rerotatePages: pool');
+    requireFloat(pool, 'rerotatePages: pool');
+    requireRank(pool, [4], 'rerotatePages: pool');
+    const [numPages, pageSize, kvHeads, headDim] = pool.shape as [number, number, number, number];
+    if (headDim % 2 !== 0) throw new InvalidArgumentError(`rerotatePages: head size (pool.shape[3] = ${headDim}) must be even`, 'pool');
+    const out = options.out ?? pool;
+    if (options.out !== undefined) {
+      requireTensor(out, 'rerotatePages: out');
+      requireSameDevice('rerotatePages', ['pool', pool], ['out', out]);
+      if (out.shape.join() !== pool.shape.join() || out.dtype !== pool.dtype) {
+        throw new InvalidArgumentError(`rerotatePages: out must have the pool's shape [${pool.shape.join(', ')}] and dtype ${pool.dtype}`, 'out');
+      }
+    }
+    const layout = ropeLayout('rerotatePages', options.layout);
+    const rotaryDim = rotaryWidth('rerotatePages', headDim, options.rotaryDim);
+    const { runs, positions } = packMoves(moves, numPages, pageSize, out === pool);
+    const freq = frequencyTensor('rerotatePages', rotaryDim, pool.device, options);
+    try {
+      native().ops.rerotatePages(pool.handle(), out.handle(), freq.t.handle(), runs, positions, {
+        numPages, pageSize, kvHeads, headDim, rotaryDim, layout, perRun: options.perRun === true,
+      });
+      return out;
+    } finally {
+      disposeTemps(freq);
     }
   },
 

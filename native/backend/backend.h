@@ -15,6 +15,7 @@
 #include "../kernels/matmul.h"
 #include "../kernels/paged_attention.h"
 #include "../kernels/rerotate.h"
+#include "../kernels/rerotate_pages.h"
 #include "../kernels/rmsnorm.h"
 #include "../kernels/rope.h"
 #include "../kernels/sample.h"
@@ -58,6 +59,7 @@ class Backend {
   virtual Status rmsnorm(const RmsNormArgs& a) = 0;
   virtual Status rope(const RopeArgs& a) = 0;
   virtual Status rerotate(const RerotateArgs& a) = 0;
+  virtual Status rerotate_pages(const RerotatePagesArgs& a) = 0;
   virtual Status softmax(const SoftmaxArgs& a) = 0;
   virtual Status silu_mul(const SiluMulArgs& a) = 0;
   virtual Status embedding(const EmbeddingArgs& a) = 0;

@@ -143,6 +143,7 @@ class CpuBackend final : public Backend {
   Status rmsnorm(const RmsNormArgs& a) override { return rmsnorm_cpu(a); }
   Status rope(const RopeArgs& a) override { return rope_cpu(a); }
   Status rerotate(const RerotateArgs& a) override { return rerotate_cpu(a); }
+  Status rerotate_pages(const RerotatePagesArgs& a) override { return rerotate_pages_cpu(a); }
   Status softmax(const SoftmaxArgs& a) override { return softmax_cpu(a); }
   Status silu_mul(const SiluMulArgs& a) override { return silu_mul_cpu(a); }
   Status embedding(const EmbeddingArgs& a) override { return embedding_cpu(a); }

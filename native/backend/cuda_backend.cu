@@ -103,6 +103,7 @@ class CudaBackend final : public Backend {
   Status rmsnorm(const RmsNormArgs& a) override { return run(rmsnorm_cuda, a); }
   Status rope(const RopeArgs& a) override { return run(rope_cuda, a); }
   Status rerotate(const RerotateArgs& a) override { return run(rerotate_cuda, a); }
+  Status rerotate_pages(const RerotatePagesArgs& a) override { return run(rerotate_pages_cuda, a); }
   Status softmax(const SoftmaxArgs& a) override { return run(softmax_cuda, a); }
   Status silu_mul(const SiluMulArgs& a) override { return run(silu_mul_cuda, a); }
   Status embedding(const EmbeddingArgs& a) override { return run(embedding_cuda, a); }

@@ -134,7 +134,7 @@ void Sequence::clear() {
   history.clear();
 }
 
-Status Sequence::attach(const std::vector<BlockPlacement>& blocks, std::vector<std::vector<KeyMove>>* moves,
+Status Sequence::attach(const std::vector<BlockPlacement>& blocks, std::vector<RerotateRun>* moves,
                         std::vector<int32_t>* move_positions) {
   const int64_t ps = pool_->spec().page_size;
   const size_t L = layers_.size();
@@ -154,7 +154,8 @@ Status Sequence::attach(const std::vector<BlockPlacement>& blocks, std::vector<s
   std::vector<int32_t> fresh;
   KVF_RETURN_IF_ERROR(pool_->acquire(needed, &fresh));
   size_t next = 0;
-  moves->assign(L, {});
+  moves->clear();
+  move_positions->clear();
   for (size_t bi = 0; bi < blocks.size(); ++bi) {
     const KvBlock& b = *blocks[bi].block;
     const int64_t shift = shifts[bi];
@@ -170,12 +171,16 @@ Status Sequence::attach(const std::vector<BlockPlacement>& blocks, std::vector<s
         if (shift == 0) {
           l.pages.push_back(pages[i]);
         } else {
-          KeyMove m{pages[i], fresh[next], rows, move_positions->size(), 0};
+          RerotateRun m;
+          m.src_page = pages[i];
+          m.dst_page = fresh[next];
+          m.rows = rows;
+          m.from = static_cast<int32_t>(move_positions->size());
           move_positions->insert(move_positions->end(), pos.begin() + static_cast<ptrdiff_t>(first),
                                  pos.begin() + static_cast<ptrdiff_t>(first) + rows);
-          m.to = move_positions->size();
+          m.to = static_cast<int32_t>(move_positions->size());
           for (int32_t r = 0; r < rows; ++r) move_positions->push_back(static_cast<int32_t>(pos[first + r] + shift));
-          (*moves)[li].push_back(m);
+          moves->push_back(m);
           l.pages.push_back(fresh[next++]);
         }
         l.v_pages.push_back(pages[i]);

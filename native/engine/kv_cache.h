@@ -90,13 +90,6 @@ struct BlockPlacement {
   int32_t start = 0;
 };
 
-// Keys of one attached page to re-rotate: rows [0, rows) of key page src into key page dst,
-// from the stored positions to the new ones (offsets into a packed position list).
-struct KeyMove {
-  int32_t src = 0, dst = 0, rows = 0;
-  size_t from = 0, to = 0;
-};
-
 class Sequence {
  public:
   explicit Sequence(std::shared_ptr<KvPool> pool);
@@ -122,8 +115,10 @@ class Sequence {
 
   // Attaches blocks in order to an empty sequence, each from a fresh page; pages of moved
   // blocks' keys are acquired here (all or nothing: on failure the sequence stays empty), and
-  // the re-rotations they need are returned (positions packed into *move_positions).
-  Status attach(const std::vector<BlockPlacement>& blocks, std::vector<std::vector<KeyMove>>* moves,
+  // the re-rotations they need are returned, every layer's together: one run per moved page,
+  // rows [0, rows) of the stored key page into the sequence's own, from the stored positions
+  // to the new ones (offsets into *move_positions). One rerotate_pages launch does them all.
+  Status attach(const std::vector<BlockPlacement>& blocks, std::vector<RerotateRun>* moves,
                 std::vector<int32_t>* move_positions);
 
   // The pages holding tokens [from_token, length) of every layer, as a block. from_token must

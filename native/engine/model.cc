@@ -513,40 +513,39 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
 }
 
 Status Model::attach(Sequence& seq, const std::vector<BlockPlacement>& blocks) {
-  std::vector<std::vector<KeyMove>> moves;
+  auto moves = std::make_shared<std::vector<RerotateRun>>();
   std::vector<int32_t> positions;
-  KVF_RETURN_IF_ERROR(seq.attach(blocks, &moves, &positions));
-  if (positions.empty()) return Status::Ok();
+  KVF_RETURN_IF_ERROR(seq.attach(blocks, moves.get(), &positions));
+  if (moves->empty()) return Status::Ok();
   // Re-rotate the moved keys on the device queue: after the steps that wrote the stored pages,
-  // before any step of this sequence. One rerotate per page: a page's rows are contiguous.
-  device_->queue.push([self = shared_from_this(), moves = std::move(moves), positions = std::move(positions)]() {
+  // before any step of this sequence. One launch for every moved page of every layer; the
+  // positions and the runs go up in one upload.
+  auto ints = std::make_shared<std::vector<int32_t>>(std::move(positions));
+  const size_t runs_at = push_structs(*ints, *moves);
+  device_->queue.push([self = shared_from_this(), moves, ints, runs_at]() {
     Backend& be = *self->device_->backend;
     const KvPool& pool = *self->pool_;
     const KvPoolSpec& ps = pool.spec();
     Status st;
-    BufferRef ints = Buffer::create(self->device_, positions.size() * sizeof(int32_t), &st);
-    if (ints) st = be.copy_from_host_async(ints->data(), positions.data(), positions.size() * sizeof(int32_t));
-    const int64_t page_elems = ps.page_size * ps.kv_heads * ps.head_dim;
-    const size_t elem = dtype_size(ps.dtype);
-    char* k = static_cast<char*>(pool.k()->data());
-    for (const auto& layer : moves) {
-      for (const KeyMove& m : layer) {
-        if (!st.ok()) break;
-        RerotateArgs a;
-        a.in = k + static_cast<size_t>(m.src * page_elems) * elem;
-        a.out = k + static_cast<size_t>(m.dst * page_elems) * elem;
-        a.dtype = ps.dtype;
-        a.tokens = m.rows;
-        a.heads = ps.kv_heads;
-        a.head_dim = ps.head_dim;
-        a.from_pos = static_cast<const int32_t*>(ints->data()) + m.from;
-        a.to_pos = static_cast<const int32_t*>(ints->data()) + m.to;
-        a.inv_freq = static_cast<const float*>(self->w_.inv_freq->data());
-        a.layout = self->spec_.rope_layout;
-        st = be.rerotate(a);
-      }
+    BufferRef upload = Buffer::create(self->device_, ints->size() * sizeof(int32_t), &st);
+    if (upload) st = be.copy_from_host_async(upload->data(), ints->data(), ints->size() * sizeof(int32_t));
+    if (st.ok()) {
+      RerotatePagesArgs a;
+      a.src_pool = pool.k()->data();
+      a.dst_pool = pool.k()->data();
+      a.dtype = ps.dtype;
+      a.num_pages = ps.num_pages;
+      a.page_size = ps.page_size;
+      a.kv_heads = ps.kv_heads;
+      a.head_dim = ps.head_dim;
+      a.runs = reinterpret_cast<const RerotateRun*>(static_cast<const int32_t*>(upload->data()) + runs_at);
+      a.num_runs = static_cast<int64_t>(moves->size());
+      a.positions = static_cast<const int32_t*>(upload->data());
+      a.inv_freq = static_cast<const float*>(self->w_.inv_freq->data());
+      a.layout = self->spec_.rope_layout;
+      st = be.rerotate_pages(a);
     }
-    if (st.ok()) st = be.synchronize();  // the position list is freed when this job ends
+    if (st.ok()) st = be.synchronize();  // the upload's host copy is freed when this job ends
     // A failure here has no caller to reach: the sequence's next step runs on the device that
     // failed and reports the device's error.
   });

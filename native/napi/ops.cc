@@ -4,6 +4,8 @@
 // enqueues the op on the device's queue. Results are read later through tensor.read().
 #include "ops.h"
 
+#include <cstring>
+
 #include "errors.h"
 #include "tensor.h"
 
@@ -146,12 +148,14 @@ Napi::Value rerotate(const Napi::CallbackInfo& info) {
   a.tokens = p.i64("tokens");
   a.heads = p.i64("heads");
   a.head_dim = p.i64("headDim");
+  a.rotary_dim = p.obj.Get("rotaryDim").IsUndefined() ? 0 : p.i64("rotaryDim");
   a.layout = p.layout();
-  if (a.head_dim % 2 != 0) throw_invalid(env, "rerotate: headDim must be even");
+  int64_t rotary_dim = 0;
+  if (Status st = rerotate_rotary_dim("rerotate", a.head_dim, a.rotary_dim, &rotary_dim); !st.ok()) throw_invalid(env, st.message);
   NativeTensor* tx = arg(info, 0, "rerotate", "keys", a.tokens * a.heads * a.head_dim);
   NativeTensor* tfrom = arg(info, 1, "rerotate", "from", a.tokens);
   NativeTensor* tto = arg(info, 2, "rerotate", "to", a.tokens);
-  NativeTensor* tf = arg(info, 3, "rerotate", "invFreq", a.head_dim / 2);
+  NativeTensor* tf = arg(info, 3, "rerotate", "invFreq", rotary_dim / 2);
   NativeTensor* to = arg(info, 4, "rerotate", "out", a.tokens * a.heads * a.head_dim);
   require_dtype(env, tfrom, DType::i32, "rerotate", "from");
   require_dtype(env, tto, DType::i32, "rerotate", "to");
@@ -166,6 +170,88 @@ Napi::Value rerotate(const Napi::CallbackInfo& info) {
   a.inv_freq = static_cast<const float*>(tf->buffer()->data());
   enqueue_op(d, {tx->buffer(), tfrom->buffer(), tto->buffer(), tf->buffer()}, {to->buffer()},
              [a](Backend& be) { return be.rerotate(a); });
+  return env.Undefined();
+}
+
+std::vector<int32_t> int_array(Napi::Env env, Napi::Value v, const std::string& what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) throw_invalid(env, what + " must be an Int32Array");
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+// rerotatePages(srcPool, dstPool, invFreq, runs, positions, params): moves keys between pages
+// of the pools (dstPool is written in place; it may be srcPool). runs: Int32Array of 8 per run
+// (RerotateRun), positions: Int32Array; both are checked here against the pool, uploaded with
+// the op, and freed after it (the op waits for its kernel). With params.perRun the same runs go
+// as one rerotate per run: the engine's former path, for equivalence tests and benchmarks.
+Napi::Value rerotate_pages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = params(info, 5, "rerotatePages");
+  RerotatePagesArgs a;
+  a.num_pages = p.i64("numPages");
+  a.page_size = p.i64("pageSize");
+  a.kv_heads = p.i64("kvHeads");
+  a.head_dim = p.i64("headDim");
+  a.rotary_dim = p.i64("rotaryDim");
+  a.layout = p.layout();
+  const bool per_run = p.flag("perRun");
+  int64_t rotary_dim = 0;
+  if (Status st = rerotate_rotary_dim("rerotatePages", a.head_dim, a.rotary_dim, &rotary_dim); !st.ok()) throw_invalid(env, st.message);
+  if (a.page_size < 1) throw_invalid(env, "rerotatePages: param pageSize must be positive");
+  const int64_t pool = a.num_pages * a.page_size * a.kv_heads * a.head_dim;
+  NativeTensor* ts = arg(info, 0, "rerotatePages", "srcPool", pool);
+  NativeTensor* td = arg(info, 1, "rerotatePages", "dstPool", pool);
+  NativeTensor* tf = arg(info, 2, "rerotatePages", "invFreq", rotary_dim / 2);
+  if (!is_float(ts->dtype())) throw_invalid(env, "rerotatePages: srcPool must be f32, f16 or bf16");
+  require_dtype(env, td, ts->dtype(), "rerotatePages", "dstPool");
+  require_dtype(env, tf, DType::f32, "rerotatePages", "invFreq");
+  const std::vector<int32_t> packed = int_array(env, info[3], "rerotatePages: runs");
+  const std::vector<int32_t> positions = int_array(env, info[4], "rerotatePages: positions");
+  if (packed.size() % 8 != 0) throw_invalid(env, "rerotatePages: runs must hold 8 integers per run");
+  std::vector<RerotateRun> runs(packed.size() / 8);
+  if (!runs.empty()) std::memcpy(static_cast<void*>(runs.data()), packed.data(), packed.size() * sizeof(int32_t));
+  if (Status st = check_rerotate_runs(runs.data(), static_cast<int64_t>(runs.size()), a.num_pages, a.page_size,
+                                      static_cast<int64_t>(positions.size()));
+      !st.ok())
+    throw_invalid(env, st.message);
+  Device* d = same_device(env, "rerotatePages", {ts, td, tf});
+  a.src_pool = ts->buffer()->data();
+  a.dst_pool = td->buffer()->data();
+  a.dtype = ts->dtype();
+  a.inv_freq = static_cast<const float*>(tf->buffer()->data());
+  a.num_runs = static_cast<int64_t>(runs.size());
+  enqueue_op(d, {ts->buffer(), tf->buffer()}, {td->buffer()}, [a, runs = std::move(runs), positions = std::move(positions), per_run](Backend& be) mutable {
+    if (runs.empty()) return Status::Ok();
+    const size_t run_bytes = runs.size() * sizeof(RerotateRun), pos_bytes = positions.size() * sizeof(int32_t);
+    void* upload = nullptr;
+    KVF_RETURN_IF_ERROR(be.alloc(run_bytes + pos_bytes, &upload));
+    Status st = be.copy_from_host_async(upload, runs.data(), run_bytes);
+    if (st.ok() && pos_bytes) st = be.copy_from_host_async(static_cast<char*>(upload) + run_bytes, positions.data(), pos_bytes);
+    a.runs = static_cast<const RerotateRun*>(upload);
+    a.positions = reinterpret_cast<const int32_t*>(static_cast<char*>(upload) + run_bytes);
+    if (st.ok() && !per_run) st = be.rerotate_pages(a);
+    const int64_t row = a.kv_heads * a.head_dim;
+    const size_t elem = dtype_size(a.dtype);
+    for (size_t r = 0; per_run && st.ok() && r < runs.size(); ++r) {
+      const RerotateRun& m = runs[r];
+      RerotateArgs one;
+      one.in = static_cast<const char*>(a.src_pool) + static_cast<size_t>((m.src_page * a.page_size + m.src_row) * row) * elem;
+      one.out = static_cast<char*>(a.dst_pool) + static_cast<size_t>((m.dst_page * a.page_size + m.dst_row) * row) * elem;
+      one.dtype = a.dtype;
+      one.tokens = m.rows;
+      one.heads = a.kv_heads;
+      one.head_dim = a.head_dim;
+      one.rotary_dim = a.rotary_dim;
+      one.from_pos = a.positions + m.from;
+      one.to_pos = a.positions + m.to;
+      one.inv_freq = a.inv_freq;
+      one.layout = a.layout;
+      st = be.rerotate(one);
+    }
+    const Status synced = be.synchronize();  // the host lists are freed when this job ends
+    be.free(upload);
+    return st.ok() ? synced : st;
+  });
   return env.Undefined();
 }
 
@@ -468,6 +554,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
   ops.Set("rmsnorm", Napi::Function::New<guard<rmsnorm>>(env, "rmsnorm"));
   ops.Set("rope", Napi::Function::New<guard<rope>>(env, "rope"));
   ops.Set("rerotate", Napi::Function::New<guard<rerotate>>(env, "rerotate"));
+  ops.Set("rerotatePages", Napi::Function::New<guard<rerotate_pages>>(env, "rerotatePages"));
   ops.Set("softmax", Napi::Function::New<guard<softmax>>(env, "softmax"));
   ops.Set("siluMul", Napi::Function::New<guard<silu_mul>>(env, "siluMul"));
   ops.Set("embedding", Napi::Function::New<guard<embedding>>(env, "embedding"));

@@ -1,0 +1,257 @@
+// rerotate_pages on CUDA (rerotate_pages.h has the contract; rerotate_pages_cpu.cc is the twin).
+//
+// Memory-bound: every moved key element is read once and written once, so the goal is the
+// device's copy bandwidth (scripts/bench/rerotate.mjs compares the two). One launch covers
+// every run of every layer. Block (run, tile of up to kMaxTileRows rows):
+//   1. the tile's shifts q - p into shared memory; rows that repeat the previous row's shift
+//      (a moved block shifts every token alike) reuse its table row;
+//   2. the sin/cos table of each distinct shift (accurate sincosf: rerotate_math.h), in shared
+//      memory: one sincosf per (distinct shift, pair) instead of one per (row, head, pair);
+//   3. the rotation in 16-byte vectors: the split layout reads the vectors at i and
+//      i + rotary_dim/2 of a head (V pairs), the adjacent layout one vector of V/2 pairs; each
+//      thread loads kUnroll items before it computes any, so enough bytes are in flight;
+//   4. partial rotary: the dimensions past rotary_dim are copied as vectors (skipped in place).
+// Narrower vectors when the head size, the rotary width or the pool's alignment ask for them.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "rerotate.h"
+#include "rerotate_math.h"
+#include "rerotate_pages.h"
+
+namespace kvf {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxTileRows = 16;
+constexpr int kUnroll = 4;
+constexpr size_t kTableBytes = 48 * 1024;  // the default dynamic shared-memory limit
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> load(const T* p) {
+  return *reinterpret_cast<const Pack<T, V>*>(p);
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store(T* p, const Pack<T, V>& x) {
+  *reinterpret_cast<Pack<T, V>*>(p) = x;
+}
+
+// V consecutive table entries (16-byte aligned when V is a multiple of 4: the table rows and the
+// offsets are multiples of V floats).
+template <int V>
+__device__ __forceinline__ void load_table(const float* t, float (&out)[V]) {
+  if constexpr (V % 4 == 0) {
+#pragma unroll
+    for (int j = 0; j < V; j += 4) {
+      const float4 q = *reinterpret_cast<const float4*>(t + j);
+      out[j] = q.x;
+      out[j + 1] = q.y;
+      out[j + 2] = q.z;
+      out[j + 3] = q.w;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) out[j] = t[j];
+  }
+}
+
+struct Shape {
+  int page_size, kv_heads, head_dim, rotary_dim, tile_rows;
+};
+
+template <typename T, int V, bool kAdjacent>
+__global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, T* dst,  // may be one pool
+                                                                   const RerotateRun* __restrict__ runs, int64_t num_runs,
+                                                                   const int32_t* __restrict__ positions,
+                                                                   const float* __restrict__ inv_freq, Shape sh) {
+  extern __shared__ float4 table_storage[];
+  float* cos_t = reinterpret_cast<float*>(table_storage);  // (tile_rows, half)
+  const int half = sh.rotary_dim / 2;
+  float* sin_t = cos_t + sh.tile_rows * half;  // (tile_rows, half)
+  __shared__ int64_t shift[kMaxTileRows];
+  __shared__ int table_row[kMaxTileRows];
+
+  // Rotation items per head: V pairs each (split: two vectors; adjacent: one vector).
+  const int groups = kAdjacent ? sh.rotary_dim / V : half / V;
+  const int copies = (sh.head_dim - sh.rotary_dim) / V;
+  const int64_t row_elems = static_cast<int64_t>(sh.kv_heads) * sh.head_dim;
+
+  for (int64_t r = blockIdx.x; r < num_runs; r += gridDim.x) {
+    const RerotateRun run = runs[r];
+    const int row0 = static_cast<int>(blockIdx.y) * sh.tile_rows;
+    if (row0 >= run.rows) continue;  // the same for the whole block: no barrier is skipped by some threads only
+    const int rows = min(sh.tile_rows, run.rows - row0);
+
+    const int t = threadIdx.x;
+    if (t < rows) shift[t] = static_cast<int64_t>(positions[run.to + row0 + t]) - positions[run.from + row0 + t];
+    __syncthreads();
+    if (t < rows) {
+      int k = t;
+      while (k > 0 && shift[k - 1] == shift[t]) --k;
+      table_row[t] = k;
+    }
+    __syncthreads();
+    for (int idx = t; idx < rows * half; idx += blockDim.x) {
+      const int k = idx / half;
+      const int i = idx - k * half;
+      if (table_row[k] == k) rerotation_sincos(shift[k], inv_freq[i], &sin_t[k * half + i], &cos_t[k * half + i]);
+    }
+    __syncthreads();
+
+    const T* in = src + (static_cast<int64_t>(run.src_page) * sh.page_size + run.src_row + row0) * row_elems;
+    T* out = dst + (static_cast<int64_t>(run.dst_page) * sh.page_size + run.dst_row + row0) * row_elems;
+    const int per_row = sh.kv_heads * groups;
+    const int items = rows * per_row;
+    for (int first = t; first < items; first += kUnroll * blockDim.x) {
+      Pack<T, V> lo[kUnroll], hi[kUnroll];
+      int64_t at[kUnroll];
+      int trow[kUnroll], pair0[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int idx = first + u * blockDim.x;
+        if (idx >= items) continue;
+        const int k = idx / per_row;
+        const int rem = idx - k * per_row;
+        const int h = rem / groups;
+        const int g = rem - h * groups;
+        trow[u] = table_row[k];
+        const int64_t head = k * row_elems + static_cast<int64_t>(h) * sh.head_dim;
+        if constexpr (kAdjacent) {
+          at[u] = head + g * V;
+          pair0[u] = g * (V / 2);
+          lo[u] = load<T, V>(in + at[u]);
+        } else {
+          at[u] = head + g * V;
+          pair0[u] = g * V;
+          lo[u] = load<T, V>(in + at[u]);
+          hi[u] = load<T, V>(in + at[u] + half);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (first + u * blockDim.x >= items) continue;
+        const float* c = cos_t + trow[u] * half + pair0[u];
+        const float* s = sin_t + trow[u] * half + pair0[u];
+        if constexpr (kAdjacent) {
+          float cs[V / 2 > 0 ? V / 2 : 1], sn[V / 2 > 0 ? V / 2 : 1];
+          load_table<V / 2>(c, cs);
+          load_table<V / 2>(s, sn);
+          Pack<T, V> o;
+#pragma unroll
+          for (int j = 0; j < V / 2; ++j) {
+            const float x0 = to_f32(lo[u].v[2 * j]), x1 = to_f32(lo[u].v[2 * j + 1]);
+            o.v[2 * j] = from_f32<T>(x0 * cs[j] - x1 * sn[j]);
+            o.v[2 * j + 1] = from_f32<T>(x0 * sn[j] + x1 * cs[j]);
+          }
+          store<T, V>(out + at[u], o);
+        } else {
+          float cs[V], sn[V];
+          load_table<V>(c, cs);
+          load_table<V>(s, sn);
+          Pack<T, V> o0, o1;
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const float x0 = to_f32(lo[u].v[j]), x1 = to_f32(hi[u].v[j]);
+            o0.v[j] = from_f32<T>(x0 * cs[j] - x1 * sn[j]);
+            o1.v[j] = from_f32<T>(x0 * sn[j] + x1 * cs[j]);
+          }
+          store<T, V>(out + at[u], o0);
+          store<T, V>(out + at[u] + half, o1);
+        }
+      }
+    }
+
+    // Partial rotary: the dimensions past rotary_dim travel unchanged.
+    if (copies > 0 && in != out) {
+      const int per_row_copies = sh.kv_heads * copies;
+      for (int idx = t; idx < rows * per_row_copies; idx += blockDim.x) {
+        const int k = idx / per_row_copies;
+        const int rem = idx - k * per_row_copies;
+        const int h = rem / copies;
+        const int64_t e = k * row_elems + static_cast<int64_t>(h) * sh.head_dim + sh.rotary_dim + (rem - h * copies) * V;
+        store<T, V>(out + e, load<T, V>(in + e));
+      }
+    }
+    __syncthreads();  // the next run rewrites the table and the shifts
+  }
+}
+
+template <typename T, int V, bool kAdjacent>
+Status launch(const RerotatePagesArgs& a, const Shape& sh, cudaStream_t stream) {
+  const size_t table_bytes = 2 * static_cast<size_t>(sh.tile_rows) * (sh.rotary_dim / 2) * sizeof(float);
+  const int64_t tiles = (a.page_size + sh.tile_rows - 1) / sh.tile_rows;
+  const int64_t grid_x = std::min<int64_t>(a.num_runs, 0x7fffffffLL);
+  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(tiles));
+  rerotate_pages_kernel<T, V, kAdjacent><<<grid, kThreads, table_bytes, stream>>>(
+      static_cast<const T*>(a.src_pool), static_cast<T*>(a.dst_pool), a.runs, a.num_runs, a.positions, a.inv_freq, sh);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return device_error(std::string("rerotate_pages: ") + cudaGetErrorString(err));
+  return Status::Ok();
+}
+
+// The widest vector (in elements, up to 16 bytes) that every access of this shape can use.
+template <typename T>
+int vector_width(const RerotatePagesArgs& a, int64_t rotary_dim, bool adjacent) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(a.src_pool) | reinterpret_cast<uintptr_t>(a.dst_pool);
+  for (int v = static_cast<int>(16 / sizeof(T)); v >= 1; v /= 2) {
+    if (a.head_dim % v != 0 || rotary_dim % v != 0) continue;
+    if (!adjacent && (rotary_dim / 2) % v != 0) continue;
+    if (adjacent && v < 2) continue;
+    if (addr % (v * sizeof(T)) != 0) continue;
+    return v;
+  }
+  return 0;
+}
+
+template <typename T, bool kAdjacent>
+Status launch_width(const RerotatePagesArgs& a, const Shape& sh, int v, cudaStream_t stream) {
+  switch (v) {
+    case 8:
+      if constexpr (sizeof(T) == 2) return launch<T, 8, kAdjacent>(a, sh, stream);
+      break;
+    case 4: return launch<T, 4, kAdjacent>(a, sh, stream);
+    case 2: return launch<T, 2, kAdjacent>(a, sh, stream);
+    case 1:
+      if constexpr (!kAdjacent) return launch<T, 1, kAdjacent>(a, sh, stream);
+      break;
+  }
+  return Status(StatusCode::internal, "rerotate_pages: no vector width fits the shape");
+}
+
+}  // namespace
+
+Status rerotate_pages_cuda(const RerotatePagesArgs& a, void* stream) {
+  int64_t rotary_dim = 0;
+  KVF_RETURN_IF_ERROR(rerotate_rotary_dim("rerotate_pages", a.head_dim, a.rotary_dim, &rotary_dim));
+  if (a.page_size <= 0 || a.kv_heads < 0 || a.num_runs < 0) return invalid_argument("rerotate_pages: bad pool shape");
+  if (a.num_runs == 0 || a.kv_heads == 0 || a.head_dim == 0) return Status::Ok();
+  if (a.page_size > 0x7fffffff || a.kv_heads * a.head_dim > 0x7fffffff) return unsupported("rerotate_pages: pages this large are not supported");
+  // As many rows per block as the table fits in the default shared-memory limit.
+  const int64_t half = rotary_dim / 2;
+  const int64_t fit = half == 0 ? kMaxTileRows : static_cast<int64_t>(kTableBytes / (2 * sizeof(float) * half));
+  if (fit < 1) return unsupported("rerotate_pages: rotary_dim " + std::to_string(rotary_dim) + " is too large");
+  Shape sh;
+  sh.page_size = static_cast<int>(a.page_size);
+  sh.kv_heads = static_cast<int>(a.kv_heads);
+  sh.head_dim = static_cast<int>(a.head_dim);
+  sh.rotary_dim = static_cast<int>(rotary_dim);
+  sh.tile_rows = static_cast<int>(std::min<int64_t>({kMaxTileRows, fit, a.page_size}));
+  const bool adjacent = a.layout == RopeLayout::adjacent;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return dispatch_float(a.dtype, "rerotate_pages", [&](auto tag) {
+    using T = decltype(tag);
+    const int v = vector_width<T>(a, rotary_dim, adjacent);
+    if (v == 0) return invalid_argument("rerotate_pages: the pools are not aligned to their element size");
+    return adjacent ? launch_width<T, true>(a, sh, v, s) : launch_width<T, false>(a, sh, v, s);
+  });
+}
+
+}  // namespace kvf
