@@ -4,15 +4,17 @@
 // POLICIES; the model has no special path for any of them.
 import { InvalidArgumentError } from '../errors.js';
 import { describe } from '../tensor.js';
+import { CASCADING_OPTIONS, type CascadingPolicy, type ResolvedCascadingPolicy, resolveCascading } from './cascading.js';
 import type { FullAttentionPolicy } from './full.js';
 
+export { cascading, type CascadingPolicy, type HeadReduction, type ResolvedCascadingPolicy } from './cascading.js';
 export type { FullAttentionPolicy } from './full.js';
 
 /** A sequence's cache policy, chosen by `name`. */
-export type CachePolicy = FullAttentionPolicy;
+export type CachePolicy = FullAttentionPolicy | CascadingPolicy;
 
 /** A policy's validated options, with defaults filled in. */
-export type ResolvedPolicy = Readonly<CachePolicy>;
+export type ResolvedPolicy = Readonly<FullAttentionPolicy> | ResolvedCascadingPolicy;
 
 interface PolicyDefinition {
   /** Every option key, `name` included: any other key is refused. */
@@ -22,6 +24,7 @@ interface PolicyDefinition {
 
 const POLICIES: Record<string, PolicyDefinition> = {
   full: { options: ['name'], resolve: () => Object.freeze({ name: 'full' as const }) },
+  cascading: { options: CASCADING_OPTIONS, resolve: resolveCascading },
 };
 
 /** The policy names this build knows. */
