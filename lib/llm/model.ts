@@ -14,7 +14,7 @@ import { isJsonObject, readOptionalJsonFile } from '../model/json-file.js';
 import type { ChatMessage } from '../model/tokenizer.js';
 import { checkDevice, describe, type DType, dtypeBytes, type FloatDType, Tensor } from '../tensor.js';
 import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
-import { type CachePolicy, resolvePolicy } from '../policies/index.js';
+import { type CachePolicy, type ResolvedPolicy, resolvePolicy } from '../policies/index.js';
 import { GENERATE_OPTIONS, generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
 import { type GenerationInit, type GenerationStream, Scheduler, SequenceState } from './scheduler.js';
 import { Sequence, type SequenceHost } from './sequence.js';
@@ -248,7 +248,7 @@ export class Model {
       });
       state.restore = () => m.attach(state.native!, placements);
     };
-    return new Sequence(this.#sequenceHost, state, resolvePolicy(policy), prepare);
+    return new Sequence(this.#sequenceHost, state, runnable(resolvePolicy(policy), true), prepare);
   }
 
   #handle(what: string): NativeModel {
@@ -324,7 +324,7 @@ export class Model {
     const { policy, store, documents } = checkOptions(options, SEQUENCE_OPTIONS, 'sequence');
     if (store !== undefined) return this.#storeSequence(store, documents, policy, true);
     if (documents !== undefined) throw new InvalidArgumentError('documents: needs a store (sequence({ store, documents }))', 'documents');
-    return new Sequence(this.#sequenceHost, new SequenceState(m.newSequence(), true), resolvePolicy(policy));
+    return new Sequence(this.#sequenceHost, new SequenceState(m.newSequence(), true), runnable(resolvePolicy(policy), false));
   }
 
   // A sequence for one call of generate() or logits(): its pages go when that call ends.
@@ -679,4 +679,14 @@ function weightsSample(index: Iterable<TensorInfo>): Buffer {
     for (const fd of fds.values()) closeSync(fd);
   }
   return hash.digest();
+}
+
+// A policy the engine runs here: cacheFocus works on stored documents; policies whose
+// mechanics are not in the engine yet are refused by name rather than run as full attention.
+function runnable(p: ResolvedPolicy, overStore: boolean): ResolvedPolicy {
+  if (p.name === 'cacheFocus' && !overStore) {
+    throw new InvalidArgumentError("policy: 'cacheFocus' works on stored documents: model.sequence({ store, documents, policy })", 'policy');
+  }
+  if (p.name !== 'full' && p.name !== 'cacheFocus') throw new UnsupportedError(`policy: '${p.name}' is not run by the engine yet`);
+  return p;
 }

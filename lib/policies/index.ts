@@ -5,16 +5,18 @@
 import { InvalidArgumentError } from '../errors.js';
 import { describe } from '../tensor.js';
 import { CACHE_FOCUS_OPTIONS, resolveCacheFocus, type CacheFocusPolicy, type ResolvedCacheFocus } from './cache-focus.js';
+import { CASCADING_OPTIONS, type CascadingPolicy, type ResolvedCascadingPolicy, resolveCascading } from './cascading.js';
 import type { FullAttentionPolicy } from './full.js';
 
+export { cascading, type CascadingPolicy, type HeadReduction, type ResolvedCascadingPolicy } from './cascading.js';
 export type { FullAttentionPolicy } from './full.js';
 export type { CacheFocusPolicy, KeepRule } from './cache-focus.js';
 
 /** A sequence's cache policy, chosen by `name`. */
-export type CachePolicy = FullAttentionPolicy | CacheFocusPolicy;
+export type CachePolicy = FullAttentionPolicy | CacheFocusPolicy | CascadingPolicy;
 
 /** A policy's validated options, with defaults filled in. */
-export type ResolvedPolicy = Readonly<FullAttentionPolicy> | ResolvedCacheFocus;
+export type ResolvedPolicy = Readonly<FullAttentionPolicy> | ResolvedCacheFocus | ResolvedCascadingPolicy;
 
 interface PolicyDefinition {
   /** Every option key, `name` included: any other key is refused. */
@@ -25,6 +27,7 @@ interface PolicyDefinition {
 const POLICIES: Record<string, PolicyDefinition> = {
   full: { options: ['name'], resolve: () => Object.freeze({ name: 'full' as const }) },
   cacheFocus: { options: CACHE_FOCUS_OPTIONS, resolve: resolveCacheFocus },
+  cascading: { options: CASCADING_OPTIONS, resolve: resolveCascading },
 };
 
 /**
@@ -34,6 +37,7 @@ const POLICIES: Record<string, PolicyDefinition> = {
 export const policies = Object.freeze({
   full: (): FullAttentionPolicy => checked({ name: 'full' }),
   cacheFocus: (options: Omit<CacheFocusPolicy, 'name'> = {}): CacheFocusPolicy => checked({ ...options, name: 'cacheFocus' }),
+  cascading: (options: Omit<CascadingPolicy, 'name'> = {}): CascadingPolicy => checked({ ...options, name: 'cascading' }),
 });
 
 function checked<P extends CachePolicy>(p: P): P {
