@@ -80,6 +80,12 @@ export interface NativeSequence {
   release(): void;
   /** The pages of tokens [fromToken, length) as a block; fromToken must start a page. */
   exportBlock(fromToken: number): NativeKvBlock;
+  /** [block, firstSlot, tokens, firstPosition] per attached block the layer holds, in slot order. */
+  spans(layer: number): Int32Array;
+  /** Layers fromLayer.. stop holding the attached blocks listed (numbered in attach order). */
+  dropBlocks(fromLayer: number, blocks: Int32Array): void;
+  /** Tokens appended to layers fromLayer.. from now on are placed `shift` further. */
+  setLayerShift(fromLayer: number, shift: number): void;
 }
 
 /** KV pages of a run of tokens kept apart from any sequence (a stored document or prefix). */
@@ -120,6 +126,12 @@ export interface StepRequest {
    * from each layer's own softmax: rangeMass[i] (layers, rows, heads, ranges) f32.
    */
   rangeMass?: Int32Array | readonly Int32Array[];
+  /**
+   * Layers [begin, end) only, for a policy that decides between layers: the step holds this one
+   * request; one from past layer 0 continues the hidden state the step before it left, one that
+   * ends early returns no logits.
+   */
+  layers?: [number, number];
 }
 
 export interface NativeModel {
@@ -134,6 +146,8 @@ export interface NativeModel {
   attach(seq: NativeSequence, blocks: { block: NativeKvBlock; start: number }[]): void;
   /** A block at positions start.. on fresh pages, filled from `data` (the layout read() returns). */
   importBlock(start: number, tokens: number, data: Uint8Array): Promise<NativeKvBlock>;
+  /** Layers fromLayer.. hold block blocks[i]'s first token at starts[i] (keys re-rotated). */
+  moveBlocks(seq: NativeSequence, fromLayer: number, blocks: Int32Array, starts: Int32Array): void;
   release(): void;
 }
 

@@ -66,12 +66,17 @@ Sequence::Sequence(std::shared_ptr<KvPool> pool) : pool_(std::move(pool)), layer
 
 Sequence::~Sequence() { clear(); }
 
-Status Sequence::append(const std::vector<int32_t>& positions, std::vector<std::vector<int32_t>>* slots) {
+Status Sequence::append(const std::vector<int32_t>& positions, std::vector<std::vector<int32_t>>* slots, int64_t layer_begin,
+                        int64_t layer_end) {
   const int64_t ps = pool_->spec().page_size;
   const int64_t n = static_cast<int64_t>(positions.size());
+  const size_t lb = static_cast<size_t>(layer_begin);
+  const size_t le = layer_end < 0 ? layers_.size() : static_cast<size_t>(layer_end);
+  if (lb > le || le > layers_.size()) return invalid_argument("append: layer range out of bounds");
   // Acquire every page first so a failure leaves the sequence untouched.
   int64_t needed = 0;
-  for (const LayerKv& l : layers_) {
+  for (size_t li = lb; li < le; ++li) {
+    const LayerKv& l = layers_[li];
     const int64_t have = static_cast<int64_t>(l.pages.size()) * ps;
     if (l.slots() + n > have) needed += (l.slots() + n - have + ps - 1) / ps;
   }
@@ -79,7 +84,7 @@ Status Sequence::append(const std::vector<int32_t>& positions, std::vector<std::
   KVF_RETURN_IF_ERROR(pool_->acquire(needed, &fresh));
   size_t next = 0;
   if (slots) slots->assign(layers_.size(), {});
-  for (size_t li = 0; li < layers_.size(); ++li) {
+  for (size_t li = lb; li < le; ++li) {
     LayerKv& l = layers_[li];
     while (static_cast<int64_t>(l.pages.size()) * ps < l.slots() + n) {
       l.pages.push_back(fresh[next]);
@@ -93,15 +98,17 @@ Status Sequence::append(const std::vector<int32_t>& positions, std::vector<std::
         s.push_back(static_cast<int32_t>(l.pages[slot / ps] * ps + slot % ps));
       }
     }
-    l.positions.insert(l.positions.end(), positions.begin(), positions.end());
+    for (int32_t p : positions) l.positions.push_back(p + l.shift);
   }
   return Status::Ok();
 }
 
-void Sequence::truncate(int64_t n) {
+void Sequence::truncate(int64_t n, int64_t layer_begin, int64_t layer_end) {
   const int64_t ps = pool_->spec().page_size;
-  for (LayerKv& l : layers_) {
-    for (int64_t dropped = 0; dropped < n && l.slots() > attached_slots_;) {
+  const size_t le = layer_end < 0 ? layers_.size() : std::min(layers_.size(), static_cast<size_t>(layer_end));
+  for (size_t li = static_cast<size_t>(std::max<int64_t>(0, layer_begin)); li < le; ++li) {
+    LayerKv& l = layers_[li];
+    for (int64_t dropped = 0; dropped < n && l.slots() > l.attached;) {
       if (l.positions.back() == kHole) --l.holes;
       else ++dropped;
       l.positions.pop_back();
@@ -125,12 +132,16 @@ void Sequence::release_pages(LayerKv& l) {
   l.v_pages.clear();
   l.positions.clear();
   l.holes = 0;
+  l.spans.clear();
+  l.attached = 0;
+  l.shift = 0;
 }
 
 void Sequence::clear() {
   for (LayerKv& l : layers_) release_pages(l);
-  attached_slots_ = 0;
   split_kv_ = false;
+  carry.reset();
+  carry_rows = 0;
   history.clear();
 }
 
@@ -164,6 +175,8 @@ Status Sequence::attach(const std::vector<BlockPlacement>& blocks, std::vector<R
       LayerKv& l = layers_[li];
       const std::vector<int32_t>& pos = b.positions[li];
       const std::vector<int32_t>& pages = b.pages[li];
+      l.spans.push_back(Span{static_cast<int32_t>(bi), static_cast<int64_t>(l.pages.size()), static_cast<int64_t>(pages.size()),
+                             static_cast<int64_t>(pos.size()), shift != 0});
       for (size_t i = 0; i < pages.size(); ++i) {
         const size_t first = i * static_cast<size_t>(ps);
         const int32_t rows = static_cast<int32_t>(std::min<size_t>(static_cast<size_t>(ps), pos.size() - first));
@@ -193,8 +206,88 @@ Status Sequence::attach(const std::vector<BlockPlacement>& blocks, std::vector<R
       }
     }
   }
-  attached_slots_ = layers_.empty() ? 0 : layers_[0].slots();
+  for (LayerKv& l : layers_) l.attached = l.slots();
   return Status::Ok();
+}
+
+Status Sequence::drop_blocks(int64_t from_layer, const std::vector<int32_t>& blocks) {
+  const int64_t ps = pool_->spec().page_size;
+  if (from_layer < 0 || from_layer > static_cast<int64_t>(layers_.size())) return invalid_argument("dropBlocks: layer out of range");
+  for (size_t li = static_cast<size_t>(from_layer); li < layers_.size(); ++li) {
+    LayerKv& l = layers_[li];
+    // Back to front, so earlier spans' page indices stay valid while later ones are erased.
+    for (size_t si = l.spans.size(); si-- > 0;) {
+      const Span sp = l.spans[si];
+      if (std::find(blocks.begin(), blocks.end(), sp.block) == blocks.end()) continue;
+      const auto p0 = static_cast<ptrdiff_t>(sp.first_page), p1 = static_cast<ptrdiff_t>(sp.first_page + sp.pages);
+      for (ptrdiff_t i = p0; i < p1; ++i) {
+        pool_->release(l.pages[static_cast<size_t>(i)]);
+        if (l.v_pages[static_cast<size_t>(i)] != l.pages[static_cast<size_t>(i)]) pool_->release(l.v_pages[static_cast<size_t>(i)]);
+      }
+      l.pages.erase(l.pages.begin() + p0, l.pages.begin() + p1);
+      l.v_pages.erase(l.v_pages.begin() + p0, l.v_pages.begin() + p1);
+      l.positions.erase(l.positions.begin() + p0 * ps, l.positions.begin() + p1 * ps);
+      l.holes -= sp.pages * ps - sp.tokens;
+      l.attached -= sp.pages * ps;
+      l.spans.erase(l.spans.begin() + static_cast<ptrdiff_t>(si));
+      for (size_t sj = si; sj < l.spans.size(); ++sj) l.spans[sj].first_page -= sp.pages;
+    }
+  }
+  return Status::Ok();
+}
+
+Status Sequence::move_blocks(int64_t from_layer, const std::vector<std::pair<int32_t, int32_t>>& new_starts,
+                             std::vector<RerotateRun>* moves, std::vector<int32_t>* move_positions) {
+  const int64_t ps = pool_->spec().page_size;
+  if (from_layer < 0 || from_layer > static_cast<int64_t>(layers_.size())) return invalid_argument("moveBlocks: layer out of range");
+  auto target = [&](const LayerKv& l, const Span& sp) -> int64_t {  // the shift, 0: stays
+    for (const auto& [b, start] : new_starts)
+      if (b == sp.block) return static_cast<int64_t>(start) - l.positions[static_cast<size_t>(sp.first_page * ps)];
+    return 0;
+  };
+  // Pages of their own for the keys that move off stored pages: all or nothing.
+  int64_t needed = 0;
+  for (size_t li = static_cast<size_t>(from_layer); li < layers_.size(); ++li)
+    for (const Span& sp : layers_[li].spans)
+      if (!sp.own_keys && target(layers_[li], sp) != 0) needed += sp.pages;
+  std::vector<int32_t> fresh;
+  KVF_RETURN_IF_ERROR(pool_->acquire(needed, &fresh));
+  size_t next = 0;
+  for (size_t li = static_cast<size_t>(from_layer); li < layers_.size(); ++li) {
+    LayerKv& l = layers_[li];
+    for (Span& sp : l.spans) {
+      const int64_t shift = target(l, sp);
+      if (shift == 0) continue;
+      for (int64_t i = 0; i < sp.pages; ++i) {
+        const size_t page = static_cast<size_t>(sp.first_page + i);
+        const size_t first = page * static_cast<size_t>(ps);
+        const int32_t rows = static_cast<int32_t>(std::min<int64_t>(ps, sp.tokens - i * ps));
+        RerotateRun m;
+        m.src_page = l.pages[page];
+        // The stored page stays in the value table (its reference now counts there).
+        m.dst_page = sp.own_keys ? l.pages[page] : fresh[next++];
+        m.rows = rows;
+        m.from = static_cast<int32_t>(move_positions->size());
+        move_positions->insert(move_positions->end(), l.positions.begin() + static_cast<ptrdiff_t>(first),
+                               l.positions.begin() + static_cast<ptrdiff_t>(first) + rows);
+        m.to = static_cast<int32_t>(move_positions->size());
+        for (int32_t r = 0; r < rows; ++r) {
+          int32_t& p = l.positions[first + static_cast<size_t>(r)];
+          p = static_cast<int32_t>(p + shift);
+          move_positions->push_back(p);
+        }
+        moves->push_back(m);
+        l.pages[page] = m.dst_page;
+      }
+      if (!sp.own_keys) split_kv_ = true;
+      sp.own_keys = true;
+    }
+  }
+  return Status::Ok();
+}
+
+void Sequence::set_shift(int64_t from_layer, int32_t shift) {
+  for (size_t li = static_cast<size_t>(std::max<int64_t>(0, from_layer)); li < layers_.size(); ++li) layers_[li].shift = shift;
 }
 
 Status Sequence::export_block(int64_t from_token, std::shared_ptr<KvBlock>* out) const {

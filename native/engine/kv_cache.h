@@ -61,11 +61,22 @@ class KvPool {
 // Position of a slot that holds no token (the padded tail of an attached block's last page).
 constexpr int32_t kHole = -1;
 
+// A block attached to a sequence, as one layer holds it: whole pages from first_page. Blocks
+// are numbered in attach order (0: the first attached, a store's prefix).
+struct Span {
+  int32_t block = 0;
+  int64_t first_page = 0, pages = 0, tokens = 0;
+  bool own_keys = false;  // the layer reads its keys from pages of its own (moved): rotated in place
+};
+
 struct LayerKv {
   std::vector<int32_t> pages;      // key page table
   std::vector<int32_t> v_pages;    // value page table: pages[i] except under a moved block
   std::vector<int32_t> positions;  // RoPE position of every slot, kHole for a hole
   int64_t holes = 0;               // slots that are holes
+  std::vector<Span> spans;         // attached blocks this layer still holds, in slot order
+  int64_t attached = 0;            // slots of attached blocks (with their holes): never truncated
+  int32_t shift = 0;               // added to the position of every token appended to this layer
   int64_t slots() const { return static_cast<int64_t>(positions.size()); }
   int64_t length() const { return slots() - holes; }  // tokens
   // Rows of page i that hold tokens before its first hole (holes only end a page).
@@ -101,14 +112,36 @@ class Sequence {
   std::vector<LayerKv>& layers() { return layers_; }
   const std::vector<LayerKv>& layers() const { return layers_; }
 
-  // Reserves `positions.size()` new slots at the end of every layer, acquiring pages as needed,
-  // and records their positions. On failure nothing changes. Returns, per layer, the flat pool
-  // slot (page * page_size + row) of each new token through *slots (may be null).
-  Status append(const std::vector<int32_t>& positions, std::vector<std::vector<int32_t>>* slots);
+  // Reserves `positions.size()` new slots at the end of layers [layer_begin, layer_end) (all by
+  // default), acquiring pages as needed, and records their positions (each layer adds its
+  // shift). On failure nothing changes. Returns, per layer, the flat pool slot (page *
+  // page_size + row) of each new token through *slots (may be null; empty for other layers).
+  Status append(const std::vector<int32_t>& positions, std::vector<std::vector<int32_t>>* slots, int64_t layer_begin = 0,
+                int64_t layer_end = -1);
 
-  // Drops the newest n tokens of every layer (releasing pages that become empty); never
-  // reaches into attached blocks.
-  void truncate(int64_t n);
+  // Drops the newest n tokens of every layer (of layers [layer_begin, layer_end) when given),
+  // releasing pages that become empty; never reaches into attached blocks.
+  void truncate(int64_t n, int64_t layer_begin = 0, int64_t layer_end = -1);
+
+  // Layers from `from_layer` on stop holding the attached blocks listed (their pages are
+  // released once nothing else holds them). Only blocks: no token appended after them moves
+  // within its page. Unknown block numbers are ignored.
+  Status drop_blocks(int64_t from_layer, const std::vector<int32_t>& blocks);
+
+  // Layers from `from_layer` on hold block b's first token at new_start[b] (-1: unchanged): keys
+  // of blocks still on stored pages move to pages of their own (acquired here, all or nothing),
+  // keys already on pages of their own are rotated in place. The re-rotations are returned.
+  Status move_blocks(int64_t from_layer, const std::vector<std::pair<int32_t, int32_t>>& new_starts, std::vector<RerotateRun>* moves,
+                     std::vector<int32_t>* move_positions);
+
+  // Tokens appended from now on to layers from `from_layer` are placed `shift` further than the
+  // position a step gives them (per-layer coordinate frames after pruning).
+  void set_shift(int64_t from_layer, int32_t shift);
+
+  // The hidden state a step that stopped before the last layer left for the next one (rows x
+  // hidden, activation dtype), and its rows. Set on the JS thread when the step is queued.
+  BufferRef carry;
+  int64_t carry_rows = 0;
 
   // Drops everything.
   void clear();
@@ -136,7 +169,6 @@ class Sequence {
   void release_pages(LayerKv& l);
   std::shared_ptr<KvPool> pool_;
   std::vector<LayerKv> layers_;
-  int64_t attached_slots_ = 0;  // slots of attached blocks (with their holes): never truncated
   bool split_kv_ = false;
 };
 

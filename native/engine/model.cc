@@ -25,6 +25,9 @@ struct StepPlan {
   std::vector<int64_t> page_rows;          // per layer offset into ints, -1: no holes
   std::vector<int32_t> max_kv;             // per layer
   std::vector<int64_t> first_visible;      // per layer offset into ints, -1: the layer does not slide
+  std::vector<size_t> layer_positions;     // per layer offset into ints of the tokens' positions
+  int64_t layer_begin = 0, layer_end = 0;  // the layers this step runs
+  BufferRef carry_in, carry_out;           // hidden state from / for a step over other layers
   // Range masses, when some request asks: per layer offset into ints of (seqs, num_ranges, 2)
   // ranges (a request with fewer ranges padded with empty ones); num_ranges 0: none asked.
   int64_t num_ranges = 0;
@@ -141,7 +144,7 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
     return be.rmsnorm(a);
   };
   // Rows [row0, row0 + rows) rotated with the given frequencies.
-  auto rope_rows = [&](void* t, int64_t heads, int64_t row0, int64_t rows, const float* inv_freq) {
+  auto rope_rows = [&](void* t, int64_t heads, int64_t row0, int64_t rows, const float* inv_freq, int64_t layer) {
     RopeArgs a;
     a.in = static_cast<char*>(t) + row0 * heads * hd * static_cast<int64_t>(dtype_size(act));
     a.out = const_cast<void*>(a.in);
@@ -149,7 +152,7 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
     a.tokens = rows;
     a.heads = heads;
     a.head_dim = hd;
-    a.positions = ints + plan.positions + row0;
+    a.positions = ints + plan.layer_positions[static_cast<size_t>(layer)] + row0;
     a.inv_freq = inv_freq;
     a.layout = s.rope_layout;
     a.attn_factor = s.rope_attn_factor;
@@ -157,19 +160,22 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
   };
   const float* model_freq = static_cast<const float*>(w.inv_freq->data());
   // One call for the step, or one per request when some request brings its own frequencies.
-  auto rope = [&](void* t, int64_t heads) {
-    if (plan.floats.empty()) return rope_rows(t, heads, 0, T, model_freq);
+  auto rope = [&](void* t, int64_t heads, int64_t layer) {
+    if (plan.floats.empty()) return rope_rows(t, heads, 0, T, model_freq, layer);
     int64_t row0 = 0;
     for (size_t i = 0; i < plan.batch.size(); ++i) {
       const int64_t rows = static_cast<int64_t>(plan.batch[i].tokens.size());
       const float* f = plan.inv_freq[i] < 0 ? model_freq : floats + plan.inv_freq[i];
-      if (rows > 0) KVF_RETURN_IF_ERROR(rope_rows(t, heads, row0, rows, f));
+      if (rows > 0) KVF_RETURN_IF_ERROR(rope_rows(t, heads, row0, rows, f, layer));
       row0 += rows;
     }
     return Status::Ok();
   };
 
-  {
+  if (plan.carry_in) {
+    KVF_RETURN_IF_ERROR(plan.carry_in->error());
+    KVF_RETURN_IF_ERROR(be.copy_on_device(x, plan.carry_in->data(), static_cast<size_t>(T * D) * dtype_size(act)));
+  } else {
     EmbeddingArgs a;
     a.table = w.embed.buf->data();
     a.table_dtype = w.embed.dtype;
@@ -182,7 +188,7 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
     KVF_RETURN_IF_ERROR(be.embedding(a));
   }
   const int64_t seqs = static_cast<int64_t>(plan.batch.size());
-  for (int64_t l = 0; l < s.layers; ++l) {
+  for (int64_t l = plan.layer_begin; l < plan.layer_end; ++l) {
     const LayerWeights& lw = w.layers[static_cast<size_t>(l)];
     KVF_RETURN_IF_ERROR(rmsnorm(x, lw.attn_norm, h, T));
     KVF_RETURN_IF_ERROR(linear(h, lw.wq, q, H * hd, D));
@@ -191,8 +197,8 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
     if (lw.bq) KVF_RETURN_IF_ERROR(add_into(q, lw.bq.buf->data(), lw.bq.dtype, T, H * hd, true));
     if (lw.bk) KVF_RETURN_IF_ERROR(add_into(k, lw.bk.buf->data(), lw.bk.dtype, T, Hkv * hd, true));
     if (lw.bv) KVF_RETURN_IF_ERROR(add_into(v, lw.bv.buf->data(), lw.bv.dtype, T, Hkv * hd, true));
-    KVF_RETURN_IF_ERROR(rope(q, H));
-    KVF_RETURN_IF_ERROR(rope(k, Hkv));
+    KVF_RETURN_IF_ERROR(rope(q, H, l));
+    KVF_RETURN_IF_ERROR(rope(k, Hkv, l));
     {
       KvWriteArgs a;
       a.k = k;
@@ -279,12 +285,25 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
       if (nr > 0) {
         std::vector<float>& out = result->range_mass[i];
         out.reserve(static_cast<size_t>(s.layers * rows * H * nr));
-        for (int64_t l = 0; l < s.layers; ++l)
+        for (int64_t l = 0; l < s.layers; ++l) {
+          if (l < plan.layer_begin || l >= plan.layer_end) {  // not run by this step
+            out.insert(out.end(), static_cast<size_t>(rows * H * nr), 0.0f);
+            continue;
+          }
           for (int64_t th = (l * T + row0) * H; th < (l * T + row0 + rows) * H; ++th)
             out.insert(out.end(), host.begin() + th * NR, host.begin() + th * NR + nr);
+        }
       }
       row0 += rows;
     }
+  }
+
+  // A step that stops before the last layer hands its hidden state to the next one.
+  if (plan.carry_out) {
+    KVF_RETURN_IF_ERROR(be.copy_on_device(plan.carry_out->data(), x, static_cast<size_t>(T * D) * dtype_size(act)));
+    result->logits.assign(plan.batch.size(), {});
+    result->sampled.assign(plan.batch.size(), -1);
+    return be.synchronize();
   }
 
   // Logits only for the rows asked for: gather them, final norm, LM head; then the sampled
@@ -369,13 +388,25 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
     if (r.num_ranges < 0 || r.mass_ranges.size() != L * static_cast<size_t>(std::max<int64_t>(0, r.num_ranges)) * 2)
       return invalid_argument("step: mass_ranges must hold layers x num_ranges [begin, end) pairs");
   }
+  // A step over part of the layers holds one request (the rows of every op are its rows).
+  plan->layer_begin = 0;
+  plan->layer_end = static_cast<int64_t>(L);
+  for (const StepRequest& r : batch) {
+    const int64_t end = r.layer_end < 0 ? static_cast<int64_t>(L) : r.layer_end;
+    if (r.layer_begin < 0 || r.layer_begin >= end || end > static_cast<int64_t>(L)) return invalid_argument("step: layers out of range");
+    if ((r.layer_begin != 0 || end != static_cast<int64_t>(L)) && S != 1) return invalid_argument("step: a step over part of the layers holds one request");
+    if (r.layer_begin > 0 && (!r.seq->carry || r.seq->carry_rows != static_cast<int64_t>(r.tokens.size())))
+      return invalid_argument("step: a step from layer " + std::to_string(r.layer_begin) + " needs the hidden state of a step over the layers before it, for the same tokens");
+    plan->layer_begin = r.layer_begin;
+    plan->layer_end = end;
+  }
   // Reserve slots; undo this batch's reservations if the pool runs dry part way.
   std::vector<std::vector<std::vector<int32_t>>> slots(S);
   std::vector<std::vector<int64_t>> before(S);
   for (size_t i = 0; i < S; ++i) {
     StepRequest& r = batch[i];
     for (const LayerKv& l : r.seq->layers()) before[i].push_back(l.slots());
-    Status st = r.seq->append(r.positions, &slots[i]);
+    Status st = r.seq->append(r.positions, &slots[i], plan->layer_begin, plan->layer_end);
     if (!st.ok()) {
       for (size_t j = 0; j < i; ++j) batch[j].seq->truncate(static_cast<int64_t>(batch[j].tokens.size()));
       return st;
@@ -390,6 +421,31 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
   plan->total = static_cast<int64_t>(ids.size());
   plan->ids = push(plan->ints, ids);
   plan->positions = push(plan->ints, positions);
+  // Layers in another coordinate frame (CacheFocus after pruning) place tokens `shift` further.
+  for (size_t l = 0; l < L; ++l) {
+    bool shifted = false;
+    for (const StepRequest& r : batch) shifted |= r.seq->layers()[l].shift != 0;
+    if (!shifted) {
+      plan->layer_positions.push_back(plan->positions);
+      continue;
+    }
+    std::vector<int32_t> p;
+    for (const StepRequest& r : batch)
+      for (int32_t x : r.positions) p.push_back(x + r.seq->layers()[l].shift);
+    plan->layer_positions.push_back(push(plan->ints, p));
+  }
+  if (plan->layer_begin > 0) plan->carry_in = batch[0].seq->carry;
+  if (plan->layer_end < static_cast<int64_t>(L)) {
+    Status st;
+    const int64_t rows = static_cast<int64_t>(batch[0].tokens.size());
+    plan->carry_out = Buffer::create(device_, static_cast<size_t>(rows * spec_.hidden) * dtype_size(spec_.act_dtype), &st);
+    if (!plan->carry_out) {
+      batch[0].seq->truncate(rows, plan->layer_begin, plan->layer_end);
+      return st;
+    }
+    batch[0].seq->carry = plan->carry_out;
+    batch[0].seq->carry_rows = rows;
+  }
   plan->q_start = push(plan->ints, q_start);
   // Per layer: kv lengths, visibility (slot-ordered causal), slots, page tables.
   std::vector<int32_t> kv_len, visible;
@@ -516,10 +572,23 @@ Status Model::attach(Sequence& seq, const std::vector<BlockPlacement>& blocks) {
   auto moves = std::make_shared<std::vector<RerotateRun>>();
   std::vector<int32_t> positions;
   KVF_RETURN_IF_ERROR(seq.attach(blocks, moves.get(), &positions));
-  if (moves->empty()) return Status::Ok();
-  // Re-rotate the moved keys on the device queue: after the steps that wrote the stored pages,
-  // before any step of this sequence. One launch for every moved page of every layer; the
-  // positions and the runs go up in one upload.
+  queue_rerotation(std::move(moves), std::move(positions));
+  return Status::Ok();
+}
+
+Status Model::move_blocks(Sequence& seq, int64_t from_layer, const std::vector<std::pair<int32_t, int32_t>>& new_starts) {
+  auto moves = std::make_shared<std::vector<RerotateRun>>();
+  std::vector<int32_t> positions;
+  KVF_RETURN_IF_ERROR(seq.move_blocks(from_layer, new_starts, moves.get(), &positions));
+  queue_rerotation(std::move(moves), std::move(positions));
+  return Status::Ok();
+}
+
+// Re-rotates moved keys on the device queue: after the steps that wrote the pages they read,
+// before any later step of the sequence. One launch for every moved page of every layer; the
+// positions and the runs go up in one upload.
+void Model::queue_rerotation(std::shared_ptr<std::vector<RerotateRun>> moves, std::vector<int32_t> positions) {
+  if (moves->empty()) return;
   auto ints = std::make_shared<std::vector<int32_t>>(std::move(positions));
   const size_t runs_at = push_structs(*ints, *moves);
   device_->queue.push([self = shared_from_this(), moves, ints, runs_at]() {
@@ -549,7 +618,6 @@ Status Model::attach(Sequence& seq, const std::vector<BlockPlacement>& blocks) {
     // A failure here has no caller to reach: the sequence's next step runs on the device that
     // failed and reports the device's error.
   });
-  return Status::Ok();
 }
 
 }  // namespace kvf

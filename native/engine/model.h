@@ -66,6 +66,12 @@ struct StepRequest {
   // runs as before.
   std::vector<int32_t> mass_ranges;
   int64_t num_ranges = 0;
+  // Layers [layer_begin, layer_end) only (-1: to the last), for a policy that decides between
+  // layers (CacheFocus pruning): such a step holds this one request. It appends its tokens to
+  // those layers only; one that starts past layer 0 reads the hidden state the previous one
+  // left in the sequence (Sequence::carry), one that ends early leaves it there and returns no
+  // logits.
+  int64_t layer_begin = 0, layer_end = -1;
 };
 
 struct StepResult {
@@ -92,10 +98,15 @@ class Model : public std::enable_shared_from_this<Model> {
   // re-rotation of the keys of moved blocks into the sequence's own key pages.
   Status attach(Sequence& seq, const std::vector<BlockPlacement>& blocks);
 
+  // JS thread: Sequence::move_blocks, and the re-rotation it needs queued before the sequence's
+  // next step.
+  Status move_blocks(Sequence& seq, int64_t from_layer, const std::vector<std::pair<int32_t, int32_t>>& new_starts);
+
   Status enqueue_step(std::vector<StepRequest> batch, std::function<void(Status, StepResult)> done,
                       std::function<bool()> cancelled = {});
 
  private:
+  void queue_rerotation(std::shared_ptr<std::vector<RerotateRun>> moves, std::vector<int32_t> positions);
   Device* device_;
   ModelSpec spec_;
   ModelWeights w_;

@@ -92,6 +92,9 @@ Napi::Function NativeSequence::define(Napi::Env env) {
                          InstanceMethod<&NativeSequence::clear>("clear"),
                          InstanceMethod<&NativeSequence::release>("release"),
                          InstanceMethod<&NativeSequence::export_block>("exportBlock"),
+                         InstanceMethod<&NativeSequence::spans>("spans"),
+                         InstanceMethod<&NativeSequence::drop_blocks>("dropBlocks"),
+                         InstanceMethod<&NativeSequence::set_layer_shift>("setLayerShift"),
                      });
 }
 
@@ -119,6 +122,54 @@ Napi::Value NativeSequence::export_block(const Napi::CallbackInfo& info) {
   Status st = seq_->export_block(info[0].As<Napi::Number>().Int64Value(), &block);
   if (!st.ok()) throw_status(info.Env(), st);
   return NativeKvBlock::wrap(info.Env(), std::move(block));
+}
+
+namespace {
+int64_t layer_arg(const Napi::CallbackInfo& info, size_t i, int64_t layers, const char* what, bool allow_end) {
+  const double l = info[i].IsNumber() ? info[i].As<Napi::Number>().DoubleValue() : -1;
+  const double limit = static_cast<double>(allow_end ? layers : layers - 1);
+  if (!(l >= 0 && l <= limit) || static_cast<double>(static_cast<int64_t>(l)) != l)
+    throw_invalid(info.Env(), std::string(what) + ": layer must be an integer in [0, " + std::to_string(static_cast<int64_t>(limit)) + "]");
+  return static_cast<int64_t>(l);
+}
+}  // namespace
+
+// spans(layer) -> Int32Array of [block, firstSlot, tokens, firstPosition] per attached block the
+// layer holds, in slot order (a block's tokens are slots firstSlot .. firstSlot + tokens - 1).
+Napi::Value NativeSequence::spans(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "spans");
+  const int64_t l = layer_arg(info, 0, static_cast<int64_t>(seq_->layers().size()), "spans", false);
+  const LayerKv& lk = seq_->layers()[static_cast<size_t>(l)];
+  const int64_t ps = seq_->pool()->spec().page_size;
+  Napi::Int32Array out = Napi::Int32Array::New(info.Env(), lk.spans.size() * 4);
+  for (size_t i = 0; i < lk.spans.size(); ++i) {
+    const Span& sp = lk.spans[i];
+    out[i * 4] = sp.block;
+    out[i * 4 + 1] = static_cast<int32_t>(sp.first_page * ps);
+    out[i * 4 + 2] = static_cast<int32_t>(sp.tokens);
+    out[i * 4 + 3] = lk.positions[static_cast<size_t>(sp.first_page * ps)];
+  }
+  return out;
+}
+
+// dropBlocks(fromLayer, blocks: Int32Array): layers fromLayer.. stop holding those blocks.
+Napi::Value NativeSequence::drop_blocks(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "dropBlocks");
+  const int64_t l = layer_arg(info, 0, static_cast<int64_t>(seq_->layers().size()), "dropBlocks", true);
+  Status st = seq_->drop_blocks(l, int_array(info.Env(), info[1], "dropBlocks: blocks"));
+  if (!st.ok()) throw_status(info.Env(), st);
+  return info.Env().Undefined();
+}
+
+// setLayerShift(fromLayer, shift): tokens appended to layers fromLayer.. go `shift` further.
+Napi::Value NativeSequence::set_layer_shift(const Napi::CallbackInfo& info) {
+  unwrap(info.This(), "setLayerShift");
+  const int64_t l = layer_arg(info, 0, static_cast<int64_t>(seq_->layers().size()), "setLayerShift", true);
+  if (!info[1].IsNumber()) throw_invalid(info.Env(), "setLayerShift: shift must be a number");
+  const double shift = info[1].As<Napi::Number>().DoubleValue();
+  if (!(std::abs(shift) <= INT32_MAX) || shift != static_cast<double>(static_cast<int64_t>(shift))) throw_invalid(info.Env(), "setLayerShift: shift must be an integer");
+  seq_->set_shift(l, static_cast<int32_t>(shift));
+  return info.Env().Undefined();
 }
 
 Napi::Value NativeSequence::length(const Napi::CallbackInfo& info) {
@@ -281,6 +332,7 @@ Napi::Function NativeModel::define(Napi::Env env) {
                          InstanceMethod<&NativeModel::free_pages>("freePages"),
                          InstanceMethod<&NativeModel::attach>("attach"),
                          InstanceMethod<&NativeModel::import_block>("importBlock"),
+                         InstanceMethod<&NativeModel::move_blocks>("moveBlocks"),
                          InstanceMethod<&NativeModel::release>("release"),
                      });
 }
@@ -414,6 +466,29 @@ Napi::Value NativeModel::attach(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// moveBlocks(seq, fromLayer, blocks: Int32Array, starts: Int32Array): layers fromLayer.. of the
+// sequence hold block blocks[i]'s first token at starts[i], keys re-rotated (queued).
+Napi::Value NativeModel::move_blocks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Model& m = get(info, "moveBlocks");
+  std::shared_ptr<Sequence> seq = NativeSequence::unwrap(info[0], "moveBlocks: seq")->sequence();
+  if (seq->pool() != m.pool()) throw_invalid(env, "moveBlocks: the sequence belongs to another model");
+  const double l = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : -1;
+  if (!(l >= 0 && l <= static_cast<double>(m.spec().layers)) || l != static_cast<double>(static_cast<int64_t>(l)))
+    throw_invalid(env, "moveBlocks: fromLayer must be a layer index");
+  const std::vector<int32_t> blocks = int_array(env, info[2], "moveBlocks: blocks");
+  const std::vector<int32_t> starts = int_array(env, info[3], "moveBlocks: starts");
+  if (blocks.size() != starts.size()) throw_invalid(env, "moveBlocks: one start per block");
+  std::vector<std::pair<int32_t, int32_t>> moves;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (starts[i] < 0) throw_invalid(env, "moveBlocks: positions are non-negative");
+    moves.emplace_back(blocks[i], starts[i]);
+  }
+  Status st = m.move_blocks(*seq, static_cast<int64_t>(l), moves);
+  if (!st.ok()) throw_status(env, st);
+  return env.Undefined();
+}
+
 // importBlock(start, tokens, data: Uint8Array) -> Promise<NativeKvBlock>: a block on fresh pages
 // (positions start.. at every layer) filled from `data` in the layout NativeKvBlock.read()
 // returns. Pages are taken now (out_of_memory when too few); the promise resolves once filled.
@@ -459,7 +534,7 @@ Napi::Value NativeModel::release(const Napi::CallbackInfo& info) {
 }
 
 // step([{ seq, tokens: Int32Array, positions: Int32Array, logits: 'none'|'last'|'all', sample?: {...},
-//         invFreq?: Float32Array, rangeMass?: Int32Array | Int32Array[] }])
+//         invFreq?: Float32Array, rangeMass?: Int32Array | Int32Array[], layers?: [begin, end] }])
 //   -> Promise<{ logits: (Float32Array | null)[], tokens: Int32Array, rangeMass: (Float32Array | null)[] }>
 // rangeMass: [begin, end) slot-range pairs for every layer, or one Int32Array per layer (all of
 // one length); the result's rangeMass[i] is (layers, rows, heads, ranges) f32.
@@ -493,6 +568,14 @@ Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
         if (t < 0 || t >= m.spec().vocab) throw_invalid(env, "step: token id " + std::to_string(t) + " is outside the vocabulary");
       Napi::Value rv = r.Get("rangeMass");
       if (!rv.IsUndefined() && !rv.IsNull()) mass_ranges(env, rv, m.spec().layers, &sr);
+      Napi::Value lv = r.Get("layers");
+      if (!lv.IsUndefined() && !lv.IsNull()) {
+        if (!lv.IsArray() || lv.As<Napi::Array>().Length() != 2 || !lv.As<Napi::Array>().Get(0u).IsNumber() || !lv.As<Napi::Array>().Get(1u).IsNumber())
+          throw_invalid(env, "step: layers must be [begin, end]");
+        sr.layer_begin = lv.As<Napi::Array>().Get(0u).As<Napi::Number>().Int64Value();
+        sr.layer_end = lv.As<Napi::Array>().Get(1u).As<Napi::Number>().Int64Value();
+        if (sr.layer_begin < 0 || sr.layer_end <= sr.layer_begin || sr.layer_end > m.spec().layers) throw_invalid(env, "step: layers out of range");
+      }
       const std::string lg = r.Get("logits").IsString() ? r.Get("logits").As<Napi::String>().Utf8Value() : "last";
       sr.logits = lg == "all" ? StepRequest::Logits::all : lg == "none" ? StepRequest::Logits::none : StepRequest::Logits::last;
       Napi::Value sv = r.Get("sample");

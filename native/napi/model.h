@@ -24,6 +24,9 @@ class NativeSequence : public Napi::ObjectWrap<NativeSequence> {
   Napi::Value clear(const Napi::CallbackInfo& info);
   Napi::Value release(const Napi::CallbackInfo& info);
   Napi::Value export_block(const Napi::CallbackInfo& info);
+  Napi::Value spans(const Napi::CallbackInfo& info);
+  Napi::Value drop_blocks(const Napi::CallbackInfo& info);
+  Napi::Value set_layer_shift(const Napi::CallbackInfo& info);
   std::shared_ptr<Sequence> seq_;
 };
 
@@ -58,6 +61,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value free_pages(const Napi::CallbackInfo& info);
   Napi::Value attach(const Napi::CallbackInfo& info);
   Napi::Value import_block(const Napi::CallbackInfo& info);
+  Napi::Value move_blocks(const Napi::CallbackInfo& info);
   Napi::Value release(const Napi::CallbackInfo& info);
   std::shared_ptr<Model> model_;
 };
