@@ -15,6 +15,8 @@ import type { ChatMessage } from '../model/tokenizer.js';
 import { checkDevice, describe, type DType, dtypeBytes, type FloatDType, Tensor } from '../tensor.js';
 import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
 import { type CachePolicy, type ResolvedPolicy, resolvePolicy } from '../policies/index.js';
+import { windowLayout } from '../policies/cache-focus.js';
+import { CacheFocusRuntime } from '../policies/cache-focus-runtime.js';
 import { GENERATE_OPTIONS, generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
 import { type GenerationInit, type GenerationStream, Scheduler, SequenceState } from './scheduler.js';
 import { Sequence, type SequenceHost } from './sequence.js';
@@ -221,16 +223,46 @@ export class Model {
 
   // A sequence opened by a store's prefix and stored documents: their KV is attached before its
   // first append or generate (documents evicted from the store are recomputed then).
-  #storeSequence(store: unknown, documents: unknown, policy: CachePolicy | undefined, keep: boolean): Sequence {
+  #storeSequence(store: unknown, documents: unknown, policy: CachePolicy | undefined, keep: boolean, reserve?: number): Sequence {
     const m = this.#handle('sequence');
     if (!(store instanceof ContextStore) || store.host !== this.#storeHost) {
       throw new InvalidArgumentError(`store: expected a store opened by this model's openStore() but received ${describe(store)}`, 'store');
     }
+    const resolved = runnable(resolvePolicy(policy), true);
     const entries = store.entries(documents ?? []);
     const state = new SequenceState(m.newSequence(), keep);
     state.push(store.prefixTokens);
     for (const e of entries) state.push(e.tokens);
-    this.#checkLength(state.length, 0, 'documents');
+    const lengths = entries.map((e) => e.tokens.length);
+    const prefix = store.prefixTokens.length;
+    let starts: number[];
+    let runtime: CacheFocusRuntime | null = null;
+    if (resolved.name === 'cacheFocus') {
+      // Documents that do not fit the positions (with room for the query and the generation)
+      // share them in parallel windows until pruning makes room.
+      const room = reserve ?? Math.min(512, Math.floor(this.maxSequenceTokens / 4));
+      starts = windowLayout(lengths, prefix, Math.max(prefix + 1, this.maxSequenceTokens - room));
+      runtime = new CacheFocusRuntime({
+        policy: resolved,
+        layers: this.config.numLayers,
+        heads: this.config.numHeads,
+        prefixTokens: prefix,
+        lengths,
+        starts,
+        positionLimit: this.maxSequenceTokens,
+        reserve: () => state.length - state.attached + (state.request?.init.generation?.maxTokens ?? 0),
+        model: m,
+        native: () => state.native!,
+      });
+      state.segments = runtime;
+      let end = prefix;
+      lengths.forEach((n, i) => (end = Math.max(end, starts[i]! + n)));
+      state.positionOffset = state.length - end;
+    } else {
+      this.#checkLength(state.length, 0, 'documents');
+      starts = [];
+      lengths.reduce((at, n) => (starts.push(at), at + n), prefix);
+    }
     state.attached = state.length;
     state.placed = state.length;
     const prepare = async (): Promise<void> => {
@@ -240,15 +272,13 @@ export class Model {
         throw new DisposedError('sequence: disposed while its stored documents were attached');
       }
       state.pins.push(...blocks);
-      let at = 0;
-      const placements = blocks.map((block) => {
-        const p = { block, start: at };
-        at += block.tokens;
-        return p;
-      });
-      state.restore = () => m.attach(state.native!, placements);
+      const placements = blocks.map((block, i) => ({ block, start: i === 0 ? 0 : starts[i - 1]! }));
+      state.restore = () => {
+        m.attach(state.native!, placements);
+        runtime?.reset();
+      };
     };
-    return new Sequence(this.#sequenceHost, state, runnable(resolvePolicy(policy), true), prepare);
+    return new Sequence(this.#sequenceHost, state, resolved, prepare);
   }
 
   #handle(what: string): NativeModel {
@@ -375,9 +405,14 @@ export class Model {
       const extra = Object.keys(rest);
       if (extra.length > 0) throw new InvalidArgumentError(`prompt: unknown key '${extra[0]}' (expected store, documents, query)`, 'prompt');
       if (query === undefined) throw new InvalidArgumentError('query: is required with { store, documents }', 'query');
-      const seq = this.#storeSequence(store, documents, undefined, true);
+      const policy = (options as GenerateOptions | null | undefined)?.policy ?? { name: 'full' };
+      const rest2 = options ? { ...options } : options;
+      if (rest2) delete rest2.policy;
+      const maxTokens = generationLimits(checkOptions(rest2, GENERATE_OPTIONS), this.config.vocabSize).maxTokens;
+      const queryTokens = typeof query === 'string' ? this.tokenizer.encode(query, { addSpecialTokens: false }).length : (query as ArrayLike<number>).length;
+      const seq = this.#storeSequence(store, documents, policy, true, queryTokens + maxTokens);
       try {
-        const stream = seq.generateAfter(query, options);
+        const stream = seq.generateAfter(query, rest2);
         const done = (): void => seq.dispose();
         stream.result.then(done, done);
         return stream;
@@ -387,6 +422,7 @@ export class Model {
       }
     }
     const opts = checkOptions(options, GENERATE_OPTIONS);
+    if (opts.policy !== undefined) runnable(resolvePolicy(opts.policy), false);
     const tokens = this.encode(prompt);
     const limits = generationLimits(opts, this.config.vocabSize);
     this.#checkTokens(tokens, 0, prompt);

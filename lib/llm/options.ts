@@ -1,5 +1,6 @@
 // Generation options: validated here with messages that name the option, then handed to the
 // native sampler as plain numbers.
+import type { CachePolicy } from '../policies/index.js';
 import type { SamplingSpec } from '../binding.js';
 import { InvalidArgumentError } from '../errors.js';
 import { describe } from '../tensor.js';
@@ -33,6 +34,11 @@ export interface GenerateOptions extends SamplingOptions {
    * pages the request holds are freed at once (a queued request holds none).
    */
   signal?: AbortSignal;
+  /**
+   * Cache policy of the request's sequence (`policies.*`). Default: full attention; with
+   * `{ store, documents, query }`, CacheFocus.
+   */
+  policy?: CachePolicy;
 }
 
 /** Every GenerateOptions key; any other key is refused (a misspelt option must not be ignored). */
@@ -48,6 +54,7 @@ export const GENERATE_OPTIONS = optionNames<GenerateOptions>({
   stop: true,
   stopTokens: true,
   signal: true,
+  policy: true,
 });
 
 function num(v: unknown, name: string, fallback: number, ok: (x: number) => boolean, expected: string): number {

@@ -17,6 +17,7 @@
 import type { NativeKvBlock, NativeModel, NativeSequence, SamplingSpec, StepRequest } from '../binding.js';
 import { AbortError, DisposedError, KvfocusError, OutOfMemoryError, QueueFullError } from '../errors.js';
 import type { StreamDecoder } from '../model/tokenizer.js';
+import type { LayerSegmenter } from '../policies/cache-focus-runtime.js';
 
 /**
  * Why a generation ended: a stop token or string ('stop'), maxTokens or the sequence limit
@@ -89,6 +90,13 @@ export class SequenceState {
   restore: (() => void) | null = null;
   /** Block handles this sequence holds until it is released (the stored pages it reads). */
   pins: NativeKvBlock[] = [];
+  /**
+   * Stream index minus RoPE position of the tokens fed after the attached ones (layer 0's
+   * frame): 0 unless stored documents share positions (parallel windows beyond the context).
+   */
+  positionOffset = 0;
+  /** A policy that runs this sequence's next prefill in segments of layers (CacheFocus). */
+  segments: LayerSegmenter | null = null;
 
   constructor(
     native: NativeSequence,
@@ -258,6 +266,8 @@ interface Planned {
   req: Request;
   fed: number;
   sampling: boolean;
+  /** A step of a segmented prefill: the request's input counts as fed after its last segment. */
+  segment?: boolean;
   rows: [number, number] | null; // input rows [a, b) of this chunk whose logits the request keeps
   step: StepRequest;
 }
@@ -324,7 +334,12 @@ export class Scheduler {
     this.#idle = this.#idle.filter((s) => s !== seq);
     // Slots a step appended for a request that ended while the step ran were never accepted.
     const stale = seq.native.length - seq.cached;
-    if (stale > 0) seq.native.truncate(stale);
+    if (stale > 0 && seq.segments && seq.cached === seq.attached) {
+      // A segmented prefill left part way: its pruning is undone by attaching the documents again.
+      seq.native.clear();
+      seq.cached = 0;
+      seq.segments.reset();
+    } else if (stale > 0) seq.native.truncate(stale);
     req.from = seq.length;
     seq.push(input);
     req.end = seq.length;
@@ -507,7 +522,7 @@ export class Scheduler {
   // A generation that decided to stop: a kept sequence first feeds the token it sampled last.
   #finish(req: Request, reason: Exclude<FinishReason, 'abort'>): void {
     const seq = req.init.seq;
-    if (seq.keep && seq.cached < seq.length && seq.length <= this.options.maxSequenceTokens) req.finishing = reason;
+    if (seq.keep && seq.cached < seq.length && seq.length - seq.positionOffset <= this.options.maxSequenceTokens) req.finishing = reason;
     else this.#end(req, reason);
   }
 
@@ -524,9 +539,16 @@ export class Scheduler {
           out = await this.model.step(batch.map((b) => b.step));
         } catch (e) {
           // A step that failed on the device had already appended its tokens' slots: drop them,
-          // so the requests that go on feed those tokens again at the same positions.
-          for (const { req } of batch) {
+          // so the requests that go on feed those tokens again at the same positions. A
+          // segmented prefill starts over: its documents are attached again.
+          for (const { req, segment } of batch) {
             const seq = req.init.seq;
+            if (segment && seq.native) {
+              seq.native.clear();
+              seq.cached = 0;
+              seq.segments?.reset();
+              continue;
+            }
             const stale = req.state === 'done' || !seq.native ? 0 : seq.native.length - seq.cached;
             if (stale > 0) seq.native!.truncate(stale);
           }
@@ -540,9 +562,18 @@ export class Scheduler {
           for (const { req } of victims) if (req.state !== 'done') this.#guard(req, () => this.#end(req, asKvfocusError(e)));
           continue;
         }
-        batch.forEach(({ req, fed, sampling, rows }, i) => {
+        batch.forEach(({ req, fed, sampling, rows, segment }, i) => {
           if (req.state === 'done') return; // aborted, cancelled or disposed while the step ran
           const seq = req.init.seq;
+          if (segment) {
+            try {
+              seq.segments!.after(out.rangeMass[i] ?? null, fed);
+            } catch (e) {
+              this.#guard(req, () => this.#end(req, asKvfocusError(e)));
+              return;
+            }
+            if (seq.segments!.active) return; // more segments: the input is not in yet
+          }
           const at = seq.cached;
           seq.cached += fed;
           seq.placed = Math.max(seq.placed, seq.cached);
@@ -626,10 +657,42 @@ export class Scheduler {
     }
   }
 
-  // Decode rows first (one token each), then input chunks within the step's token budget.
+  // Decode rows first (one token each), then input chunks within the step's token budget. A
+  // segmented prefill (CacheFocus's query) runs alone: its whole input in each segment's step.
   #build(): Planned[] {
-    let budget = this.options.stepTokens;
     const pending = (r: Request) => r.init.seq.length - r.init.seq.cached;
+    for (const req of this.#running) {
+      const seq = req.init.seq;
+      const n = pending(req);
+      if (!seq.segments?.active || n === 0 || seq.cached !== seq.attached) continue;
+      const { layers, rangeMass } = seq.segments.next(n);
+      const last = layers[1] === this.options.layers;
+      const at = seq.cached;
+      const sampling = last && req.init.generation !== undefined && req.finishing === null;
+      let logits: LogitsRows = 'none';
+      let rows: [number, number] | null = null;
+      if (last && req.init.logits === 'all') [logits, rows] = ['all', [0, n]];
+      else if (last && req.init.logits === 'last') [logits, rows] = ['last', [n - 1, n]];
+      return [
+        {
+          req,
+          fed: n,
+          sampling,
+          rows,
+          segment: true,
+          step: {
+            seq: seq.native!,
+            tokens: seq.tokens.slice(at, at + n),
+            positions: Int32Array.from({ length: n }, (_, i) => at + i - seq.positionOffset),
+            logits,
+            layers,
+            ...(rangeMass ? { rangeMass } : {}),
+            ...(sampling ? { sample: req.init.generation!.sampling } : {}),
+          },
+        },
+      ];
+    }
+    let budget = this.options.stepTokens;
     const order = [...this.#running].sort((a, b) => pending(a) - pending(b));
     const batch: Planned[] = [];
     for (const req of order) {
@@ -640,7 +703,7 @@ export class Scheduler {
       if (n === 0) continue;
       budget -= n;
       const tokens = seq.tokens.slice(at, at + n);
-      const positions = Int32Array.from({ length: n }, (_, i) => at + i);
+      const positions = Int32Array.from({ length: n }, (_, i) => at + i - seq.positionOffset);
       // The input (or last token) is complete and the generation has not decided to stop.
       const sampling = req.init.generation !== undefined && req.finishing === null && n === pending(req);
       let logits: LogitsRows = 'none';
@@ -710,7 +773,7 @@ export class Scheduler {
     req.emitted = Math.max(req.emitted, safe);
     // The token just sampled would sit at position seq.cached: a sequence that has filled the KV
     // cache ends as it would at maxTokens, not with an out-of-memory error on its next step.
-    if (req.generated.length >= g.maxTokens || seq.cached >= this.options.maxSequenceTokens) {
+    if (req.generated.length >= g.maxTokens || seq.cached - seq.positionOffset >= this.options.maxSequenceTokens) {
       this.#finish(req, 'length');
       return;
     }

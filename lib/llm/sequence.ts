@@ -175,7 +175,7 @@ export class Sequence {
   /** @internal Appends checked token ids now (the caller holds this sequence's turn). */
   appendTokens(tokens: Int32Array, logits: LogitsRows): Promise<Float32Array | undefined> {
     if (tokens.length === 0) throw new InvalidArgumentError('input: is empty', 'input');
-    this.#host.checkLength(this.#state.length + tokens.length, 0, 'input');
+    this.#host.checkLength(this.#state.length - this.#state.positionOffset + tokens.length, 0, 'input');
     return this.#host.scheduler.append({ seq: this.#state, input: tokens, logits });
   }
 
@@ -215,7 +215,7 @@ export class Sequence {
         if (this.#state.length + tokens.length === this.#state.attached) {
           throw new InvalidArgumentError('sequence: holds only stored documents; append a query before generate()', 'sequence');
         }
-        this.#host.checkLength(this.#state.length + tokens.length, 0, 'sequence');
+        this.#host.checkLength(this.#state.length - this.#state.positionOffset + tokens.length, 0, 'sequence');
         const started = this.#whenReady(() => {
           if (stream.ended) return; // left or aborted while stored documents were attached
           if (seed !== undefined) this.#state.native!.reseed(seed);
@@ -245,14 +245,33 @@ export class Sequence {
    */
   layout(): SequenceLayout {
     this.#live('layout');
-    const { native, placed } = this.#state;
+    const { native, placed, attached } = this.#state;
     const source = Int32Array.from({ length: placed }, (_, i) => i);
     const layers: LayerLayout[] = [];
+    // Where each attached block starts in the stream: the blocks follow each other in it.
+    const blockStream: number[] = [];
     for (let l = 0; l < this.#host.layers; l++) {
       // Positions are the engine's data. After the scheduler freed the KV for other work, the
       // layout is the one its recompute restores.
       const held = native!.positions(l);
-      layers.push({ source: source.slice(), positions: held.length >= placed ? held.slice(0, placed) : source.slice() });
+      if (attached === 0 || held.length === 0) {
+        layers.push({ source: source.slice(), positions: held.length >= placed ? held.slice(0, placed) : source.slice() });
+        continue;
+      }
+      // Attached blocks this layer still holds (a policy may have dropped some), then every
+      // token fed after them.
+      const spans = native!.spans(l);
+      if (l === 0) {
+        let at = 0;
+        for (let i = 0; i < spans.length; i += 4) {
+          blockStream[spans[i]!] = at;
+          at += spans[i + 2]!;
+        }
+      }
+      const src: number[] = [];
+      for (let i = 0; i < spans.length; i += 4) for (let t = 0; t < spans[i + 2]!; t++) src.push(blockStream[spans[i]!]! + t);
+      for (let t = attached; t < placed; t++) src.push(t);
+      layers.push({ source: Int32Array.from(src), positions: held.slice(0, src.length) });
     }
     return { layers };
   }

@@ -410,6 +410,12 @@ export class ReferenceLlama {
       prefill?: number;
       blocks?: readonly number[];
       attention?: (layer: number, t: number, head: number, p: Float64Array) => void;
+      /**
+       * Per-layer frames for the tokens after the blocks (CacheFocus after pruning): at layer l
+       * such a token attends only to the keys `held` says, every key and the token itself
+       * rotated at `position` (the layer's coordinate frame).
+       */
+      frames?: (layer: number) => { held: (s: number) => boolean; position: (s: number) => number } | undefined;
     } = {},
   ): Float64Array[] {
     const { hiddenSize: H, numHeads, numKvHeads, headDim, rmsNormEps: eps, vocabSize } = this.config;
@@ -459,6 +465,14 @@ export class ReferenceLlama {
       k.forEach((row, position) => applyRope(row, numKvHeads, headDim, position, frequencies[position]!));
       qEnc.forEach((row, t) => applyRope(row, numHeads, headDim, encodedAt[t]!, frequencies[t]!));
       kEnc.forEach((row, t) => applyRope(row, numKvHeads, headDim, encodedAt[t]!, frequencies[t]!));
+      const frame = options.frames?.(l);
+      const qFrame = frame ? q.map((_, t) => q[t]!.slice()) : q;
+      const kFrame = frame ? k.map((_, t) => k[t]!.slice()) : k;
+      if (frame) {
+        // Undo the stream rotation, then rotate at the frame's positions: rotation by a - b.
+        qFrame.forEach((row, t) => applyRope(row, numHeads, headDim, frame.position(t) - t, frequencies[t]!));
+        kFrame.forEach((row, t) => applyRope(row, numKvHeads, headDim, frame.position(t) - t, frequencies[t]!));
+      }
 
       for (let t = 0; t < tokens.length; t++) {
         const attended = new Float64Array(numHeads * headDim);
@@ -469,11 +483,11 @@ export class ReferenceLlama {
           const kvOffset = kvHead * headDim;
           const scores: number[] = [];
           for (let s = first; s <= t; s++) {
-            if (!sees(t, s)) {
+            if (!sees(t, s) || (frame && blockOf[t] === -1 && !frame.held(s))) {
               scores.push(-Infinity);
               continue;
             }
-            const [qt, ks] = blockOf[t]! > 0 ? [qEnc[t]!, kEnc[s]!] : [q[t]!, k[s]!];
+            const [qt, ks] = blockOf[t]! > 0 ? [qEnc[t]!, kEnc[s]!] : frame && blockOf[t] === -1 ? [qFrame[t]!, kFrame[s]!] : [q[t]!, k[s]!];
             let dot = 0;
             for (let d = 0; d < headDim; d++) dot += qt[qOffset + d]! * ks[kvOffset + d]!;
             scores.push(dot * scale);
