@@ -235,9 +235,19 @@ export class Model {
     for (const e of entries) state.push(e.tokens);
     const lengths = entries.map((e) => e.tokens.length);
     const prefix = store.prefixTokens.length;
+    if (resolved.name === 'concat') {
+      // Plain RAG: the stream is [P; documents], prefilled with the query (nothing attached).
+      this.#checkLength(state.length, 0, 'documents');
+      return new Sequence(this.#sequenceHost, state, resolved);
+    }
     let starts: number[];
     let runtime: CacheFocusRuntime | null = null;
-    if (resolved.name === 'cacheFocus') {
+    if (resolved.name === 'parallelWindows') {
+      starts = lengths.map(() => prefix);
+      const end = prefix + Math.max(0, ...lengths);
+      this.#checkLength(end, 0, 'documents');
+      state.positionOffset = state.length - end;
+    } else if (resolved.name === 'cacheFocus') {
       // Documents that do not fit the positions (with room for the query and the generation)
       // share them in parallel windows until pruning makes room.
       const room = reserve ?? Math.min(512, Math.floor(this.maxSequenceTokens / 4));
@@ -723,6 +733,9 @@ function runnable(p: ResolvedPolicy, overStore: boolean): ResolvedPolicy {
   if (p.name === 'cacheFocus' && !overStore) {
     throw new InvalidArgumentError("policy: 'cacheFocus' works on stored documents: model.sequence({ store, documents, policy })", 'policy');
   }
-  if (p.name !== 'full' && p.name !== 'cacheFocus') throw new UnsupportedError(`policy: '${p.name}' is not run by the engine yet`);
+  if ((p.name === 'concat' || p.name === 'parallelWindows') && !overStore) {
+    throw new InvalidArgumentError(`policy: '${p.name}' places stored documents: model.sequence({ store, documents, policy })`, 'policy');
+  }
+  if (p.name === 'cascading') throw new UnsupportedError(`policy: '${p.name}' is not run by the engine yet`);
   return p;
 }

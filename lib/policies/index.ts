@@ -7,16 +7,18 @@ import { describe } from '../tensor.js';
 import { CACHE_FOCUS_OPTIONS, resolveCacheFocus, type CacheFocusPolicy, type ResolvedCacheFocus } from './cache-focus.js';
 import { CASCADING_OPTIONS, type CascadingPolicy, type ResolvedCascadingPolicy, resolveCascading } from './cascading.js';
 import type { FullAttentionPolicy } from './full.js';
+import type { ConcatPolicy, ParallelWindowsPolicy } from './baselines.js';
 
 export { cascading, type CascadingPolicy, type HeadReduction, type ResolvedCascadingPolicy } from './cascading.js';
 export type { FullAttentionPolicy } from './full.js';
+export type { ConcatPolicy, ParallelWindowsPolicy } from './baselines.js';
 export type { CacheFocusPolicy, KeepRule } from './cache-focus.js';
 
 /** A sequence's cache policy, chosen by `name`. */
-export type CachePolicy = FullAttentionPolicy | CacheFocusPolicy | CascadingPolicy;
+export type CachePolicy = FullAttentionPolicy | CacheFocusPolicy | CascadingPolicy | ConcatPolicy | ParallelWindowsPolicy;
 
 /** A policy's validated options, with defaults filled in. */
-export type ResolvedPolicy = Readonly<FullAttentionPolicy> | ResolvedCacheFocus | ResolvedCascadingPolicy;
+export type ResolvedPolicy = Readonly<FullAttentionPolicy> | ResolvedCacheFocus | ResolvedCascadingPolicy | Readonly<ConcatPolicy> | Readonly<ParallelWindowsPolicy>;
 
 interface PolicyDefinition {
   /** Every option key, `name` included: any other key is refused. */
@@ -27,6 +29,8 @@ interface PolicyDefinition {
 const POLICIES: Record<string, PolicyDefinition> = {
   full: { options: ['name'], resolve: () => Object.freeze({ name: 'full' as const }) },
   cacheFocus: { options: CACHE_FOCUS_OPTIONS, resolve: resolveCacheFocus },
+  concat: { options: ['name'], resolve: () => Object.freeze({ name: 'concat' as const }) },
+  parallelWindows: { options: ['name'], resolve: () => Object.freeze({ name: 'parallelWindows' as const }) },
   cascading: { options: CASCADING_OPTIONS, resolve: resolveCascading },
 };
 
@@ -38,6 +42,8 @@ export const policies = Object.freeze({
   full: (): FullAttentionPolicy => checked({ name: 'full' }),
   cacheFocus: (options: Omit<CacheFocusPolicy, 'name'> = {}): CacheFocusPolicy => checked({ ...options, name: 'cacheFocus' }),
   cascading: (options: Omit<CascadingPolicy, 'name'> = {}): CascadingPolicy => checked({ ...options, name: 'cascading' }),
+  concat: (): ConcatPolicy => checked({ name: 'concat' }),
+  parallelWindows: (): ParallelWindowsPolicy => checked({ name: 'parallelWindows' }),
 });
 
 function checked<P extends CachePolicy>(p: P): P {

@@ -190,3 +190,60 @@ describe('CacheFocus pruning and allocation', () => {
     tokens.forEach((t, i) => expect(t).toBe(argmax(rows[i]!)));
   });
 });
+
+describe('baselines on the same store, and documents beyond the context', () => {
+  it("policies.concat(): plain RAG, the logits of prefilling [P; documents; query] jointly", async () => {
+    using seq = model.sequence({ store, documents: ['d2', 'd0'], policy: policies.concat() });
+    const rows = (await seq.append(query, { logits: 'all' }))!;
+    const direct = await model.logits([...prefix, ...docs[2]!, ...docs[0]!, ...query], { all: true });
+    expect(maxDiff(rows, direct.subarray((PREFIX + lengths[2]! + lengths[0]!) * model.config.vocabSize))).toBeLessThan(1e-5);
+    expect(store.stats().hits).toBeGreaterThanOrEqual(0);
+  });
+
+  // The float64 logits of the query over documents held at the given first positions (every layer).
+  function referenceAt(order: number[], starts: number[]): Float64Array[] {
+    const stream = [...prefix, ...order.flatMap((d) => docs[d]!), ...query];
+    const docStart: number[] = [];
+    order.reduce((at, d) => (docStart.push(at), at + lengths[d]!), PREFIX);
+    const qStart = docStart.at(-1)! + lengths[order.at(-1)!]!;
+    let end = PREFIX;
+    order.forEach((d, i) => (end = Math.max(end, starts[i]! + lengths[d]!)));
+    const position = (s: number) => {
+      if (s < PREFIX) return s;
+      if (s >= qStart) return end + s - qStart;
+      const i = docStart.findIndex((st, j) => s >= st && s < st + lengths[order[j]!]!);
+      return starts[i]! + s - docStart[i]!;
+    };
+    return reference.forward(stream, { blocks: [PREFIX, ...order.map((d) => lengths[d]!)], frames: () => ({ held: () => true, position }) }).slice(qStart);
+  }
+
+  it('policies.parallelWindows(): every document at |P|, the query after the longest', async () => {
+    using seq = model.sequence({ store, documents: ['d0', 'd1', 'd2'], policy: policies.parallelWindows() });
+    const rows = (await seq.append(query, { logits: 'all' }))!;
+    const want = referenceAt([0, 1, 2], [PREFIX, PREFIX, PREFIX]);
+    expect(maxDiff(rows, want.flatMap((r) => [...r]))).toBeLessThan(2e-4);
+    const layout = seq.layout().layers[0]!;
+    expect(Math.max(...layout.positions)).toBe(PREFIX + 20 + query.length - 1);
+  });
+
+  it('beyond the context: documents in parallel windows until pruning makes room; every position stays in range', async () => {
+    // 12 documents of 60 tokens after the prefix: 727 tokens, past the 512 positions.
+    const many = Array.from({ length: 12 }, (_, i) => ids(20 + i, 60));
+    using big = await model.openStore({ prefix });
+    await big.putMany(many.map((tokens, i) => ({ id: `m${i}`, tokens })));
+    const documents = many.map((_, i) => `m${i}`);
+    const policy = policies.cacheFocus({ pruneLayers: [0], keep: { topK: 3 } });
+    const stream = await model.generate({ store: big, documents, query }, { maxTokens: 5, temperature: 0, stopTokens: [], policy }).result;
+    expect(stream.completionTokens).toBe(5);
+    using seq = model.sequence({ store: big, documents, policy });
+    await seq.append(query);
+    const layout = seq.layout();
+    for (const layer of layout.layers) expect(Math.max(...layer.positions)).toBeLessThan(model.config.maxPositionEmbeddings);
+    // Layer 0 holds all 12 documents in windows; the later layers hold 3, aligned after P.
+    expect(layout.layers[0]!.source.length).toBe(PREFIX + 12 * 60 + query.length);
+    expect(layout.layers[1]!.source.length).toBe(PREFIX + 3 * 60 + query.length);
+    expect([...layout.layers[1]!.positions]).toEqual([...Array(PREFIX + 3 * 60 + query.length).keys()]);
+    // Without pruning the documents cannot all fit: refused by name.
+    expect(() => model.sequence({ store: big, documents, policy: policies.full() })).toThrow(/documents/);
+  });
+});
