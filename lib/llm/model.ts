@@ -250,8 +250,10 @@ export class Model {
     } else if (resolved.name === 'cacheFocus') {
       // Documents that do not fit the positions (with room for the query and the generation)
       // share them in parallel windows until pruning makes room.
-      const room = reserve ?? Math.min(512, Math.floor(this.maxSequenceTokens / 4));
-      starts = windowLayout(lengths, prefix, Math.max(prefix + 1, this.maxSequenceTokens - room));
+      // Positions stay inside the model's context even where maxSequenceTokens runs past it.
+      const range = Math.min(this.maxSequenceTokens, contextLength(this.config));
+      const room = reserve ?? Math.min(512, Math.floor(range / 4));
+      starts = windowLayout(lengths, prefix, Math.max(prefix + 1, range - room));
       runtime = new CacheFocusRuntime({
         policy: resolved,
         layers: this.config.numLayers,
@@ -259,7 +261,7 @@ export class Model {
         prefixTokens: prefix,
         lengths,
         starts,
-        positionLimit: this.maxSequenceTokens,
+        positionLimit: Math.min(this.maxSequenceTokens, contextLength(this.config)),
         reserve: () => state.length - state.attached + (state.request?.init.generation?.maxTokens ?? 0),
         model: m,
         native: () => state.native!,

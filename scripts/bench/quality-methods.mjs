@@ -5,6 +5,18 @@
 /** Tokens generated after the prompt (answers are a few tokens and </s>). */
 export const MAX_NEW_TOKENS = 16;
 
+// Methods with `policy` run on stored documents: the store's prefix is the prompt's text before
+// the first document, each document is stored as its own tokens, and the question is the query,
+// so every method reads exactly the same tokens (`model.generate({ store, documents, query })`).
+export const STORE_METHODS = {
+  cacheFocus: { label: 'CacheFocus (stored documents, pruning, re-allocation)', policy: { name: 'cacheFocus' } },
+  'cf-no-pruning': { label: 'CacheFocus without pruning (reuse + windows only)', policy: { name: 'cacheFocus', pruneLayers: [] } },
+  'cf-no-allocation': { label: "CacheFocus without re-allocation (allocation 'none')", policy: { name: 'cacheFocus', allocation: 'none' } },
+  'cf-no-accumulate': { label: 'CacheFocus scoring at the pruning layer only (accumulate false)', policy: { name: 'cacheFocus', accumulate: false } },
+  parallelWindows: { label: 'parallel windows (every document at |P|)', policy: { name: 'parallelWindows' } },
+  'stored-full': { label: 'stored documents at consecutive positions, no pruning', policy: { name: 'full' } },
+};
+
 export const METHODS = {
   full: {
     label: 'full attention, truncated to T',
@@ -26,3 +38,5 @@ export const METHODS = {
     },
   },
 };
+
+for (const [name, m] of Object.entries(STORE_METHODS)) METHODS[name] = m;

@@ -75,6 +75,23 @@ const median = (xs) => {
   return s.length ? (s[(s.length - 1) >> 1] + s[s.length >> 1]) / 2 : 0;
 };
 
+// One store per model and prompt prefix; the example's documents are put before it is asked
+// (not timed) and deleted after.
+const stores = new Map();
+let storedId = 0;
+async function stored(model, enc) {
+  const prefix = enc.ids.slice(0, enc.docStarts[0]);
+  const key = prefix.join(',');
+  let store = stores.get(key);
+  if (!store || store.closed) stores.set(key, (store = await model.openStore({ prefix })));
+  const bounds = [...enc.docStarts, enc.docEnd];
+  const documents = enc.docStarts.map(() => `doc${storedId++}`);
+  await store.putMany(documents.map((id, k) => ({ id, tokens: enc.ids.slice(bounds[k], bounds[k + 1]) })));
+  return { store, documents, query: enc.ids.slice(enc.docEnd, enc.promptLength) };
+}
+// --policy '{"pruneLayers":[2]}' overrides options of every store method (for sweeps).
+const policyOverride = JSON.parse(opt('--policy', '{}'));
+
 /** One method on one model at every point: a result row per number of documents. */
 async function measure(model, m, name) {
   const method = METHODS[name];
@@ -86,8 +103,19 @@ async function measure(model, m, name) {
     const promptTokens = [];
     const fullTokens = [];
     for (const { ex, enc } of examples) {
-      const { tokens, keptDocs } = method.prompt(enc, m.contextLength);
-      const r = await model.generate(tokens, { maxTokens: MAX_NEW_TOKENS, temperature: 0 }).result;
+      let tokens;
+      let keptDocs;
+      let r;
+      if (method.policy) {
+        const { store, documents, query } = await stored(model, enc);
+        tokens = enc.ids.slice(0, enc.promptLength);
+        keptDocs = documents.length;
+        r = await model.generate({ store, documents, query }, { maxTokens: MAX_NEW_TOKENS, temperature: 0, policy: { ...method.policy, ...policyOverride } }).result;
+        for (const id of documents) store.delete(id);
+      } else {
+        ({ tokens, keptDocs } = method.prompt(enc, m.contextLength));
+        r = await model.generate(tokens, { maxTokens: MAX_NEW_TOKENS, temperature: 0 }).result;
+      }
       if (task.exactMatch(r.text, ex.answer)) correct++;
       if (ex.answerDoc >= ex.documents.length - keptDocs) answerKept++;
       ttft.push(r.timings.timeToFirstTokenMs);
@@ -117,10 +145,14 @@ async function measure(model, m, name) {
 const results = [];
 const t0 = performance.now();
 // full-unbounded runs past T on purpose: the sequence limit is the pool, not the model's context.
-const kvCacheTokens = Math.ceil((longest + MAX_NEW_TOKENS + 16) / 16) * 16;
+// Stored documents hold their pages in the store, and a sequence over them takes pages of its
+// own for every document whose keys move: room for three prompts.
+const kvCacheTokens = Math.ceil((3 * (longest + 16 * (points.at(-1)?.numDocs ?? 1)) + MAX_NEW_TOKENS + 16) / 16) * 16;
 for (const m of models) {
   const model = await loadModel(m.dir, { device, kvCacheTokens, maxSequenceTokens: kvCacheTokens });
   for (const name of methodNames) results.push(...(await measure(model, m, name)));
+  for (const st of stores.values()) st.close();
+  stores.clear();
   model.dispose();
 }
 const seconds = (performance.now() - t0) / 1000;
