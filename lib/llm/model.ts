@@ -14,7 +14,7 @@ import { isJsonObject, readOptionalJsonFile } from '../model/json-file.js';
 import type { ChatMessage } from '../model/tokenizer.js';
 import { checkDevice, describe, type DType, dtypeBytes, type FloatDType, Tensor } from '../tensor.js';
 import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
-import { type CachePolicy, resolvePolicy } from '../policies/index.js';
+import { type CachePolicy, type ResolvedPolicy, resolvePolicy } from '../policies/index.js';
 import { GENERATE_OPTIONS, generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
 import { type GenerationInit, type GenerationStream, Scheduler, SequenceState } from './scheduler.js';
 import { Sequence, type SequenceHost } from './sequence.js';
@@ -106,6 +106,14 @@ export interface LogitsOptions {
 const LOAD_OPTIONS = optionNames<LoadModelOptions>({ device: true, dtype: true, kvCacheTokens: true, pageSize: true, kvDtype: true, prefillChunk: true, maxQueuedRequests: true, maxSequenceTokens: true });
 const LOGITS_OPTIONS = optionNames<LogitsOptions>({ all: true });
 const SEQUENCE_OPTIONS = optionNames<SequenceOptions>({ policy: true, store: true, documents: true });
+
+// The policies sequences run so far. The others validate (a mistake in their options is still
+// an InvalidArgumentError) but are refused until the engine interprets them.
+function sequencePolicy(policy: CachePolicy | undefined): ResolvedPolicy {
+  const resolved = resolvePolicy(policy);
+  if (resolved.name !== 'full') throw new UnsupportedError(`policy: '${resolved.name}' is not run by sequences yet; only 'full' is`);
+  return resolved;
+}
 
 const ST_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
@@ -248,7 +256,7 @@ export class Model {
       });
       state.restore = () => m.attach(state.native!, placements);
     };
-    return new Sequence(this.#sequenceHost, state, resolvePolicy(policy), prepare);
+    return new Sequence(this.#sequenceHost, state, sequencePolicy(policy), prepare);
   }
 
   #handle(what: string): NativeModel {
@@ -324,7 +332,7 @@ export class Model {
     const { policy, store, documents } = checkOptions(options, SEQUENCE_OPTIONS, 'sequence');
     if (store !== undefined) return this.#storeSequence(store, documents, policy, true);
     if (documents !== undefined) throw new InvalidArgumentError('documents: needs a store (sequence({ store, documents }))', 'documents');
-    return new Sequence(this.#sequenceHost, new SequenceState(m.newSequence(), true), resolvePolicy(policy));
+    return new Sequence(this.#sequenceHost, new SequenceState(m.newSequence(), true), sequencePolicy(policy));
   }
 
   // A sequence for one call of generate() or logits(): its pages go when that call ends.

@@ -5,11 +5,23 @@
 import { InvalidArgumentError } from '../errors.js';
 import { describe } from '../tensor.js';
 import type { FullAttentionPolicy } from './full.js';
+import { LACACHE_OPTIONS, type LaCachePolicy, resolveLaCache } from './lacache.js';
 
 export type { FullAttentionPolicy } from './full.js';
+export type { LaCachePolicy } from './lacache.js';
+/** @internal The host-side plan of LaCache, for the engine (not wired into sequences yet). */
+export {
+  DEFAULT_LACACHE_SINKS,
+  LaCachePlanner,
+  ladderGeometry,
+  type LaCacheEdit,
+  type LadderGeometry,
+  type LadderState,
+  type ResolvedLaCachePolicy,
+} from './lacache.js';
 
 /** A sequence's cache policy, chosen by `name`. */
-export type CachePolicy = FullAttentionPolicy;
+export type CachePolicy = FullAttentionPolicy | LaCachePolicy;
 
 /** A policy's validated options, with defaults filled in. */
 export type ResolvedPolicy = Readonly<CachePolicy>;
@@ -22,6 +34,7 @@ interface PolicyDefinition {
 
 const POLICIES: Record<string, PolicyDefinition> = {
   full: { options: ['name'], resolve: () => Object.freeze({ name: 'full' as const }) },
+  lacache: { options: LACACHE_OPTIONS, resolve: resolveLaCache },
 };
 
 /** The policy names this build knows. */
