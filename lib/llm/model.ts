@@ -109,6 +109,8 @@ const LOAD_OPTIONS = optionNames<LoadModelOptions>({ device: true, dtype: true, 
 const LOGITS_OPTIONS = optionNames<LogitsOptions>({ all: true });
 const SEQUENCE_OPTIONS = optionNames<SequenceOptions>({ policy: true, store: true, documents: true });
 
+// The policies sequences run so far. The others validate (a mistake in their options is still
+// an InvalidArgumentError) but are refused until the engine interprets them.
 const ST_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
 export class Model {
@@ -738,6 +740,6 @@ function runnable(p: ResolvedPolicy, overStore: boolean): ResolvedPolicy {
   if ((p.name === 'concat' || p.name === 'parallelWindows') && !overStore) {
     throw new InvalidArgumentError(`policy: '${p.name}' places stored documents: model.sequence({ store, documents, policy })`, 'policy');
   }
-  if (p.name === 'cascading') throw new UnsupportedError(`policy: '${p.name}' is not run by the engine yet`);
+  if (p.name === 'cascading' || p.name === 'lacache') throw new UnsupportedError(`policy: '${p.name}' is not run by the engine yet`);
   return p;
 }

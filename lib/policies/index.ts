@@ -8,6 +8,7 @@ import { CACHE_FOCUS_OPTIONS, resolveCacheFocus, type CacheFocusPolicy, type Res
 import { CASCADING_OPTIONS, type CascadingPolicy, type ResolvedCascadingPolicy, resolveCascading } from './cascading.js';
 import type { FullAttentionPolicy } from './full.js';
 import type { ConcatPolicy, ParallelWindowsPolicy } from './baselines.js';
+import { LACACHE_OPTIONS, type LaCachePolicy, type ResolvedLaCachePolicy, resolveLaCache } from './lacache.js';
 
 export { cascading, type CascadingPolicy, type HeadReduction, type ResolvedCascadingPolicy } from './cascading.js';
 export type { FullAttentionPolicy } from './full.js';
@@ -15,10 +16,23 @@ export type { ConcatPolicy, ParallelWindowsPolicy } from './baselines.js';
 export type { CacheFocusPolicy, KeepRule } from './cache-focus.js';
 
 /** A sequence's cache policy, chosen by `name`. */
-export type CachePolicy = FullAttentionPolicy | CacheFocusPolicy | CascadingPolicy | ConcatPolicy | ParallelWindowsPolicy;
+export type CachePolicy = FullAttentionPolicy | CacheFocusPolicy | CascadingPolicy | ConcatPolicy | ParallelWindowsPolicy | LaCachePolicy;
+
+/** @internal The host-side plan of LaCache, for the engine (not wired into sequences yet). */
+export {
+  DEFAULT_LACACHE_SINKS,
+  LaCachePlanner,
+  ladderGeometry,
+  type LaCacheEdit,
+  type LadderGeometry,
+  type LadderState,
+  type ResolvedLaCachePolicy,
+} from './lacache.js';
+
+export type { LaCachePolicy } from './lacache.js';
 
 /** A policy's validated options, with defaults filled in. */
-export type ResolvedPolicy = Readonly<FullAttentionPolicy> | ResolvedCacheFocus | ResolvedCascadingPolicy | Readonly<ConcatPolicy> | Readonly<ParallelWindowsPolicy>;
+export type ResolvedPolicy = Readonly<FullAttentionPolicy> | ResolvedCacheFocus | ResolvedCascadingPolicy | Readonly<ConcatPolicy> | Readonly<ParallelWindowsPolicy> | ResolvedLaCachePolicy;
 
 interface PolicyDefinition {
   /** Every option key, `name` included: any other key is refused. */
@@ -32,6 +46,7 @@ const POLICIES: Record<string, PolicyDefinition> = {
   concat: { options: ['name'], resolve: () => Object.freeze({ name: 'concat' as const }) },
   parallelWindows: { options: ['name'], resolve: () => Object.freeze({ name: 'parallelWindows' as const }) },
   cascading: { options: CASCADING_OPTIONS, resolve: resolveCascading },
+  lacache: { options: LACACHE_OPTIONS, resolve: resolveLaCache },
 };
 
 /**
@@ -44,6 +59,7 @@ export const policies = Object.freeze({
   cascading: (options: Omit<CascadingPolicy, 'name'> = {}): CascadingPolicy => checked({ ...options, name: 'cascading' }),
   concat: (): ConcatPolicy => checked({ name: 'concat' }),
   parallelWindows: (): ParallelWindowsPolicy => checked({ name: 'parallelWindows' }),
+  lacache: (options: Omit<LaCachePolicy, 'name'>): LaCachePolicy => checked({ ...options, name: 'lacache' }),
 });
 
 function checked<P extends CachePolicy>(p: P): P {

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { AbortError, DisposedError, InvalidArgumentError, loadModel, type Model } from '../../lib/index.js';
+import { AbortError, DisposedError, InvalidArgumentError, loadModel, type Model, UnsupportedError } from '../../lib/index.js';
 import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
 
 let root: string;
@@ -297,7 +297,8 @@ describe('dispose', () => {
 
 describe('bad input gives typed errors naming the argument', () => {
   const cases: [string, (m: Model) => unknown, string, RegExp][] = [
-    ['an unknown policy', (m) => m.sequence({ policy: { name: 'lacache' } as never }), 'policy', /policy\.name: unknown policy 'lacache'; known policies: 'full'/],
+    ['an unknown policy', (m) => m.sequence({ policy: { name: 'h2o' } as never }), 'policy', /policy\.name: unknown policy 'h2o'; known policies: 'full', 'lacache'/],
+    ['a bad lacache option', (m) => m.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 16 } }), 'policy', /policy\.overlap: expected an integer in \[0, span - 1\]/],
     ['a policy that is not an object', (m) => m.sequence({ policy: 'full' as never }), 'policy', /policy: expected a policy object/],
     ['an unknown policy option', (m) => m.sequence({ policy: { name: 'full', budget: 3 } as never }), 'policy', /unknown option 'budget' for policy 'full'/],
     ['an unknown sequence option', (m) => m.sequence({ Policy: {} } as never), 'options', /unknown option 'Policy' \(did you mean 'policy'\?\)/],
@@ -337,6 +338,11 @@ describe('bad input gives typed errors naming the argument', () => {
       expect(seq.tokenCount).toBe(0);
     });
   }
+
+  it('a valid policy that sequences do not run yet is refused with an UnsupportedError', () => {
+    expect(() => model.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 0 } })).toThrow(UnsupportedError);
+    expect(() => model.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 0 } })).toThrow(/policy: 'lacache' is not run by sequences yet; only 'full' is/);
+  });
 
   it('a policy of undefined is full attention', () => {
     using seq = model.sequence({ policy: undefined });
