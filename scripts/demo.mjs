@@ -6,6 +6,9 @@
 //    a time through the continuous-batching scheduler, with a progress display; accuracy and
 //    timings at the end.
 //
+// 3. Held-out questions over about 3x T of documents kept in a Context KV Cache Store, answered
+//    with CacheFocus, next to plain RAG truncated to T.
+//
 //   npm run demo -- [--count 100] [--device cpu|cuda] [--concurrency 8] [--model DIR]
 //
 // The model is a small test and demo model trained by scripts/train/ on this task only; it is
@@ -98,6 +101,46 @@ console.log(
     `time to first token median ${ttft[ttft.length >> 1].toFixed(1)} ms (with ${concurrency} in flight)`,
 );
 for (const m of misses) console.log(dim(`  missed: ${m}`));
+
+// ---- 3. stored documents beyond T, with CacheFocus --------------------------------------------
+// Each question's documents are put in a Context KV Cache Store once (encoded after the shared
+// instruction); the question then prefills only itself. CacheFocus lays documents that do not
+// fit T out in parallel windows, and (on models deeper than two layers) prunes the least
+// relevant at the middle layer. Plain RAG must drop documents from the front to fit T.
+const storedCount = Math.min(count, 30);
+const numDocs = Math.max(2, Math.round((3 * T) / 80)); // about 3x T of documents
+console.log(`\n${bold(`${storedCount} held-out questions over ${numDocs} stored documents each`)} ${dim(`(~3x T; CacheFocus vs plain RAG truncated to T)`)}:`);
+const cf = { correct: 0, ttft: [] };
+const rag = { correct: 0, ttft: [] };
+let storeFor = null;
+for (let i = 0; i < storedCount; i++) {
+  const e = multidocQa.generateExample(multidocQa.heldOutSeed(2000 + i), { numDocs });
+  if (!storeFor || storeFor.prefix !== e.prefix) {
+    storeFor?.store.close();
+    storeFor = { prefix: e.prefix, store: await model.openStore({ prefix: e.prefix }) };
+  }
+  const { store } = storeFor;
+  const documents = e.documents.map((_, k) => `q${i}-d${k}`);
+  await store.putMany(e.documents.map((text, k) => ({ id: documents[k], text })));
+  const r = await model.generate({ store, documents, query: e.question }, { maxTokens: 16, temperature: 0, policy: { name: 'cacheFocus' } }).result;
+  cf.correct += multidocQa.exactMatch(r.text, e.answer) ? 1 : 0;
+  cf.ttft.push(r.timings.timeToFirstTokenMs);
+  // Plain RAG: as many of the last documents as fit T, prefilled with the question.
+  let keep = e.documents.length;
+  let prompt;
+  do prompt = multidocQa.formatPrompt({ ...e, documents: e.documents.slice(e.documents.length - keep--) });
+  while (tok.encode(prompt).length + 16 > T && keep > 0);
+  const p = await model.generate(prompt, { maxTokens: 16, temperature: 0 }).result;
+  rag.correct += multidocQa.exactMatch(p.text, e.answer) ? 1 : 0;
+  rag.ttft.push(p.timings.timeToFirstTokenMs);
+  for (const id of documents) store.delete(id);
+  if (tty) process.stdout.write(`\r  ${i + 1}/${storedCount}  CacheFocus ${cf.correct}  plain RAG ${rag.correct}`);
+}
+storeFor?.store.close();
+if (tty) process.stdout.write('\n');
+const med = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+console.log(`  CacheFocus over stored documents: ${bold(`${cf.correct}/${storedCount}`)} correct, time to first token median ${med(cf.ttft).toFixed(1)} ms`);
+console.log(`  plain RAG truncated to T:          ${bold(`${rag.correct}/${storedCount}`)} correct, time to first token median ${med(rag.ttft).toFixed(1)} ms`);
 model.dispose();
 
 // ---------------------------------------------------------------------------------------------

@@ -419,7 +419,7 @@ export class Model {
       const extra = Object.keys(rest);
       if (extra.length > 0) throw new InvalidArgumentError(`prompt: unknown key '${extra[0]}' (expected store, documents, query)`, 'prompt');
       if (query === undefined) throw new InvalidArgumentError('query: is required with { store, documents }', 'query');
-      const policy = (options as GenerateOptions | null | undefined)?.policy ?? { name: 'full' };
+      const policy = (options as GenerateOptions | null | undefined)?.policy ?? { name: 'cacheFocus' };
       const rest2 = options ? { ...options } : options;
       if (rest2) delete rest2.policy;
       const maxTokens = generationLimits(checkOptions(rest2, GENERATE_OPTIONS), this.config.vocabSize).maxTokens;

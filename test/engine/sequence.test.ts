@@ -297,7 +297,7 @@ describe('dispose', () => {
 
 describe('bad input gives typed errors naming the argument', () => {
   const cases: [string, (m: Model) => unknown, string, RegExp][] = [
-    ['an unknown policy', (m) => m.sequence({ policy: { name: 'h2o' } as never }), 'policy', /policy\.name: unknown policy 'h2o'; known policies: 'full', 'lacache'/],
+    ['an unknown policy', (m) => m.sequence({ policy: { name: 'h2o' } as never }), 'policy', /policy\.name: unknown policy 'h2o'; known policies: 'full', 'cacheFocus', 'concat', 'parallelWindows', 'cascading', 'lacache'/],
     ['a bad lacache option', (m) => m.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 16 } }), 'policy', /policy\.overlap: expected an integer in \[0, span - 1\]/],
     ['a policy that is not an object', (m) => m.sequence({ policy: 'full' as never }), 'policy', /policy: expected a policy object/],
     ['an unknown policy option', (m) => m.sequence({ policy: { name: 'full', budget: 3 } as never }), 'policy', /unknown option 'budget' for policy 'full'/],
@@ -341,7 +341,7 @@ describe('bad input gives typed errors naming the argument', () => {
 
   it('a valid policy that sequences do not run yet is refused with an UnsupportedError', () => {
     expect(() => model.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 0 } })).toThrow(UnsupportedError);
-    expect(() => model.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 0 } })).toThrow(/policy: 'lacache' is not run by sequences yet; only 'full' is/);
+    expect(() => model.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 0 } })).toThrow(/policy: 'lacache' is not run by the engine yet/);
   });
 
   it('a policy of undefined is full attention', () => {
