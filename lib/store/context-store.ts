@@ -117,6 +117,9 @@ export interface StoreHost {
   checkLength(tokens: number, extra: number, argument: string): void;
 }
 
+// A disk read started ahead of its use: its outcome, kept until then.
+type Loaded = { loaded: { identity: EntryIdentity; kv: Uint8Array } | null } | { error: unknown };
+
 interface Entry {
   readonly id: string;
   readonly tokens: Int32Array;
@@ -427,13 +430,32 @@ export class ContextStore extends EventEmitter {
    */
   async blocks(entries: Entry[]): Promise<NativeKvBlock[]> {
     const out = [this.#live('sequence').share()];
+    // Entries only on disk are read a few ahead (reads overlap checksums and uploads); the
+    // window bounds the host memory of files read but not yet uploaded.
+    const reads = new Map<Entry, Promise<Loaded>>();
+    const readAhead = (from: number): void => {
+      for (let i = from; i < entries.length && reads.size < 4; i++) {
+        const e = entries[i]!;
+        if (!e.block && !e.host && e.disk && this.#disk && !reads.has(e)) {
+          const read = this.#disk.load(this.#disk.fileOf(e.id)).then(
+            (loaded) => ({ loaded }),
+            (error: unknown) => ({ error }),
+          );
+          reads.set(e, read);
+        }
+      }
+    };
     try {
-      for (const e of entries) {
+      for (const [i, e] of entries.entries()) {
+        readAhead(i);
         e.used = ++this.#clock;
-        out.push(await this.#up(e));
+        const read = reads.get(e);
+        reads.delete(e);
+        out.push(await this.#up(e, read));
       }
     } catch (err) {
       for (const b of out) b.release();
+      await Promise.allSettled(reads.values());
       throw err;
     }
     await this.#balance();
@@ -441,7 +463,7 @@ export class ContextStore extends EventEmitter {
   }
 
   // The entry's block on the device, from whichever tier holds it (a handle the caller owns).
-  async #up(e: Entry): Promise<NativeKvBlock> {
+  async #up(e: Entry, read?: Promise<Loaded>): Promise<NativeKvBlock> {
     if (e.block) {
       this.#hits.device++;
       return e.block.share();
@@ -457,7 +479,9 @@ export class ContextStore extends EventEmitter {
       const file = this.#disk.fileOf(e.id);
       let loaded: { identity: EntryIdentity; kv: Uint8Array } | null = null;
       try {
-        loaded = await this.#disk.load(file);
+        const r = read ? await read : { loaded: await this.#disk.load(file) };
+        if ('error' in r) throw r.error;
+        loaded = r.loaded;
       } catch (err) {
         if (!(err instanceof EntryDefect)) throw err;
         this.#defect(new StoreWarning(err.message, err.kind, file));
