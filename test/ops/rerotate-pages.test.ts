@@ -238,11 +238,11 @@ describe('rerotatePages round trips', () => {
       const [P, Q, R] = [randInts(tokens, 0, 131072, 31), randInts(tokens, 0, 131072, 32), randInts(tokens, 0, 131072, 33)];
       const x = rand(p.numPages * p.pageSize * rowElems(p), 34);
       const pool = Tensor.from(x, { shape: [p.numPages, p.pageSize, p.kvHeads, p.headDim], dtype });
-      const stored = (await pool.toArray()).slice(0, tokens * rowElems(p));
+      const stored = ((await pool.toArray()) as Float32Array).slice(0, tokens * rowElems(p));
       const steps: Float32Array[] = [stored];
       for (const [i, [a, b]] of ([[P, Q], [Q, R], [R, P]] as const).entries()) {
         ops.rerotatePages(pool, hop(8 * i, 8 * (i + 1), a, b), { invFreq });
-        steps.push((await pool.toArray()).slice(8 * (i + 1) * p.pageSize * rowElems(p), 8 * (i + 2) * p.pageSize * rowElems(p)));
+        steps.push(((await pool.toArray()) as Float32Array).slice(8 * (i + 1) * p.pageSize * rowElems(p), 8 * (i + 2) * p.pageSize * rowElems(p)));
       }
       // Every hop: within one rounding (plus f32 arithmetic) of the exact rotation of its input.
       const u = UNIT_ROUNDOFF[dtype];
@@ -290,7 +290,7 @@ describe('rerotatePages is rerotate, fused', () => {
           // and rerotate over the same rows, taken out of the pool
           const m = moves[0]!;
           const rows = Tensor.from(x.subarray(slotAt(pool, m.srcPage, 0), slotAt(pool, m.srcPage + 1, 0)), { shape: [pool.pageSize, pool.kvHeads, headDim], dtype });
-          const one = await ops.rerotate(rows, m.from, m.to, { invFreq, layout, rotaryDim }).toArray();
+          const one = await ops.rerotate(rows, m.from as Int32Array, m.to as Int32Array, { invFreq, layout, rotaryDim }).toArray();
           expect(fused.subarray(slotAt(pool, m.dstPage, 0), slotAt(pool, m.dstPage + 1, 0))).toEqual(one);
         });
       }
