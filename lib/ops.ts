@@ -308,13 +308,14 @@ export const ops = {
   /**
    * Moves cached keys [tokens, heads, headDim], rotated at positions `from`, to positions `to`
    * (one rotation by the difference; values never need this). With `inPlace` the keys tensor
-   * itself is rewritten and returned.
+   * itself is rewritten and returned. `rotaryDim` (partial rotary): only that many leading
+   * dimensions of each head rotate (invFreq has rotaryDim / 2 values); the rest are copied.
    */
   rerotate(
     keys: Tensor,
     from: Tensor | Int32Array | number[],
     to: Tensor | Int32Array | number[],
-    rerotateOptions?: (RopeFrequencies & { inPlace?: boolean }) | null,
+    rerotateOptions?: (RopeFrequencies & { inPlace?: boolean; rotaryDim?: number }) | null,
   ): Tensor {
     const options = checkOptions(rerotateOptions, [...ROPE_FREQUENCY_OPTIONS, 'inPlace', 'rotaryDim'], 'rerotate');
     requireTensor(keys, 'rerotate: keys');
