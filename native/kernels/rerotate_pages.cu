@@ -147,9 +147,10 @@ __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, 
           Pack<T, V> o;
 #pragma unroll
           for (int j = 0; j < V / 2; ++j) {
-            const float x0 = to_f32(lo[u].v[2 * j]), x1 = to_f32(lo[u].v[2 * j + 1]);
-            o.v[2 * j] = from_f32<T>(x0 * cs[j] - x1 * sn[j]);
-            o.v[2 * j + 1] = from_f32<T>(x0 * sn[j] + x1 * cs[j]);
+            float y0, y1;
+            rotate_pair(to_f32(lo[u].v[2 * j]), to_f32(lo[u].v[2 * j + 1]), cs[j], sn[j], &y0, &y1);
+            o.v[2 * j] = from_f32<T>(y0);
+            o.v[2 * j + 1] = from_f32<T>(y1);
           }
           store<T, V>(out + at[u], o);
         } else {
@@ -159,9 +160,10 @@ __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, 
           Pack<T, V> o0, o1;
 #pragma unroll
           for (int j = 0; j < V; ++j) {
-            const float x0 = to_f32(lo[u].v[j]), x1 = to_f32(hi[u].v[j]);
-            o0.v[j] = from_f32<T>(x0 * cs[j] - x1 * sn[j]);
-            o1.v[j] = from_f32<T>(x0 * sn[j] + x1 * cs[j]);
+            float y0, y1;
+            rotate_pair(to_f32(lo[u].v[j]), to_f32(hi[u].v[j]), cs[j], sn[j], &y0, &y1);
+            o0.v[j] = from_f32<T>(y0);
+            o1.v[j] = from_f32<T>(y1);
           }
           store<T, V>(out + at[u], o0);
           store<T, V>(out + at[u] + half, o1);
