@@ -33,10 +33,14 @@ export interface NativeOps {
   rmsnorm(x: T, weight: T, out: T, p: { rows: number; dim: number; eps: number }): void;
   rope(x: T, positions: T, invFreq: T, out: T, p: { tokens: number; heads: number; headDim: number; layout: RopeLayout; attnFactor: number }): void;
   rerotate(keys: T, from: T, to: T, invFreq: T, out: T, p: { tokens: number; heads: number; headDim: number; rotaryDim: number; layout: RopeLayout }): void;
-  /** runs: 8 i32 per run (src page, src row, dst page, dst row, rows, from, to, 0); from/to index positions. */
+  /**
+   * runs: i32 tensor of 8 per run (src page, src row, dst page, dst row, rows, from, to, 0), from/to
+   * indexing the positions tensor. With perRunHost (the same runs on the host) one rerotate per run.
+   */
   rerotatePages(
-    srcPool: T, dstPool: T, invFreq: T, runs: Int32Array, positions: Int32Array,
-    p: { numPages: number; pageSize: number; kvHeads: number; headDim: number; rotaryDim: number; layout: RopeLayout; perRun: boolean },
+    srcPool: T, dstPool: T, invFreq: T, runs: T, positions: T,
+    p: { numPages: number; pageSize: number; kvHeads: number; headDim: number; rotaryDim: number; layout: RopeLayout; numRuns: number },
+    perRunHost: Int32Array | null,
   ): void;
   softmax(x: T, out: T, p: { rows: number; cols: number; scale: number }): void;
   siluMul(gate: T, up: T, out: T, p: { n: number }): void;

@@ -25,7 +25,7 @@ export type { GenerationStream, GeneratedToken, GenerationResult, FinishReason, 
 export * from './model/index.js';
 /** The multi-document question-answering task the embedded model is trained and measured on. */
 export * as multidocQa from './task/multidoc-qa.js';
-export { type KeyMove, ops, type RerotatePagesOptions, ropeInvFreq, type RopeLayout, type SlotRange } from './ops.js';
+export { type KeyMove, KeyMoves, ops, type RerotatePagesOptions, ropeInvFreq, type RopeLayout, type SlotRange } from './ops.js';
 export { Tensor, type DType, type DeviceName, type FloatDType, type TensorData, type TensorValues, dtypeBytes } from './tensor.js';
 
 export interface BuildInfo {

@@ -4,7 +4,7 @@
 import type { DeviceName, RopeLayout } from './binding.js';
 import { InvalidArgumentError } from './errors.js';
 import { native } from './loader.js';
-import { describe, type DType, type FloatDType, isFloat, Tensor } from './tensor.js';
+import { checkDevice, describe, type DType, type FloatDType, isFloat, Tensor } from './tensor.js';
 import { checkInt32Array, checkOptions } from './validate.js';
 
 export type { RopeLayout } from './binding.js';
@@ -202,7 +202,7 @@ export interface RerotatePagesOptions extends RopeFrequencies {
   rotaryDim?: number;
   /**
    * Launch one rerotate per run instead of one fused launch: the engine's former path, kept for
-   * equivalence tests and benchmarks. Same results, bit for bit.
+   * equivalence tests and benchmarks. Same results, bit for bit on the CPU.
    */
   perRun?: boolean;
 }
@@ -217,54 +217,96 @@ function checkIndex(v: unknown, lo: number, hi: number, what: string): number {
 }
 
 /**
- * Packs and checks rerotatePages moves: pages inside the pool, rows inside their pages, one
- * position per row, and no row written twice or written by one run while another reads it.
+ * Moves for ops.rerotatePages, checked, packed and uploaded once (ops.keyMoves): a caller that
+ * moves the same rows again (a benchmark, a harness) pays for none of that per call. Holds two
+ * small i32 tensors on its device until dispose().
  */
-function packMoves(moves: readonly KeyMove[], numPages: number, pageSize: number, samePool: boolean): { runs: Int32Array; positions: Int32Array } {
+export class KeyMoves {
+  readonly device: DeviceName;
+  /** The pool geometry the moves were checked against. */
+  readonly numPages: number;
+  readonly pageSize: number;
+  /** Runs, and rows moved in all. */
+  readonly count: number;
+  readonly rows: number;
+  /** Whether some row is written where another row is read (then the moves need an `out` pool). */
+  readonly overlapsReads: boolean;
+  /** @internal 8 i32 per run (native RerotateRun), and the packed positions. */
+  readonly packed: Int32Array;
+  /** @internal */
+  readonly runsTensor: Tensor;
+  /** @internal */
+  readonly positionsTensor: Tensor;
+
+  /** @internal Use ops.keyMoves. */
+  constructor(moves: readonly KeyMove[], numPages: number, pageSize: number, device: DeviceName) {
+    const { runs, positions, rows, overlapsReads } = packMoves(moves, numPages, pageSize);
+    this.device = device;
+    this.numPages = numPages;
+    this.pageSize = pageSize;
+    this.count = moves.length;
+    this.rows = rows;
+    this.overlapsReads = overlapsReads;
+    this.packed = runs;
+    this.runsTensor = Tensor.from(runs.length ? runs : new Int32Array(8), { device });
+    this.positionsTensor = Tensor.from(positions.length ? positions : new Int32Array(1), { device });
+  }
+
+  dispose(): void {
+    this.runsTensor.dispose();
+    this.positionsTensor.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/**
+ * Packs and checks rerotatePages moves: pages inside the pool, rows inside their pages, one
+ * position per row, no row written twice; notes whether a row is written where another is read.
+ */
+function packMoves(moves: readonly KeyMove[], numPages: number, pageSize: number): { runs: Int32Array; positions: Int32Array; rows: number; overlapsReads: boolean } {
   if (!Array.isArray(moves)) throw new InvalidArgumentError(`rerotatePages: moves: expected an array but received ${describe(moves)}`, 'moves');
   const runs = new Int32Array(moves.length * 8);
   let total = 0;
   moves.forEach((m, r) => {
     const what = `rerotatePages: moves[${r}]`;
     if (typeof m !== 'object' || m === null) throw new InvalidArgumentError(`${what}: expected an object but received ${describe(m)}`, 'moves');
-    const rows = m.from?.length;
     if (!(m.from instanceof Int32Array || Array.isArray(m.from)) || !(m.to instanceof Int32Array || Array.isArray(m.to))) {
       throw new InvalidArgumentError(`${what}: from and to must be Int32Arrays or arrays of positions`, 'moves');
     }
+    const rows = m.from.length;
     if (m.to.length !== rows) throw new InvalidArgumentError(`${what}: from has ${rows} positions but to has ${m.to.length}`, 'moves');
-    const srcRow = m.srcRow ?? 0;
-    const dstRow = m.dstRow ?? 0;
     runs.set([
       checkIndex(m.srcPage, 0, numPages, `${what}.srcPage`),
-      checkIndex(srcRow, 0, pageSize - rows + 1, `${what}.srcRow (with ${rows} rows in pages of ${pageSize})`),
+      checkIndex(m.srcRow ?? 0, 0, pageSize - rows + 1, `${what}.srcRow (with ${rows} rows in pages of ${pageSize})`),
       checkIndex(m.dstPage, 0, numPages, `${what}.dstPage`),
-      checkIndex(dstRow, 0, pageSize - rows + 1, `${what}.dstRow (with ${rows} rows in pages of ${pageSize})`),
+      checkIndex(m.dstRow ?? 0, 0, pageSize - rows + 1, `${what}.dstRow (with ${rows} rows in pages of ${pageSize})`),
       rows, total, total + rows, 0,
     ], r * 8);
     total += 2 * rows;
   });
   const positions = new Int32Array(total);
-  const reads = new Map<number, number>(); // source slot -> run
+  const reads = new Map<number, number>(); // source slot -> the reading row (run * pageSize + row)
   moves.forEach((m, r) => {
-    const from = runs[r * 8 + 5]!;
-    const rows = runs[r * 8 + 4]!;
-    positions.set(Array.isArray(m.from) ? checkInt32Array(m.from, `rerotatePages: moves[${r}].from`) : m.from, from);
-    positions.set(Array.isArray(m.to) ? checkInt32Array(m.to, `rerotatePages: moves[${r}].to`) : m.to, from + rows);
-    if (samePool) for (let k = 0; k < rows; k++) reads.set(m.srcPage * pageSize + runs[r * 8 + 1]! + k, r * pageSize + k);
+    const [, srcRow, , , rows, from] = runs.subarray(r * 8, r * 8 + 8) as unknown as number[];
+    positions.set(Array.isArray(m.from) ? checkInt32Array(m.from, `rerotatePages: moves[${r}].from`) : m.from, from!);
+    positions.set(Array.isArray(m.to) ? checkInt32Array(m.to, `rerotatePages: moves[${r}].to`) : m.to, from! + rows!);
+    for (let k = 0; k < rows!; k++) reads.set(m.srcPage * pageSize + srcRow! + k, r * pageSize + k);
   });
   const written = new Set<number>();
+  let overlapsReads = false;
   moves.forEach((m, r) => {
     for (let k = 0; k < runs[r * 8 + 4]!; k++) {
       const slot = m.dstPage * pageSize + runs[r * 8 + 3]! + k;
       if (written.has(slot)) throw new InvalidArgumentError(`rerotatePages: moves[${r}] writes page ${m.dstPage} row ${slot % pageSize}, which another row of the moves writes too`, 'moves');
       written.add(slot);
       const reader = reads.get(slot);
-      if (reader !== undefined && reader !== r * pageSize + k) {
-        throw new InvalidArgumentError(`rerotatePages: moves[${r}] writes page ${m.dstPage} row ${slot % pageSize} while another row of the moves reads it`, 'moves');
-      }
+      if (reader !== undefined && reader !== r * pageSize + k) overlapsReads = true;
     }
   });
-  return { runs, positions };
+  return { runs, positions, rows: total / 2, overlapsReads };
 }
 
 export const ops = {
@@ -347,13 +389,14 @@ export const ops = {
   /**
    * Moves cached keys [tokens, heads, headDim], rotated at positions `from`, to positions `to`
    * (one rotation by the difference; values never need this). With `inPlace` the keys tensor
-   * itself is rewritten and returned.
+   * itself is rewritten and returned. `rotaryDim` (partial rotary): only that many leading
+   * dimensions of each head rotate (invFreq has rotaryDim / 2 values); the rest are copied.
    */
   rerotate(
     keys: Tensor,
     from: Tensor | Int32Array | number[],
     to: Tensor | Int32Array | number[],
-    rerotateOptions?: (RopeFrequencies & { inPlace?: boolean }) | null,
+    rerotateOptions?: (RopeFrequencies & { inPlace?: boolean; rotaryDim?: number }) | null,
   ): Tensor {
     const options = checkOptions(rerotateOptions, [...ROPE_FREQUENCY_OPTIONS, 'inPlace', 'rotaryDim'], 'rerotate');
     requireTensor(keys, 'rerotate: keys');
@@ -376,14 +419,27 @@ export const ops = {
   },
 
   /**
+   * Checks, packs and uploads moves for rerotatePages on `device`, for pools of `numPages` pages
+   * of `pageSize` rows. Pass the result to rerotatePages as often as needed; dispose() it after.
+   */
+  keyMoves(moves: readonly KeyMove[], pool: { numPages: number; pageSize: number; device?: DeviceName }): KeyMoves {
+    const { numPages, pageSize } = pool;
+    if (!(Number.isInteger(numPages) && numPages >= 0 && Number.isInteger(pageSize) && pageSize >= 1)) {
+      throw new InvalidArgumentError(`keyMoves: pool: expected numPages >= 0 and pageSize >= 1 but received ${describe(numPages)} and ${describe(pageSize)}`, 'pool');
+    }
+    return new KeyMoves(moves, numPages, pageSize, checkDevice(pool.device ?? 'cpu', 'device'));
+  },
+
+  /**
    * The fused re-rotation of paged keys (CacheFocus): moves the keys of the given runs of rows,
    * in pages of every layer at once, from the positions they were rotated at to new ones, in one
    * launch. pool: [numPages, pageSize, kvHeads, headDim] keys; the moved keys are written into
    * `out` (default: the same pool, as the engine does: stored pages are read, the sequence's
    * own pages written). Only the rows named are touched. Returns the pool written.
    * Same arithmetic as rerotate: one rotation by (to - from) * invFreq, one rounding.
+   * `moves` is a list of KeyMove, or ops.keyMoves() of one (checked and uploaded once).
    */
-  rerotatePages(pool: Tensor, moves: readonly KeyMove[], rerotateOptions?: RerotatePagesOptions | null): Tensor {
+  rerotatePages(pool: Tensor, moves: readonly KeyMove[] | KeyMoves, rerotateOptions?: RerotatePagesOptions | null): Tensor {
     const options = checkOptions(rerotateOptions, REROTATE_PAGES_OPTIONS, 'rerotatePages');
     requireTensor(pool, 'rerotatePages: pool');
     requireFloat(pool, 'rerotatePages: pool');
@@ -400,15 +456,28 @@ export const ops = {
     }
     const layout = ropeLayout('rerotatePages', options.layout);
     const rotaryDim = rotaryWidth('rerotatePages', headDim, options.rotaryDim);
-    const { runs, positions } = packMoves(moves, numPages, pageSize, out === pool);
-    const freq = frequencyTensor('rerotatePages', rotaryDim, pool.device, options);
+    const plan = moves instanceof KeyMoves ? moves : new KeyMoves(moves, numPages, pageSize, pool.device);
     try {
-      native().ops.rerotatePages(pool.handle(), out.handle(), freq.t.handle(), runs, positions, {
-        numPages, pageSize, kvHeads, headDim, rotaryDim, layout, perRun: options.perRun === true,
-      });
-      return out;
+      if (plan.numPages !== numPages || plan.pageSize !== pageSize || plan.device !== pool.device) {
+        throw new InvalidArgumentError(
+          `rerotatePages: moves were made for ${plan.numPages} pages of ${plan.pageSize} rows on ${plan.device}, the pool has ${numPages} of ${pageSize} on ${pool.device}`,
+          'moves',
+        );
+      }
+      if (out === pool && plan.overlapsReads) {
+        throw new InvalidArgumentError('rerotatePages: the moves write rows that other rows of the moves read: give an out pool', 'moves');
+      }
+      const freq = frequencyTensor('rerotatePages', rotaryDim, pool.device, options);
+      try {
+        native().ops.rerotatePages(pool.handle(), out.handle(), freq.t.handle(), plan.runsTensor.handle(), plan.positionsTensor.handle(), {
+          numPages, pageSize, kvHeads, headDim, rotaryDim, layout, numRuns: plan.count,
+        }, options.perRun === true ? plan.packed : null);
+        return out;
+      } finally {
+        disposeTemps(freq);
+      }
     } finally {
-      disposeTemps(freq);
+      if (plan !== moves) plan.dispose();
     }
   },
 

@@ -35,8 +35,10 @@ __global__ void rerotate_kernel(const T* in, T* out,  // may alias (in-place)
     const int64_t hi = pair_hi(k, rotary_dim, adjacent);
     const float x0 = to_f32(in[base + lo]);
     const float x1 = to_f32(in[base + hi]);
-    out[base + lo] = from_f32<T>(x0 * c - x1 * s);
-    out[base + hi] = from_f32<T>(x0 * s + x1 * c);
+    float y0, y1;
+    rotate_pair(x0, x1, c, s, &y0, &y1);
+    out[base + lo] = from_f32<T>(y0);
+    out[base + hi] = from_f32<T>(y1);
   }
 }
 

@@ -1,5 +1,13 @@
 // CPU twin of rerotate.cu. Per token: the (q - p) angle table (reused while the shift stays the
 // same), then every head (rerotate_cpu_rows.h, shared with rerotate_pages).
+// No FP contraction in this file: the rotation's products and sums are rounded one by one, the
+// arithmetic of the CUDA kernel, on every CPU level the clones target (rerotate_math.h).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #include "parallel.h"
 #include "rerotate.h"
 #include "rerotate_cpu_rows.h"
@@ -8,7 +16,7 @@ namespace kvf {
 namespace {
 
 template <typename T>
-void rerotate_rows(const RerotateArgs& a, int64_t rotary_dim, int64_t t0, int64_t t1) {
+KVF_CPU_CLONES void rerotate_rows(const RerotateArgs& a, int64_t rotary_dim, int64_t t0, int64_t t1) {
   const T* in = static_cast<const T*>(a.in);
   T* out = static_cast<T*>(a.out);
   rerotation::RotationTable table(rotary_dim / 2);

@@ -16,8 +16,7 @@
 
 namespace kvf::rerotation {
 
-// One head widened to f32 and narrowed back: plain loops over the head, which vectorise;
-// converting inside the rotation loop kept it scalar (~0.1x of a copy).
+// A head widened to f32 and narrowed back (f16 keys on hosts without F16C).
 template <typename T>
 inline void widen(const T* src, float* dst, int64_t n) {
   for (int64_t j = 0; j < n; ++j) dst[j] = to_f32(src[j]);
@@ -29,86 +28,127 @@ inline void narrow(const float* src, T* dst, int64_t n) {
 }
 
 #if defined(__x86_64__)
-// f16 with F16C (vcvtph2ps / vcvtps2ph, round to nearest even, as f32_to_f16), 8 at a time: the
-// portable conversions branch on subnormals and stay scalar.
-__attribute__((target("arch=x86-64-v3"))) inline void widen_f16c(const f16_t* src, float* dst, int64_t n) {
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j))));
-  for (; j < n; ++j) dst[j] = f16_to_f32(src[j]);
-}
-
-__attribute__((target("arch=x86-64-v3"))) inline void narrow_f16c(const float* src, f16_t* dst, int64_t n) {
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j), _mm256_cvtps_ph(_mm256_loadu_ps(src + j), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
-  for (; j < n; ++j) dst[j] = f32_to_f16(src[j]);
-}
-
 inline const bool kHasF16c = __builtin_cpu_supports("x86-64-v3");
-
-template <>
-inline void widen<f16_t>(const f16_t* src, float* dst, int64_t n) {
-  if (kHasF16c) return widen_f16c(src, dst, n);
-  for (int64_t j = 0; j < n; ++j) dst[j] = f16_to_f32(src[j]);
-}
-
-template <>
-inline void narrow<f16_t>(const float* src, f16_t* dst, int64_t n) {
-  if (kHasF16c) return narrow_f16c(src, dst, n);
-  for (int64_t j = 0; j < n; ++j) dst[j] = f32_to_f16(src[j]);
-}
 #endif
 
-// Rotates the pairs of the first 2 * half dimensions in f32: out = (x0 c - x1 s, x0 s + x1 c)
-// for pair i. The split layout (pairs (i, i + half)) is two contiguous streams, so the loop
-// vectorises. In place is safe: each output pair depends only on its own input pair.
-inline void rotate_pairs(const float* x, float* y, const float* c, const float* s, int64_t half, bool adjacent) {
-  if (adjacent) {
-    for (int64_t i = 0; i < half; ++i) {
-      const float x0 = x[2 * i], x1 = x[2 * i + 1];
-      y[2 * i] = x0 * c[i] - x1 * s[i];
-      y[2 * i + 1] = x0 * s[i] + x1 * c[i];
-    }
-  } else {
-    for (int64_t i = 0; i < half; ++i) {
-      const float x0 = x[i], x1 = x[i + half];
-      y[i] = x0 * c[i] - x1 * s[i];
-      y[i + half] = x0 * s[i] + x1 * c[i];
-    }
+// One head's rotary pairs moved in one pass: each pair read, widened, rotated in f32 and rounded
+// back, y = (x0 c - x1 s, x0 s + x1 c). Plain loops over the pairs with the conversions inline,
+// which vectorise in the AVX2 / AVX-512 clones of the callers (bf16 and f32: the conversions are
+// integer and bit operations; 4x the speed of widen/rotate/narrow through buffers). In place is
+// safe: each output pair depends only on its own input pair (hence ivdep).
+template <typename T>
+inline void rotate_half(const T* a, T* b, const float* c, const float* s, int64_t half) {
+#pragma GCC ivdep
+  for (int64_t i = 0; i < half; ++i) {
+    float y0, y1;
+    rotate_pair(to_f32(a[i]), to_f32(a[i + half]), c[i], s[i], &y0, &y1);
+    b[i] = from_f32<T>(y0);
+    b[i + half] = from_f32<T>(y1);
+  }
+}
+
+template <typename T>
+inline void rotate_adjacent(const T* a, T* b, const float* c, const float* s, int64_t half) {
+#pragma GCC ivdep
+  for (int64_t i = 0; i < half; ++i) {
+    float y0, y1;
+    rotate_pair(to_f32(a[2 * i]), to_f32(a[2 * i + 1]), c[i], s[i], &y0, &y1);
+    b[2 * i] = from_f32<T>(y0);
+    b[2 * i + 1] = from_f32<T>(y1);
   }
 }
 
 // The sin/cos of every pair for one shift q - p. Re-positioning usually moves a whole block by
 // one shift, so consecutive rows share it and the table is computed once per run of equal shifts.
+// Also kept expanded to one entry per dimension, (c, c) and (-s, s) per pair, for the F16C
+// adjacent-pair loop: y = x c' + swap(x) s', with swap exchanging the two values of each pair.
 class RotationTable {
  public:
-  explicit RotationTable(int64_t pairs) : c_(static_cast<size_t>(pairs)), s_(static_cast<size_t>(pairs)) {}
+  explicit RotationTable(int64_t pairs)
+      : c_(static_cast<size_t>(pairs)), s_(static_cast<size_t>(pairs)), ce_(2 * c_.size()), se_(2 * c_.size()) {}
   void set(int64_t delta, const float* inv_freq) {
     if (delta == delta_) return;
     delta_ = delta;
-    for (size_t i = 0; i < c_.size(); ++i) rerotation_sincos(delta, inv_freq[i], &s_[i], &c_[i]);
+    for (size_t i = 0; i < c_.size(); ++i) {
+      rerotation_sincos(delta, inv_freq[i], &s_[i], &c_[i]);
+      ce_[2 * i] = ce_[2 * i + 1] = c_[i];
+      se_[2 * i] = -s_[i];
+      se_[2 * i + 1] = s_[i];
+    }
   }
   const float* c() const { return c_.data(); }
   const float* s() const { return s_.data(); }
+  const float* c_expanded() const { return ce_.data(); }
+  const float* s_expanded() const { return se_.data(); }
 
  private:
   int64_t delta_ = INT64_MIN;
-  std::vector<float> c_, s_;
+  std::vector<float> c_, s_, ce_, se_;
 };
 
+// f16 keys: the portable conversions branch (subnormals) and stay scalar, so with F16C the pairs
+// go 8 at a time through vcvtph2ps / vcvtps2ph (round to nearest even, as f32_to_f16); without
+// it, through f32 buffers.
+inline void rotate_f16_buffered(const f16_t* a, f16_t* b, const RotationTable& t, int64_t rotary_dim, bool adjacent, float* x, float* y) {
+  widen(a, x, rotary_dim);
+  if (adjacent) rotate_adjacent(x, y, t.c(), t.s(), rotary_dim / 2);
+  else rotate_half(x, y, t.c(), t.s(), rotary_dim / 2);
+  narrow(y, b, rotary_dim);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("arch=x86-64-v3"))) inline void rotate_f16c(const f16_t* a, f16_t* b, const RotationTable& t, int64_t rotary_dim,
+                                                                   bool adjacent, float* x, float* y) {
+  const int64_t half = rotary_dim / 2;
+  const int64_t vec = adjacent ? rotary_dim / 8 * 8 : half / 8 * 8;
+  const int round = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  if (adjacent) {
+    const float* ce = t.c_expanded();
+    const float* se = t.s_expanded();
+    for (int64_t j = 0; j < vec; j += 8) {
+      const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + j)));
+      const __m256 swapped = _mm256_permute_ps(v, 0xb1);  // (x1, x0) in every pair
+      const __m256 out = _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(ce + j)), _mm256_mul_ps(swapped, _mm256_loadu_ps(se + j)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(b + j), _mm256_cvtps_ph(out, round));
+    }
+    rotate_adjacent(a + vec, b + vec, t.c() + vec / 2, t.s() + vec / 2, half - vec / 2);
+    return;
+  }
+  for (int64_t i = 0; i < vec; i += 8) {
+    const __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
+    const __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i + half)));
+    const __m256 c = _mm256_loadu_ps(t.c() + i), s = _mm256_loadu_ps(t.s() + i);
+    const __m256 y0 = _mm256_sub_ps(_mm256_mul_ps(x0, c), _mm256_mul_ps(x1, s));
+    const __m256 y1 = _mm256_add_ps(_mm256_mul_ps(x0, s), _mm256_mul_ps(x1, c));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(b + i), _mm256_cvtps_ph(y0, round));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(b + i + half), _mm256_cvtps_ph(y1, round));
+  }
+  for (int64_t i = vec; i < half; ++i) {
+    float y0, y1;
+    rotate_pair(f16_to_f32(a[i]), f16_to_f32(a[i + half]), t.c()[i], t.s()[i], &y0, &y1);
+    b[i] = f32_to_f16(y0);
+    b[i + half] = f32_to_f16(y1);
+  }
+}
+#endif
+
 // One head of head_dim values: the first rotary_dim rotate with the table, the rest are copied
-// unchanged (partial rotary). src may equal dst. 16-bit heads are widened into x, rotated into
-// y (each rotary_dim floats) and rounded once.
+// unchanged (partial rotary). src may equal dst. x, y: rotary_dim floats of scratch (f16
+// without F16C only).
 template <typename T>
 inline void move_head(const T* src, T* dst, const RotationTable& table, int64_t head_dim, int64_t rotary_dim, bool adjacent,
                       float* x, float* y) {
-  if constexpr (std::is_same_v<T, float>) {
-    rotate_pairs(src, dst, table.c(), table.s(), rotary_dim / 2, adjacent);
+  if constexpr (std::is_same_v<T, f16_t>) {
+#if defined(__x86_64__)
+    if (kHasF16c) rotate_f16c(src, dst, table, rotary_dim, adjacent, x, y);
+    else rotate_f16_buffered(src, dst, table, rotary_dim, adjacent, x, y);
+#else
+    rotate_f16_buffered(src, dst, table, rotary_dim, adjacent, x, y);
+#endif
+  } else if (adjacent) {
+    rotate_adjacent(src, dst, table.c(), table.s(), rotary_dim / 2);
   } else {
-    widen(src, x, rotary_dim);
-    rotate_pairs(x, y, table.c(), table.s(), rotary_dim / 2, adjacent);
-    narrow(y, dst, rotary_dim);
+    rotate_half(src, dst, table.c(), table.s(), rotary_dim / 2);
   }
   if (rotary_dim < head_dim && src != dst) std::memcpy(dst + rotary_dim, src + rotary_dim, static_cast<size_t>(head_dim - rotary_dim) * sizeof(T));
 }

@@ -9,9 +9,16 @@
 //      memory: one sincosf per (distinct shift, pair) instead of one per (row, head, pair);
 //   3. the rotation in 16-byte vectors: the split layout reads the vectors at i and
 //      i + rotary_dim/2 of a head (V pairs), the adjacent layout one vector of V/2 pairs; each
-//      thread loads kUnroll items before it computes any, so enough bytes are in flight;
+//      thread loads kUnroll items before it computes any, so enough bytes are in flight
+//      (about 64 KB per SM at two blocks of 256 threads). The tile's heads are consecutive in
+//      memory, so an item is (head, group) = (idx / groups, idx % groups): a shift for the usual
+//      power-of-two head sizes, no division in the hot loop;
 //   4. partial rotary: the dimensions past rotary_dim are copied as vectors (skipped in place).
 // Narrower vectors when the head size, the rotary width or the pool's alignment ask for them.
+// Budget (H200, bf16): ~1e12 elements/s at copy bandwidth against ~3e13 thread instructions/s,
+// so at most ~15 instructions per element: conversions, 3 flops, and the decode amortised over
+// the 2V elements of an item. f16 converts with the hardware's cvt for that reason.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -28,6 +35,30 @@ constexpr int kThreads = 256;
 constexpr int kMaxTileRows = 16;
 constexpr int kUnroll = 4;
 constexpr size_t kTableBytes = 48 * 1024;  // the default dynamic shared-memory limit
+
+// Device conversions, bit-identical to common.h's to_f32 / from_f32 for every input: f16 goes
+// through the hardware's cvt (one instruction instead of common.h's branchy bit arithmetic),
+// except NaNs, which take common.h's path (the hardware would return a canonical NaN rather
+// than keep the payload). bf16 widening is a shift either way, and its rounding is a few
+// integer operations, common.h's.
+__device__ __forceinline__ float load_f32(float x) { return x; }
+__device__ __forceinline__ float load_f32(bf16_t x) { return bf16_to_f32(x); }
+__device__ __forceinline__ float load_f32(f16_t x) {
+  if ((x.bits & 0x7fffu) > 0x7c00u) return f16_to_f32(x);
+  return __half2float(__ushort_as_half(x.bits));
+}
+
+template <typename T>
+__device__ __forceinline__ T store_as(float x);
+template <>
+__device__ __forceinline__ float store_as<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ bf16_t store_as<bf16_t>(float x) { return f32_to_bf16(x); }
+template <>
+__device__ __forceinline__ f16_t store_as<f16_t>(float x) {
+  if ((__float_as_uint(x) & 0x7fffffffu) > 0x7f800000u) return f32_to_f16(x);
+  return f16_t{__half_as_ushort(__float2half_rn(x))};
+}
 
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
@@ -65,7 +96,12 @@ __device__ __forceinline__ void load_table(const float* t, float (&out)[V]) {
 
 struct Shape {
   int page_size, kv_heads, head_dim, rotary_dim, tile_rows;
+  int groups_shift;  // log2 of the rotation items per head when a power of two, else -1
 };
+
+// a / b for the item decode: a shift when b is a power of two (the usual head sizes), so the
+// hot loop carries no integer division.
+__device__ __forceinline__ int div_by(int a, int b, int shift) { return shift >= 0 ? a >> shift : a / b; }
 
 template <typename T, int V, bool kAdjacent>
 __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, T* dst,  // may be one pool
@@ -82,7 +118,7 @@ __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, 
   // Rotation items per head: V pairs each (split: two vectors; adjacent: one vector).
   const int groups = kAdjacent ? sh.rotary_dim / V : half / V;
   const int copies = (sh.head_dim - sh.rotary_dim) / V;
-  const int64_t row_elems = static_cast<int64_t>(sh.kv_heads) * sh.head_dim;
+  const int row_elems = sh.kv_heads * sh.head_dim;
 
   for (int64_t r = blockIdx.x; r < num_runs; r += gridDim.x) {
     const RerotateRun run = runs[r];
@@ -93,12 +129,14 @@ __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, 
     const int t = threadIdx.x;
     if (t < rows) shift[t] = static_cast<int64_t>(positions[run.to + row0 + t]) - positions[run.from + row0 + t];
     __syncthreads();
+    int first_row = 0;
     if (t < rows) {
-      int k = t;
-      while (k > 0 && shift[k - 1] == shift[t]) --k;
-      table_row[t] = k;
+      first_row = t;
+      while (first_row > 0 && shift[first_row - 1] == shift[t]) --first_row;
+      table_row[t] = first_row;
     }
-    __syncthreads();
+    // One shift for the whole tile (a moved block): every item reads table row 0.
+    const bool uniform = __syncthreads_and(first_row == 0);
     for (int idx = t; idx < rows * half; idx += blockDim.x) {
       const int k = idx / half;
       const int i = idx - k * half;
@@ -106,40 +144,31 @@ __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, 
     }
     __syncthreads();
 
+    // The tile's rows are consecutive rows of one page, so its heads are consecutive too:
+    // item idx is rotation group g of head idx / groups.
     const T* in = src + (static_cast<int64_t>(run.src_page) * sh.page_size + run.src_row + row0) * row_elems;
     T* out = dst + (static_cast<int64_t>(run.dst_page) * sh.page_size + run.dst_row + row0) * row_elems;
-    const int per_row = sh.kv_heads * groups;
-    const int items = rows * per_row;
+    const int items = rows * sh.kv_heads * groups;
     for (int first = t; first < items; first += kUnroll * blockDim.x) {
       Pack<T, V> lo[kUnroll], hi[kUnroll];
-      int64_t at[kUnroll];
-      int trow[kUnroll], pair0[kUnroll];
+      int at[kUnroll], table_at[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int idx = first + u * blockDim.x;
+        const int idx = first + u * static_cast<int>(blockDim.x);
         if (idx >= items) continue;
-        const int k = idx / per_row;
-        const int rem = idx - k * per_row;
-        const int h = rem / groups;
-        const int g = rem - h * groups;
-        trow[u] = table_row[k];
-        const int64_t head = k * row_elems + static_cast<int64_t>(h) * sh.head_dim;
-        if constexpr (kAdjacent) {
-          at[u] = head + g * V;
-          pair0[u] = g * (V / 2);
-          lo[u] = load<T, V>(in + at[u]);
-        } else {
-          at[u] = head + g * V;
-          pair0[u] = g * V;
-          lo[u] = load<T, V>(in + at[u]);
-          hi[u] = load<T, V>(in + at[u] + half);
-        }
+        const int head = div_by(idx, groups, sh.groups_shift);
+        const int g = idx - head * groups;
+        const int trow = uniform ? 0 : table_row[head / sh.kv_heads];
+        at[u] = head * sh.head_dim + g * V;
+        table_at[u] = trow * half + (kAdjacent ? g * (V / 2) : g * V);
+        lo[u] = load<T, V>(in + at[u]);
+        if constexpr (!kAdjacent) hi[u] = load<T, V>(in + at[u] + half);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        if (first + u * blockDim.x >= items) continue;
-        const float* c = cos_t + trow[u] * half + pair0[u];
-        const float* s = sin_t + trow[u] * half + pair0[u];
+        if (first + u * static_cast<int>(blockDim.x) >= items) continue;
+        const float* c = cos_t + table_at[u];
+        const float* s = sin_t + table_at[u];
         if constexpr (kAdjacent) {
           float cs[V / 2 > 0 ? V / 2 : 1], sn[V / 2 > 0 ? V / 2 : 1];
           load_table<V / 2>(c, cs);
@@ -147,9 +176,10 @@ __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, 
           Pack<T, V> o;
 #pragma unroll
           for (int j = 0; j < V / 2; ++j) {
-            const float x0 = to_f32(lo[u].v[2 * j]), x1 = to_f32(lo[u].v[2 * j + 1]);
-            o.v[2 * j] = from_f32<T>(x0 * cs[j] - x1 * sn[j]);
-            o.v[2 * j + 1] = from_f32<T>(x0 * sn[j] + x1 * cs[j]);
+            float y0, y1;
+            rotate_pair(load_f32(lo[u].v[2 * j]), load_f32(lo[u].v[2 * j + 1]), cs[j], sn[j], &y0, &y1);
+            o.v[2 * j] = store_as<T>(y0);
+            o.v[2 * j + 1] = store_as<T>(y1);
           }
           store<T, V>(out + at[u], o);
         } else {
@@ -159,9 +189,10 @@ __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, 
           Pack<T, V> o0, o1;
 #pragma unroll
           for (int j = 0; j < V; ++j) {
-            const float x0 = to_f32(lo[u].v[j]), x1 = to_f32(hi[u].v[j]);
-            o0.v[j] = from_f32<T>(x0 * cs[j] - x1 * sn[j]);
-            o1.v[j] = from_f32<T>(x0 * sn[j] + x1 * cs[j]);
+            float y0, y1;
+            rotate_pair(load_f32(lo[u].v[j]), load_f32(hi[u].v[j]), cs[j], sn[j], &y0, &y1);
+            o0.v[j] = store_as<T>(y0);
+            o1.v[j] = store_as<T>(y1);
           }
           store<T, V>(out + at[u], o0);
           store<T, V>(out + at[u] + half, o1);
@@ -176,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, 
         const int k = idx / per_row_copies;
         const int rem = idx - k * per_row_copies;
         const int h = rem / copies;
-        const int64_t e = k * row_elems + static_cast<int64_t>(h) * sh.head_dim + sh.rotary_dim + (rem - h * copies) * V;
+        const int e = k * row_elems + h * sh.head_dim + sh.rotary_dim + (rem - h * copies) * V;
         store<T, V>(out + e, load<T, V>(in + e));
       }
     }
@@ -244,12 +275,16 @@ Status rerotate_pages_cuda(const RerotatePagesArgs& a, void* stream) {
   sh.head_dim = static_cast<int>(a.head_dim);
   sh.rotary_dim = static_cast<int>(rotary_dim);
   sh.tile_rows = static_cast<int>(std::min<int64_t>({kMaxTileRows, fit, a.page_size}));
+  // The tile (rows x kv_heads x head_dim elements) is indexed in int.
+  if (static_cast<int64_t>(sh.tile_rows) * a.kv_heads * a.head_dim > 0x3fffffff) return unsupported("rerotate_pages: pages this large are not supported");
   const bool adjacent = a.layout == RopeLayout::adjacent;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dispatch_float(a.dtype, "rerotate_pages", [&](auto tag) {
     using T = decltype(tag);
     const int v = vector_width<T>(a, rotary_dim, adjacent);
     if (v == 0) return invalid_argument("rerotate_pages: the pools are not aligned to their element size");
+    const int groups = static_cast<int>(adjacent ? rotary_dim / v : rotary_dim / 2 / v);
+    sh.groups_shift = (groups & (groups - 1)) == 0 ? __builtin_ctz(static_cast<unsigned>(groups)) : -1;
     return adjacent ? launch_width<T, true>(a, sh, v, s) : launch_width<T, false>(a, sh, v, s);
   });
 }

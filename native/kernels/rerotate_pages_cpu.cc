@@ -2,6 +2,14 @@
 // one sin/cos table and recomputes it only when the shift changes (a moved block shifts every
 // token of every layer by the same amount, so that is about once per thread). Per row and head
 // the arithmetic is rerotate's, call for call (rerotate_cpu_rows.h).
+// No FP contraction in this file: the rotation's products and sums are rounded one by one, the
+// arithmetic of the CUDA kernel, on every CPU level the clones target (rerotate_math.h).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #include <string>
 
 #include "parallel.h"
@@ -13,7 +21,7 @@ namespace kvf {
 namespace {
 
 template <typename T>
-void move_runs(const RerotatePagesArgs& a, int64_t rotary_dim, int64_t r0, int64_t r1) {
+KVF_CPU_CLONES void move_runs(const RerotatePagesArgs& a, int64_t rotary_dim, int64_t r0, int64_t r1) {
   const T* src = static_cast<const T*>(a.src_pool);
   T* dst = static_cast<T*>(a.dst_pool);
   const int64_t row_elems = a.kv_heads * a.head_dim;

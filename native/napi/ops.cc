@@ -4,6 +4,7 @@
 // enqueues the op on the device's queue. Results are read later through tensor.read().
 #include "ops.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "errors.h"
@@ -173,17 +174,12 @@ Napi::Value rerotate(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-std::vector<int32_t> int_array(Napi::Env env, Napi::Value v, const std::string& what) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) throw_invalid(env, what + " must be an Int32Array");
-  Napi::Int32Array a = v.As<Napi::Int32Array>();
-  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
-}
-
-// rerotatePages(srcPool, dstPool, invFreq, runs, positions, params): moves keys between pages
-// of the pools (dstPool is written in place; it may be srcPool). runs: Int32Array of 8 per run
-// (RerotateRun), positions: Int32Array; both are checked here against the pool, uploaded with
-// the op, and freed after it (the op waits for its kernel). With params.perRun the same runs go
-// as one rerotate per run: the engine's former path, for equivalence tests and benchmarks.
+// rerotatePages(srcPool, dstPool, invFreq, runs, positions, params, perRunHost): moves keys
+// between pages of the pools (dstPool is written in place; it may be srcPool). runs: i32
+// tensor of 8 per run (RerotateRun), positions: i32 tensor; lib/ops.ts checked their contents
+// against the pool when it packed them (ops.keyMoves). With perRunHost (an Int32Array holding
+// the same runs, checked here) the runs go as one rerotate each: the engine's former path, for
+// equivalence tests and benchmarks.
 Napi::Value rerotate_pages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Params p = params(info, 5, "rerotatePages");
@@ -193,8 +189,8 @@ Napi::Value rerotate_pages(const Napi::CallbackInfo& info) {
   a.kv_heads = p.i64("kvHeads");
   a.head_dim = p.i64("headDim");
   a.rotary_dim = p.i64("rotaryDim");
+  a.num_runs = p.i64("numRuns");
   a.layout = p.layout();
-  const bool per_run = p.flag("perRun");
   int64_t rotary_dim = 0;
   if (Status st = rerotate_rotary_dim("rerotatePages", a.head_dim, a.rotary_dim, &rotary_dim); !st.ok()) throw_invalid(env, st.message);
   if (a.page_size < 1) throw_invalid(env, "rerotatePages: param pageSize must be positive");
@@ -202,38 +198,36 @@ Napi::Value rerotate_pages(const Napi::CallbackInfo& info) {
   NativeTensor* ts = arg(info, 0, "rerotatePages", "srcPool", pool);
   NativeTensor* td = arg(info, 1, "rerotatePages", "dstPool", pool);
   NativeTensor* tf = arg(info, 2, "rerotatePages", "invFreq", rotary_dim / 2);
+  NativeTensor* tr = arg(info, 3, "rerotatePages", "runs", std::max<int64_t>(1, a.num_runs) * 8);
+  NativeTensor* tp = NativeTensor::unwrap(info[4], "rerotatePages: positions");
   if (!is_float(ts->dtype())) throw_invalid(env, "rerotatePages: srcPool must be f32, f16 or bf16");
   require_dtype(env, td, ts->dtype(), "rerotatePages", "dstPool");
   require_dtype(env, tf, DType::f32, "rerotatePages", "invFreq");
-  const std::vector<int32_t> packed = int_array(env, info[3], "rerotatePages: runs");
-  const std::vector<int32_t> positions = int_array(env, info[4], "rerotatePages: positions");
-  if (packed.size() % 8 != 0) throw_invalid(env, "rerotatePages: runs must hold 8 integers per run");
-  std::vector<RerotateRun> runs(packed.size() / 8);
-  if (!runs.empty()) std::memcpy(static_cast<void*>(runs.data()), packed.data(), packed.size() * sizeof(int32_t));
-  if (Status st = check_rerotate_runs(runs.data(), static_cast<int64_t>(runs.size()), a.num_pages, a.page_size,
-                                      static_cast<int64_t>(positions.size()));
-      !st.ok())
-    throw_invalid(env, st.message);
-  Device* d = same_device(env, "rerotatePages", {ts, td, tf});
+  require_dtype(env, tr, DType::i32, "rerotatePages", "runs");
+  require_dtype(env, tp, DType::i32, "rerotatePages", "positions");
+  std::vector<RerotateRun> host;
+  const bool per_run = !info[6].IsNull() && !info[6].IsUndefined();
+  if (per_run) {
+    if (!info[6].IsTypedArray() || info[6].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw_invalid(env, "rerotatePages: perRunHost must be an Int32Array");
+    Napi::Int32Array packed = info[6].As<Napi::Int32Array>();
+    if (static_cast<int64_t>(packed.ElementLength()) != a.num_runs * 8) throw_invalid(env, "rerotatePages: perRunHost must hold 8 integers per run");
+    host.resize(static_cast<size_t>(a.num_runs));
+    if (a.num_runs) std::memcpy(static_cast<void*>(host.data()), packed.Data(), packed.ElementLength() * sizeof(int32_t));
+    if (Status st = check_rerotate_runs(host.data(), a.num_runs, a.num_pages, a.page_size, tp->numel()); !st.ok()) throw_invalid(env, st.message);
+  }
+  Device* d = same_device(env, "rerotatePages", {ts, td, tf, tr, tp});
   a.src_pool = ts->buffer()->data();
   a.dst_pool = td->buffer()->data();
   a.dtype = ts->dtype();
   a.inv_freq = static_cast<const float*>(tf->buffer()->data());
-  a.num_runs = static_cast<int64_t>(runs.size());
-  enqueue_op(d, {ts->buffer(), tf->buffer()}, {td->buffer()}, [a, runs = std::move(runs), positions = std::move(positions), per_run](Backend& be) mutable {
-    if (runs.empty()) return Status::Ok();
-    const size_t run_bytes = runs.size() * sizeof(RerotateRun), pos_bytes = positions.size() * sizeof(int32_t);
-    void* upload = nullptr;
-    KVF_RETURN_IF_ERROR(be.alloc(run_bytes + pos_bytes, &upload));
-    Status st = be.copy_from_host_async(upload, runs.data(), run_bytes);
-    if (st.ok() && pos_bytes) st = be.copy_from_host_async(static_cast<char*>(upload) + run_bytes, positions.data(), pos_bytes);
-    a.runs = static_cast<const RerotateRun*>(upload);
-    a.positions = reinterpret_cast<const int32_t*>(static_cast<char*>(upload) + run_bytes);
-    if (st.ok() && !per_run) st = be.rerotate_pages(a);
+  a.runs = static_cast<const RerotateRun*>(tr->buffer()->data());
+  a.positions = static_cast<const int32_t*>(tp->buffer()->data());
+  enqueue_op(d, {ts->buffer(), tf->buffer(), tr->buffer(), tp->buffer()}, {td->buffer()}, [a, host = std::move(host), per_run](Backend& be) {
+    if (!per_run) return be.rerotate_pages(a);
     const int64_t row = a.kv_heads * a.head_dim;
     const size_t elem = dtype_size(a.dtype);
-    for (size_t r = 0; per_run && st.ok() && r < runs.size(); ++r) {
-      const RerotateRun& m = runs[r];
+    for (const RerotateRun& m : host) {
       RerotateArgs one;
       one.in = static_cast<const char*>(a.src_pool) + static_cast<size_t>((m.src_page * a.page_size + m.src_row) * row) * elem;
       one.out = static_cast<char*>(a.dst_pool) + static_cast<size_t>((m.dst_page * a.page_size + m.dst_row) * row) * elem;
@@ -246,11 +240,9 @@ Napi::Value rerotate_pages(const Napi::CallbackInfo& info) {
       one.to_pos = a.positions + m.to;
       one.inv_freq = a.inv_freq;
       one.layout = a.layout;
-      st = be.rerotate(one);
+      KVF_RETURN_IF_ERROR(be.rerotate(one));
     }
-    const Status synced = be.synchronize();  // the host lists are freed when this job ends
-    be.free(upload);
-    return st.ok() ? synced : st;
+    return Status::Ok();
   });
   return env.Undefined();
 }

@@ -238,11 +238,11 @@ describe('rerotatePages round trips', () => {
       const [P, Q, R] = [randInts(tokens, 0, 131072, 31), randInts(tokens, 0, 131072, 32), randInts(tokens, 0, 131072, 33)];
       const x = rand(p.numPages * p.pageSize * rowElems(p), 34);
       const pool = Tensor.from(x, { shape: [p.numPages, p.pageSize, p.kvHeads, p.headDim], dtype });
-      const stored = (await pool.toArray()).slice(0, tokens * rowElems(p));
+      const stored = ((await pool.toArray()) as Float32Array).slice(0, tokens * rowElems(p));
       const steps: Float32Array[] = [stored];
       for (const [i, [a, b]] of ([[P, Q], [Q, R], [R, P]] as const).entries()) {
         ops.rerotatePages(pool, hop(8 * i, 8 * (i + 1), a, b), { invFreq });
-        steps.push((await pool.toArray()).slice(8 * (i + 1) * p.pageSize * rowElems(p), 8 * (i + 2) * p.pageSize * rowElems(p)));
+        steps.push(((await pool.toArray()) as Float32Array).slice(8 * (i + 1) * p.pageSize * rowElems(p), 8 * (i + 2) * p.pageSize * rowElems(p)));
       }
       // Every hop: within one rounding (plus f32 arithmetic) of the exact rotation of its input.
       const u = UNIT_ROUNDOFF[dtype];
@@ -290,7 +290,7 @@ describe('rerotatePages is rerotate, fused', () => {
           // and rerotate over the same rows, taken out of the pool
           const m = moves[0]!;
           const rows = Tensor.from(x.subarray(slotAt(pool, m.srcPage, 0), slotAt(pool, m.srcPage + 1, 0)), { shape: [pool.pageSize, pool.kvHeads, headDim], dtype });
-          const one = await ops.rerotate(rows, m.from, m.to, { invFreq, layout, rotaryDim }).toArray();
+          const one = await ops.rerotate(rows, m.from as Int32Array, m.to as Int32Array, { invFreq, layout, rotaryDim }).toArray();
           expect(fused.subarray(slotAt(pool, m.dstPage, 0), slotAt(pool, m.dstPage + 1, 0))).toEqual(one);
         });
       }
@@ -309,9 +309,10 @@ describe('rerotatePages arguments', () => {
     expect(() => ops.rerotatePages(pool(), [{ srcPage: 0, dstPage: 1, from: pos, to: pos }, { srcPage: 2, dstPage: 1, dstRow: 2, from: pos, to: pos }])).toThrow(
       /moves\[1\] writes page 1 row 2, which another row of the moves writes too/,
     );
-    expect(() => ops.rerotatePages(pool(), [{ srcPage: 0, dstPage: 1, from: pos, to: pos }, { srcPage: 1, dstPage: 2, from: pos, to: pos }])).toThrow(
-      /moves\[0\] writes page 1 row 0 while another row of the moves reads it/,
-    );
+    // A chain (page 0 -> 1 while 1 -> 2) depends on the order rows are done in: only with out.
+    const chain = [{ srcPage: 0, dstPage: 1, from: pos, to: pos }, { srcPage: 1, dstPage: 2, from: pos, to: pos }];
+    expect(() => ops.rerotatePages(pool(), chain)).toThrow(/the moves write rows that other rows of the moves read: give an out pool/);
+    expect(() => ops.rerotatePages(pool(), chain, { out: pool() })).not.toThrow();
   });
   it('checks the pool, out and the rope options', () => {
     expect(() => ops.rerotatePages(Tensor.zeros([4, 8, 16]), [])).toThrow(/expected rank 4/);
@@ -320,6 +321,19 @@ describe('rerotatePages arguments', () => {
     expect(() => ops.rerotatePages(pool(), [], { rotaryDim: 8, invFreq: new Float32Array(8) })).toThrow(/invFreq: expected 4 values/);
     expect(() => ops.rerotatePages(pool(), [], { out: Tensor.zeros([4, 8, 2, 16], { dtype: 'bf16' }) })).toThrow(/out must have the pool's shape/);
     expect(() => ops.rerotatePages(pool(), [], { inPlace: true } as never)).toThrow(/unknown option 'inPlace'/);
+  });
+  it('ops.keyMoves checks and uploads moves once for many calls, on pools of its geometry only', async () => {
+    const x = rand(4 * 8 * 2 * 16, 2);
+    const shape = [4, 8, 2, 16];
+    using plan = ops.keyMoves([{ srcPage: 0, dstPage: 3, from: pos, to: [7, 8, 9] }], { numPages: 4, pageSize: 8 });
+    expect([plan.count, plan.rows, plan.overlapsReads]).toEqual([1, 3, false]);
+    const once = await ops.rerotatePages(Tensor.from(x, { shape }), [{ srcPage: 0, dstPage: 3, from: pos, to: [7, 8, 9] }]).toArray();
+    const a = await ops.rerotatePages(Tensor.from(x, { shape }), plan).toArray();
+    const b = await ops.rerotatePages(Tensor.from(x, { shape }), plan).toArray();
+    expect(a).toEqual(once);
+    expect(b).toEqual(once);
+    expect(() => ops.rerotatePages(Tensor.zeros([5, 8, 2, 16]), plan)).toThrow(/moves were made for 4 pages of 8 rows on cpu, the pool has 5 of 8 on cpu/);
+    expect(() => ops.keyMoves([], { numPages: 4, pageSize: 0 })).toThrow(/keyMoves: pool/);
   });
   it('an empty move list does nothing', async () => {
     const x = rand(4 * 8 * 2 * 16, 1);
