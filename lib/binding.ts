@@ -136,11 +136,17 @@ export interface StepRequest {
    * ends early returns no logits.
    */
   layers?: [number, number];
+  /**
+   * Column sums (H2O scores): the result's columnSums[i] holds, layer after layer, (kvHeads,
+   * slots of that layer) f32: each cached slot's attention probability summed over this
+   * request's rows and the query heads of each KV head's group.
+   */
+  columnSums?: boolean;
 }
 
 export interface NativeModel {
   newSequence(seed?: number): NativeSequence;
-  step(requests: StepRequest[]): Promise<{ logits: (Float32Array | null)[]; tokens: Int32Array; rangeMass: (Float32Array | null)[] }>;
+  step(requests: StepRequest[]): Promise<{ logits: (Float32Array | null)[]; tokens: Int32Array; rangeMass: (Float32Array | null)[]; columnSums: (Float32Array | null)[] }>;
   freePages(): number;
   /**
    * Attaches blocks, in order, to an empty sequence, each from a fresh page with its first token
@@ -152,6 +158,11 @@ export interface NativeModel {
   importBlock(start: number, tokens: number, data: Uint8Array): Promise<NativeKvBlock>;
   /** Layers fromLayer.. hold block blocks[i]'s first token at starts[i] (keys re-rotated). */
   moveBlocks(seq: NativeSequence, fromLayer: number, blocks: Int32Array, starts: Int32Array): void;
+  /**
+   * Each listed layer keeps only the slots `keep` at `positions` (keys re-rotated, rows moved into
+   * freed slots so pages stay dense, the tail released); returns each kept slot's new slot.
+   */
+  compact(seq: NativeSequence, layers: { layer: number; keep: Int32Array; positions: Int32Array }[]): Int32Array[];
   release(): void;
 }
 

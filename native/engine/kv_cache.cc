@@ -286,6 +286,72 @@ Status Sequence::move_blocks(int64_t from_layer, const std::vector<std::pair<int
   return Status::Ok();
 }
 
+Status Sequence::compact(int64_t layer, const std::vector<int32_t>& keep, const std::vector<int32_t>& new_positions,
+                         std::vector<int32_t>* new_slots, std::vector<RerotateRun>* key_moves, std::vector<RerotateRun>* value_moves,
+                         std::vector<int32_t>* positions) {
+  if (layer < 0 || layer >= static_cast<int64_t>(layers_.size())) return invalid_argument("compact: layer out of range");
+  LayerKv& l = layers_[static_cast<size_t>(layer)];
+  if (l.attached > 0 || l.holes > 0) return unsupported("compact: a layer holding attached blocks is not compacted");
+  if (keep.size() != new_positions.size()) return invalid_argument("compact: one position per kept slot");
+  const int64_t ps = pool_->spec().page_size;
+  const int64_t n = static_cast<int64_t>(keep.size());
+  std::vector<char> kept(static_cast<size_t>(l.slots()), 0);
+  for (int32_t s : keep) {
+    if (s < 0 || s >= l.slots()) return invalid_argument("compact: slot " + std::to_string(s) + " out of range");
+    if (kept[static_cast<size_t>(s)]) return invalid_argument("compact: slot " + std::to_string(s) + " kept twice");
+    kept[static_cast<size_t>(s)] = 1;
+  }
+  for (int32_t p : new_positions)
+    if (p < 0) return invalid_argument("compact: positions are non-negative");
+  // Freed slots below the new length, ascending: kept slots from the tail fill them in order.
+  std::vector<int32_t> holes;
+  for (int64_t s = 0; s < n; ++s)
+    if (!kept[static_cast<size_t>(s)]) holes.push_back(static_cast<int32_t>(s));
+  size_t next_hole = 0;
+  new_slots->assign(keep.size(), 0);
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  // Runs of one row each, in ascending destination order (adjacent rows could merge; the
+  // kernel's cost is per row either way).
+  std::vector<size_t> order(keep.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return keep[a] < keep[b]; });
+  for (size_t i : order) {
+    const int32_t src = keep[i];
+    const int32_t dst = src < n ? src : holes[next_hole++];
+    (*new_slots)[i] = dst;
+    pos[static_cast<size_t>(dst)] = new_positions[i];
+    const int32_t from_pos = l.positions[static_cast<size_t>(src)];
+    if (src == dst && from_pos == new_positions[i]) continue;
+    RerotateRun r;
+    r.src_page = l.pages[static_cast<size_t>(src / ps)];
+    r.src_row = static_cast<int32_t>(src % ps);
+    r.dst_page = l.pages[static_cast<size_t>(dst / ps)];
+    r.dst_row = static_cast<int32_t>(dst % ps);
+    r.rows = 1;
+    r.from = static_cast<int32_t>(positions->size());
+    positions->push_back(from_pos);
+    r.to = static_cast<int32_t>(positions->size());
+    positions->push_back(new_positions[i]);
+    key_moves->push_back(r);
+    if (src != dst) {
+      RerotateRun v = r;
+      v.from = v.to;  // values: the same position on both sides, a copy
+      value_moves->push_back(v);
+    }
+  }
+  // The queued moves read the tail's pages: they stay referenced by the job (released here,
+  // handed out again only after it, on the same queue).
+  l.positions.assign(pos.begin(), pos.end());
+  const size_t pages_needed = static_cast<size_t>((n + ps - 1) / ps);
+  while (l.pages.size() > pages_needed) {
+    pool_->release(l.pages.back());
+    if (l.v_pages.back() != l.pages.back()) pool_->release(l.v_pages.back());
+    l.pages.pop_back();
+    l.v_pages.pop_back();
+  }
+  return Status::Ok();
+}
+
 void Sequence::set_shift(int64_t from_layer, int32_t shift) {
   for (size_t li = static_cast<size_t>(std::max<int64_t>(0, from_layer)); li < layers_.size(); ++li) layers_[li].shift = shift;
 }

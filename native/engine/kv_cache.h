@@ -134,6 +134,15 @@ class Sequence {
   Status move_blocks(int64_t from_layer, const std::vector<std::pair<int32_t, int32_t>>& new_starts, std::vector<RerotateRun>* moves,
                      std::vector<int32_t>* move_positions);
 
+  // Keeps only the slots `keep` of `layer` (a policy's eviction), at positions new_positions
+  // (one per kept slot): the layer then holds keep.size() slots. Kept slots past the new length
+  // move into the freed slots below it (the tail is released), so pages stay dense; *new_slots
+  // gets each kept slot's slot afterwards. The keys to move or re-rotate are appended to
+  // *key_moves (into *positions), the values to move to *value_moves (same positions: a copy).
+  // The layer must hold no attached block.
+  Status compact(int64_t layer, const std::vector<int32_t>& keep, const std::vector<int32_t>& new_positions, std::vector<int32_t>* new_slots,
+                 std::vector<RerotateRun>* key_moves, std::vector<RerotateRun>* value_moves, std::vector<int32_t>* positions);
+
   // Tokens appended from now on to layers from `from_layer` are placed `shift` further than the
   // position a step gives them (per-layer coordinate frames after pruning).
   void set_shift(int64_t from_layer, int32_t shift);

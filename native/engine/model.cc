@@ -28,6 +28,7 @@ struct StepPlan {
   std::vector<size_t> layer_positions;     // per layer offset into ints of the tokens' positions
   int64_t layer_begin = 0, layer_end = 0;  // the layers this step runs
   BufferRef carry_in, carry_out;           // hidden state from / for a step over other layers
+  bool column_sums = false;                // some request asks for column sums
   // Range masses, when some request asks: per layer offset into ints of (seqs, num_ranges, 2)
   // ranges (a request with fewer ranges padded with empty ones); num_ranges 0: none asked.
   int64_t num_ranges = 0;
@@ -100,6 +101,22 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
   // Range masses of every layer: (layers, T, H, num_ranges) f32.
   const int64_t NR = plan.num_ranges;
   float* masses = NR > 0 ? static_cast<float*>(scratch.get(s.layers * T * H * NR, DType::f32)) : nullptr;
+  // Column sums of every layer: (seqs, kv_heads, max_kv of the layer) f32 each, added into: zeroed.
+  const int64_t seqs_n = static_cast<int64_t>(plan.batch.size());
+  std::vector<int64_t> sums_at;
+  float* sums = nullptr;
+  if (plan.column_sums) {
+    int64_t n = 0;
+    for (int64_t l = 0; l < s.layers; ++l) {
+      sums_at.push_back(n);
+      n += seqs_n * Hkv * plan.max_kv[static_cast<size_t>(l)];
+    }
+    sums = static_cast<float*>(scratch.get(std::max<int64_t>(1, n), DType::f32));
+    KVF_RETURN_IF_ERROR(scratch.status());
+    sums_at.push_back(n);
+    std::vector<float> zeros(static_cast<size_t>(n), 0.0f);
+    if (n > 0) KVF_RETURN_IF_ERROR(be.copy_from_host(sums, zeros.data(), zeros.size() * sizeof(float)));
+  }
   KVF_RETURN_IF_ERROR(scratch.status());
   // Not waited for: the plan outlives the step, and the step's one wait comes at its end.
   KVF_RETURN_IF_ERROR(be.copy_from_host_async(ints, plan.ints.data(), plan.ints.size() * sizeof(int32_t)));
@@ -244,6 +261,7 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
       const int64_t fv = plan.first_visible[static_cast<size_t>(l)];
       a.first_visible = fv < 0 ? nullptr : ints + fv;
       a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+      if (sums) a.kv_attn_sum = sums + sums_at[static_cast<size_t>(l)];
       if (NR > 0) {
         a.mass_ranges = ints + plan.mass_ranges[static_cast<size_t>(l)];
         a.num_ranges = NR;
@@ -295,6 +313,26 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
         }
       }
       row0 += rows;
+    }
+  }
+
+  // Column sums, when asked for: each request's (kv_heads, its slots) of every layer.
+  result->column_sums.assign(plan.batch.size(), {});
+  if (sums) {
+    std::vector<float> host(static_cast<size_t>(sums_at.back()));
+    if (!host.empty()) KVF_RETURN_IF_ERROR(be.copy_to_host(host.data(), sums, host.size() * sizeof(float)));
+    for (size_t i = 0; i < plan.batch.size(); ++i) {
+      if (!plan.batch[i].column_sums) continue;
+      std::vector<float>& out = result->column_sums[i];
+      for (int64_t l = 0; l < s.layers; ++l) {
+        const int64_t mk = plan.max_kv[static_cast<size_t>(l)];
+        // The layer's slots for this request as planned (never the live sequence: the JS thread owns it).
+        const int64_t slots = plan.ints[plan.kv_len + static_cast<size_t>(l) * plan.batch.size() + i];
+        for (int64_t g = 0; g < Hkv; ++g) {
+          const auto at = host.begin() + sums_at[static_cast<size_t>(l)] + (static_cast<int64_t>(i) * Hkv + g) * mk;
+          out.insert(out.end(), at, at + std::min(slots, mk));
+        }
+      }
     }
   }
 
@@ -508,6 +546,7 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
   // Range masses: each layer's (seqs, num_ranges, 2) table, requests without ranges (or with
   // fewer) padded with empty ranges.
   for (const StepRequest& r : batch) plan->num_ranges = std::max(plan->num_ranges, r.num_ranges);
+  for (const StepRequest& r : batch) plan->column_sums |= r.column_sums;
   if (plan->num_ranges > 0) {
     const size_t NR = static_cast<size_t>(plan->num_ranges);
     for (size_t l = 0; l < L; ++l) {
@@ -584,14 +623,34 @@ Status Model::move_blocks(Sequence& seq, int64_t from_layer, const std::vector<s
   return Status::Ok();
 }
 
-// Re-rotates moved keys on the device queue: after the steps that wrote the pages they read,
-// before any later step of the sequence. One launch for every moved page of every layer; the
-// positions and the runs go up in one upload.
-void Model::queue_rerotation(std::shared_ptr<std::vector<RerotateRun>> moves, std::vector<int32_t> positions) {
-  if (moves->empty()) return;
+Status Model::compact(Sequence& seq, const std::vector<LayerCompaction>& layers, std::vector<std::vector<int32_t>>* new_slots) {
+  auto moves = std::make_shared<std::vector<RerotateRun>>();
+  auto value_moves = std::make_shared<std::vector<RerotateRun>>();
+  std::vector<int32_t> positions;
+  new_slots->clear();
+  for (const LayerCompaction& c : layers) {
+    new_slots->emplace_back();
+    Status st = seq.compact(c.layer, c.keep, c.positions, &new_slots->back(), moves.get(), value_moves.get(), &positions);
+    if (!st.ok()) {
+      queue_rerotation(std::move(moves), std::move(positions), std::move(value_moves));  // the layers done so far
+      return st;
+    }
+  }
+  queue_rerotation(std::move(moves), std::move(positions), std::move(value_moves));
+  return Status::Ok();
+}
+
+// Re-rotates moved keys (and copies moved values) on the device queue: after the steps that
+// wrote the pages they read, before any later step of the sequence. One launch for every moved
+// key of every layer (one more for values); the positions and the runs go up in one upload.
+void Model::queue_rerotation(std::shared_ptr<std::vector<RerotateRun>> moves, std::vector<int32_t> positions,
+                             std::shared_ptr<std::vector<RerotateRun>> value_moves) {
+  if (moves->empty() && (!value_moves || value_moves->empty())) return;
+  if (!value_moves) value_moves = std::make_shared<std::vector<RerotateRun>>();
   auto ints = std::make_shared<std::vector<int32_t>>(std::move(positions));
   const size_t runs_at = push_structs(*ints, *moves);
-  device_->queue.push([self = shared_from_this(), moves, ints, runs_at]() {
+  const size_t value_runs_at = push_structs(*ints, *value_moves);
+  device_->queue.push([self = shared_from_this(), moves, value_moves, ints, runs_at, value_runs_at]() {
     Backend& be = *self->device_->backend;
     const KvPool& pool = *self->pool_;
     const KvPoolSpec& ps = pool.spec();
@@ -612,7 +671,15 @@ void Model::queue_rerotation(std::shared_ptr<std::vector<RerotateRun>> moves, st
       a.positions = static_cast<const int32_t*>(upload->data());
       a.inv_freq = static_cast<const float*>(self->w_.inv_freq->data());
       a.layout = self->spec_.rope_layout;
-      st = be.rerotate_pages(a);
+      if (a.num_runs > 0) st = be.rerotate_pages(a);
+      // Values move by copying: the same launch with equal positions (a move by 0 is bit exact).
+      if (st.ok() && !value_moves->empty()) {
+        a.src_pool = pool.v()->data();
+        a.dst_pool = pool.v()->data();
+        a.runs = reinterpret_cast<const RerotateRun*>(static_cast<const int32_t*>(upload->data()) + value_runs_at);
+        a.num_runs = static_cast<int64_t>(value_moves->size());
+        st = be.rerotate_pages(a);
+      }
     }
     if (st.ok()) st = be.synchronize();  // the upload's host copy is freed when this job ends
     // A failure here has no caller to reach: the sequence's next step runs on the device that

@@ -72,6 +72,10 @@ struct StepRequest {
   // left in the sequence (Sequence::carry), one that ends early leaves it there and returns no
   // logits.
   int64_t layer_begin = 0, layer_end = -1;
+  // Column sums (H2O-style scores): every layer's attention also reports, per KV head and cached
+  // slot, the probability summed over this request's rows and the query heads of the group.
+  // Returned in StepResult::column_sums as (layers, kv_heads, slots of that layer) f32, packed.
+  bool column_sums = false;
 };
 
 struct StepResult {
@@ -79,6 +83,8 @@ struct StepResult {
   std::vector<int32_t> sampled;            // per request: the sampled token, or -1
   // Per request: (layers, rows, heads, num_ranges) f32 range masses; empty when not asked for.
   std::vector<std::vector<float>> range_mass;
+  // Per request: every layer's (kv_heads, slots) column sums, layer after layer; empty when not asked for.
+  std::vector<std::vector<float>> column_sums;
 };
 
 class Model : public std::enable_shared_from_this<Model> {
@@ -102,11 +108,20 @@ class Model : public std::enable_shared_from_this<Model> {
   // next step.
   Status move_blocks(Sequence& seq, int64_t from_layer, const std::vector<std::pair<int32_t, int32_t>>& new_starts);
 
+  // JS thread: Sequence::compact for each (layer, kept slots, new positions), and the moves it
+  // needs queued as one launch for the keys and one for the values.
+  struct LayerCompaction {
+    int64_t layer = 0;
+    std::vector<int32_t> keep, positions;
+  };
+  Status compact(Sequence& seq, const std::vector<LayerCompaction>& layers, std::vector<std::vector<int32_t>>* new_slots);
+
   Status enqueue_step(std::vector<StepRequest> batch, std::function<void(Status, StepResult)> done,
                       std::function<bool()> cancelled = {});
 
  private:
-  void queue_rerotation(std::shared_ptr<std::vector<RerotateRun>> moves, std::vector<int32_t> positions);
+  void queue_rerotation(std::shared_ptr<std::vector<RerotateRun>> moves, std::vector<int32_t> positions,
+                        std::shared_ptr<std::vector<RerotateRun>> value_moves = nullptr);
   Device* device_;
   ModelSpec spec_;
   ModelWeights w_;

@@ -333,6 +333,7 @@ Napi::Function NativeModel::define(Napi::Env env) {
                          InstanceMethod<&NativeModel::attach>("attach"),
                          InstanceMethod<&NativeModel::import_block>("importBlock"),
                          InstanceMethod<&NativeModel::move_blocks>("moveBlocks"),
+                         InstanceMethod<&NativeModel::compact>("compact"),
                          InstanceMethod<&NativeModel::release>("release"),
                      });
 }
@@ -489,6 +490,38 @@ Napi::Value NativeModel::move_blocks(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// compact(seq, [{ layer, keep: Int32Array, positions: Int32Array }]) -> Int32Array[]: each layer
+// keeps only the slots listed, at the positions given (keys re-rotated, moved rows copied, one
+// launch each, queued); returns each kept slot's slot afterwards, per entry.
+Napi::Value NativeModel::compact(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Model& m = get(info, "compact");
+  std::shared_ptr<Sequence> seq = NativeSequence::unwrap(info[0], "compact: seq")->sequence();
+  if (seq->pool() != m.pool()) throw_invalid(env, "compact: the sequence belongs to another model");
+  if (!info[1].IsArray()) throw_invalid(env, "compact: expected an array of { layer, keep, positions }");
+  Napi::Array list = info[1].As<Napi::Array>();
+  std::vector<Model::LayerCompaction> layers;
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    if (!list.Get(i).IsObject()) throw_invalid(env, "compact: expected an array of { layer, keep, positions }");
+    Napi::Object o = list.Get(i).As<Napi::Object>();
+    Model::LayerCompaction c;
+    c.layer = get_int(env, o, "layer", "compact");
+    c.keep = int_array(env, o.Get("keep"), "compact: keep");
+    c.positions = int_array(env, o.Get("positions"), "compact: positions");
+    layers.push_back(std::move(c));
+  }
+  std::vector<std::vector<int32_t>> slots;
+  Status st = m.compact(*seq, layers, &slots);
+  if (!st.ok()) throw_status(env, st);
+  Napi::Array out = Napi::Array::New(env, slots.size());
+  for (size_t i = 0; i < slots.size(); ++i) {
+    Napi::Int32Array a = Napi::Int32Array::New(env, slots[i].size());
+    if (!slots[i].empty()) std::memcpy(a.Data(), slots[i].data(), slots[i].size() * sizeof(int32_t));
+    out.Set(static_cast<uint32_t>(i), a);
+  }
+  return out;
+}
+
 // importBlock(start, tokens, data: Uint8Array) -> Promise<NativeKvBlock>: a block on fresh pages
 // (positions start.. at every layer) filled from `data` in the layout NativeKvBlock.read()
 // returns. Pages are taken now (out_of_memory when too few); the promise resolves once filled.
@@ -568,6 +601,7 @@ Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
         if (t < 0 || t >= m.spec().vocab) throw_invalid(env, "step: token id " + std::to_string(t) + " is outside the vocabulary");
       Napi::Value rv = r.Get("rangeMass");
       if (!rv.IsUndefined() && !rv.IsNull()) mass_ranges(env, rv, m.spec().layers, &sr);
+      sr.column_sums = r.Get("columnSums").IsBoolean() && r.Get("columnSums").As<Napi::Boolean>().Value();
       Napi::Value lv = r.Get("layers");
       if (!lv.IsUndefined() && !lv.IsNull()) {
         if (!lv.IsArray() || lv.As<Napi::Array>().Length() != 2 || !lv.As<Napi::Array>().Get(0u).IsNumber() || !lv.As<Napi::Array>().Get(1u).IsNumber())
@@ -625,6 +659,18 @@ Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
         out.Set("logits", logits);
         out.Set("tokens", tokens);
         out.Set("rangeMass", masses);
+        Napi::Array sums = Napi::Array::New(env, result->column_sums.size());
+        for (size_t i = 0; i < result->column_sums.size(); ++i) {
+          const auto& cs = result->column_sums[i];
+          if (cs.empty()) {
+            sums.Set(static_cast<uint32_t>(i), env.Null());
+            continue;
+          }
+          Napi::Float32Array a = Napi::Float32Array::New(env, cs.size());
+          std::memcpy(a.Data(), cs.data(), cs.size() * sizeof(float));
+          sums.Set(static_cast<uint32_t>(i), a);
+        }
+        out.Set("columnSums", sums);
         return out;
       });
     };
