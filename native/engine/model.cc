@@ -463,22 +463,20 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
 }
 
 Status Model::attach(Sequence& seq, const std::vector<BlockPlacement>& blocks) {
-  auto moves = std::make_shared<std::vector<RerotateRun>>();
-  std::vector<int32_t> positions;
-  KVF_RETURN_IF_ERROR(seq.attach(blocks, moves.get(), &positions));
-  if (moves->empty()) return Status::Ok();
+  std::vector<RerotateRun> moves;
+  std::vector<int32_t> ints;  // the moves' positions, then the runs: one upload
+  KVF_RETURN_IF_ERROR(seq.attach(blocks, &moves, &ints));
+  if (moves.empty()) return Status::Ok();
+  const size_t runs_at = push_structs(ints, moves);
   // Re-rotate the moved keys on the device queue: after the steps that wrote the stored pages,
-  // before any step of this sequence. One launch for every moved page of every layer; the
-  // positions and the runs go up in one upload.
-  auto ints = std::make_shared<std::vector<int32_t>>(std::move(positions));
-  const size_t runs_at = push_structs(*ints, *moves);
-  device_->queue.push([self = shared_from_this(), moves, ints, runs_at]() {
+  // before any step of this sequence. One launch for every moved page of every layer.
+  device_->queue.push([self = shared_from_this(), ints = std::move(ints), runs_at, num_runs = moves.size()]() {
     Backend& be = *self->device_->backend;
     const KvPool& pool = *self->pool_;
     const KvPoolSpec& ps = pool.spec();
     Status st;
-    BufferRef upload = Buffer::create(self->device_, ints->size() * sizeof(int32_t), &st);
-    if (upload) st = be.copy_from_host_async(upload->data(), ints->data(), ints->size() * sizeof(int32_t));
+    BufferRef upload = Buffer::create(self->device_, ints.size() * sizeof(int32_t), &st);
+    if (upload) st = be.copy_from_host_async(upload->data(), ints.data(), ints.size() * sizeof(int32_t));
     if (st.ok()) {
       RerotatePagesArgs a;
       a.src_pool = pool.k()->data();
@@ -487,9 +485,9 @@ Status Model::attach(Sequence& seq, const std::vector<BlockPlacement>& blocks) {
       a.num_pages = ps.num_pages;
       a.page_size = ps.page_size;
       a.kv_heads = ps.kv_heads;
-      a.head_dim = ps.head_dim;
+      a.head_dim = ps.head_dim;  // rotary_dim 0: the whole head (lib/model/config.ts refuses partial rotary)
       a.runs = reinterpret_cast<const RerotateRun*>(static_cast<const int32_t*>(upload->data()) + runs_at);
-      a.num_runs = static_cast<int64_t>(moves->size());
+      a.num_runs = static_cast<int64_t>(num_runs);
       a.positions = static_cast<const int32_t*>(upload->data());
       a.inv_freq = static_cast<const float*>(self->w_.inv_freq->data());
       a.layout = self->spec_.rope_layout;
