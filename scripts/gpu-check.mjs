@@ -4,7 +4,9 @@
 //   build      the carried addon loads; CUDA compiled in; the devices it sees
 //   test-gpu   test/gpu (every CUDA kernel against its CPU twin), KVFOCUS_TEST_GPU=1
 //   memcheck   the same tests under compute-sanitizer memcheck (skipped when it is not there)
-//   bench-ops  scripts/bench/ops.mjs on cuda: rerotate GB/s vs a copy, matmul GFLOP/s
+//   bench-ops  scripts/bench/ops.mjs on cuda: rerotate GB/s vs a copy, matmul GFLOP/s; then
+//              scripts/bench/rerotate.mjs on cuda: the fused re-rotation (every layer's moved
+//              pages in one launch) vs a copy, per-page launches and whole-cache re-rotation
 //   bench-7b   scripts/bench/gpu.mjs: Llama-2-7B shapes (8 layers, extrapolated to 32), decode
 //              vs the bandwidth roofline, prefill vs HF transformers (sdpa)
 //   hf-oracle  scripts/oracle/hf-compare.mjs: logits and greedy tokens vs HF transformers
@@ -187,6 +189,7 @@ async function stepMemcheck({ box }) {
 
 async function stepOps({ box }) {
   if (dryRun || !info?.devices.length) return { status: 'skipped', reason: noCuda() };
+  const t0 = now();
   const json = join(outDir, 'bench-ops.json');
   const r = await runBoxed(process.execPath, [join(repoRoot, 'scripts', 'bench', 'ops.mjs'), '--device', 'cuda', '--json', json], { box });
   if (r.code !== 0) return { status: 'failed', reason: childFailure(r, box) };
@@ -197,6 +200,18 @@ async function stepOps({ box }) {
   }
   for (const x of results.filter((x) => x.op === 'matmul')) {
     numbers.matmul[`${x.m}x${x.n}x${x.k} ${x.aDtype}x${x.bDtype}`] = { gflops: round(x.gflops), weightGbPerSecond: round(x.weightGbPerSecond), ms: round(x.ms) };
+  }
+  // The fused re-rotation, in what is left of the box.
+  const left = box - (now() - t0);
+  const fusedJson = join(outDir, 'bench-rerotate.json');
+  const f = await runBoxed(process.execPath, [join(repoRoot, 'scripts', 'bench', 'rerotate.mjs'), '--device', 'cuda', '--layers', '32', '--tokens', '2048', '--reps', '3', '--min-seconds', '0.5', '--json', fusedJson], { box: left });
+  if (f.code !== 0) return { status: 'failed', reason: `scripts/bench/rerotate.mjs: ${childFailure(f, left)}`, numbers };
+  numbers.rerotatePages = {};
+  for (const x of readJson(fusedJson).results) {
+    numbers.rerotatePages[x.dtype] = {
+      shape: x.shape, gbPerSecond: round(x.gbPerSecond.fused), copyGbPerSecond: round(x.gbPerSecond.copy), ratioToCopy: round(x.fusedToCopy),
+      speedupOverPerPage: round(x.speedupOverPerPage), speedupOverWholeCache: round(x.speedupOverWholeCache),
+    };
   }
   return { status: 'passed', numbers };
 }

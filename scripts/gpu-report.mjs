@@ -28,7 +28,10 @@ function keyNumbers(step) {
     case 'bench-ops': {
       const rr = Object.entries(n.rerotate ?? {}).map(([dt, r]) => `rerotate ${dt} ${fmt(r.gbPerSecond, 0)} GB/s (${fmt(r.ratioToCopy, 2)} of copy)`);
       const mm = Object.entries(n.matmul ?? {}).map(([shape, r]) => `matmul ${shape} ${fmt(r.gflops, 0)} GFLOP/s`);
-      return [...rr, ...mm].join('; ');
+      const fused = Object.entries(n.rerotatePages ?? {}).map(
+        ([dt, r]) => `rerotatePages ${dt} ${fmt(r.gbPerSecond, 0)} GB/s (${fmt(r.ratioToCopy, 2)} of copy, ${fmt(r.speedupOverPerPage, 1)}x per-page launches)`,
+      );
+      return [...rr, ...fused, ...mm].join('; ');
     }
     case 'bench-7b':
       if (!n.decode) return '';

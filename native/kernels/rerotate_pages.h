@@ -16,7 +16,8 @@
 // key bit for bit. The same move gives the same bits as rerotate over the same rows.
 // Runs must not write rows that another run reads or writes (a run may rewrite its own rows in
 // place: src == dst page and row). The caller owns the tables and checks the runs against the
-// pool (lib/ops.ts and the N-API binding do for the op; the engine builds them itself).
+// pool: lib/ops.ts does for the op (ops.keyMoves, before the runs go to the device), the engine
+// builds them itself (Sequence::attach), and check_rerotate_runs checks a host copy.
 #pragma once
 #include "common.h"
 

@@ -73,7 +73,7 @@ const BYTES = { f32: 4, f16: 2, bf16: 2 };
 async function benchDevice(device) {
   const gpu = device !== 'cpu';
   const layers = positiveInt('--layers', quick ? 4 : gpu ? 32 : 16);
-  const tokens = positiveInt('--tokens', quick ? 512 : gpu ? 16384 : 2048); // cached tokens per layer
+  const tokens = positiveInt('--tokens', quick ? 512 : gpu ? 4096 : 2048); // cached tokens per layer
   const kvHeads = positiveInt('--kv-heads', 8);
   const headDim = positiveInt('--head-dim', 128);
   const pageSize = positiveInt('--page-size', 16);
