@@ -6,7 +6,7 @@ import { stat } from 'node:fs/promises';
 import { freemem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 
-import type { DeviceName, LayerWeightsNative, ModelWeightsNative, NativeModel } from '../binding.js';
+import type { DeviceName, LayerWeightsNative, ModelWeightsNative, NativeModel, NativeSequence } from '../binding.js';
 import { DisposedError, InvalidArgumentError, ModelFormatError, UnsupportedError } from '../errors.js';
 import { addon, native, packageRoot } from '../loader.js';
 import { checkCheckpointTensors, type ModelConfig, openSafetensors, readModelConfig, ropeParameters, Tokenizer, type TensorInfo } from '../model/index.js';
@@ -17,6 +17,7 @@ import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
 import { type CachePolicy, type ResolvedPolicy, resolvePolicy } from '../policies/index.js';
 import { windowLayout } from '../policies/cache-focus.js';
 import { CacheFocusRuntime } from '../policies/cache-focus-runtime.js';
+import { BoundedRuntime } from '../policies/bounded-runtime.js';
 import { GENERATE_OPTIONS, generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
 import { type GenerationInit, type GenerationStream, Scheduler, SequenceState } from './scheduler.js';
 import { Sequence, type SequenceHost } from './sequence.js';
@@ -329,13 +330,13 @@ export class Model {
   // Tokens come from encode(), which checked each id. One rule for every prompt form: it must
   // hold content of its own. '' and { messages: [] } are refused like [] rather than running on
   // the BOS (or template) the tokenizer adds; starting from BOS alone takes [bosTokenId].
-  #checkTokens(tokens: Int32Array, extra: number, prompt: Prompt): void {
+  #checkTokens(tokens: Int32Array, extra: number, prompt: Prompt, unbounded = false): void {
     const messages = (prompt as { messages?: unknown }).messages;
     if (tokens.length === 0 || prompt === '' || (Array.isArray(messages) && messages.length === 0)) {
       const bos = this.tokenizer.bosTokenId;
       throw new InvalidArgumentError(`prompt: is empty${bos === null ? '' : ` (to start from BOS alone, pass [${bos}])`}`, 'prompt');
     }
-    this.#checkLength(tokens.length, extra, 'prompt');
+    if (!unbounded) this.#checkLength(tokens.length, extra, 'prompt');
   }
 
   // Refuses a sequence of `tokens` tokens (+ `extra` to generate) longer than maxSequenceTokens,
@@ -368,12 +369,27 @@ export class Model {
     const { policy, store, documents } = checkOptions(options, SEQUENCE_OPTIONS, 'sequence');
     if (store !== undefined) return this.#storeSequence(store, documents, policy, true);
     if (documents !== undefined) throw new InvalidArgumentError('documents: needs a store (sequence({ store, documents }))', 'documents');
-    return new Sequence(this.#sequenceHost, new SequenceState(m.newSequence(), true), runnable(resolvePolicy(policy), false));
+    return this.#plainSequence(m.newSequence(), true, runnable(resolvePolicy(policy), false));
   }
 
   // A sequence for one call of generate() or logits(): its pages go when that call ends.
-  #oneShot(seed?: number): Sequence {
-    return new Sequence(this.#sequenceHost, new SequenceState(this.#handle('generate').newSequence(seed), false), resolvePolicy(undefined));
+  #oneShot(seed?: number, policy: ResolvedPolicy = resolvePolicy(undefined)): Sequence {
+    return this.#plainSequence(this.#handle('generate').newSequence(seed), false, policy);
+  }
+
+  // A sequence with no stored documents; a bounded policy compacts its layers after every step.
+  #plainSequence(native: NativeSequence, keep: boolean, policy: ResolvedPolicy): Sequence {
+    const state = new SequenceState(native, keep);
+    if (policy.name === 'streaming' || policy.name === 'h2o' || policy.name === 'lacache') {
+      state.bounded = new BoundedRuntime({
+        policy,
+        layers: this.config.numLayers,
+        kvHeads: this.config.numKvHeads,
+        model: this.#handle('sequence'),
+        native: () => state.native!,
+      });
+    }
+    return new Sequence(this.#sequenceHost, state, policy);
   }
 
   /**
@@ -436,15 +452,17 @@ export class Model {
       }
     }
     const opts = checkOptions(options, GENERATE_OPTIONS);
-    if (opts.policy !== undefined) runnable(resolvePolicy(opts.policy), false);
+    const policy = runnable(resolvePolicy(opts.policy), false);
     const tokens = this.encode(prompt);
     const limits = generationLimits(opts, this.config.vocabSize);
-    this.#checkTokens(tokens, 0, prompt);
-    if (tokens.length + limits.maxTokens > this.config.maxPositionEmbeddings * 64) {
+    // A bounded policy keeps positions inside its budget: any prompt and any length fit.
+    const bounded = policy.name === 'streaming' || policy.name === 'h2o' || policy.name === 'lacache';
+    this.#checkTokens(tokens, 0, prompt, bounded);
+    if (!bounded && tokens.length + limits.maxTokens > this.config.maxPositionEmbeddings * 64) {
       throw new InvalidArgumentError(`maxTokens: ${limits.maxTokens} is beyond any usable position range`, 'maxTokens');
     }
     const init = this.#generation(opts);
-    return this.#oneShot(seedOf(opts)).generateFrom(tokens, init);
+    return this.#oneShot(seedOf(opts), policy).generateFrom(tokens, init);
   }
 
   /** Free KV pages right now (pages of live sequences are in use). */
@@ -740,6 +758,9 @@ function runnable(p: ResolvedPolicy, overStore: boolean): ResolvedPolicy {
   if ((p.name === 'concat' || p.name === 'parallelWindows') && !overStore) {
     throw new InvalidArgumentError(`policy: '${p.name}' places stored documents: model.sequence({ store, documents, policy })`, 'policy');
   }
-  if (p.name === 'cascading' || p.name === 'lacache') throw new UnsupportedError(`policy: '${p.name}' is not run by the engine yet`);
+  if ((p.name === 'streaming' || p.name === 'h2o' || p.name === 'lacache') && overStore) {
+    throw new UnsupportedError(`policy: '${p.name}' runs on sequences without stored documents`);
+  }
+  if (p.name === 'cascading') throw new UnsupportedError(`policy: '${p.name}' is not run by the engine yet`);
   return p;
 }

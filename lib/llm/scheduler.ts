@@ -18,6 +18,7 @@ import type { NativeKvBlock, NativeModel, NativeSequence, SamplingSpec, StepRequ
 import { AbortError, DisposedError, KvfocusError, OutOfMemoryError, QueueFullError } from '../errors.js';
 import type { StreamDecoder } from '../model/tokenizer.js';
 import type { LayerSegmenter } from '../policies/cache-focus-runtime.js';
+import type { BoundedPolicyRuntime } from '../policies/bounded-runtime.js';
 
 /**
  * Why a generation ended: a stop token or string ('stop'), maxTokens or the sequence limit
@@ -97,6 +98,8 @@ export class SequenceState {
   positionOffset = 0;
   /** A policy that runs this sequence's next prefill in segments of layers (CacheFocus). */
   segments: LayerSegmenter | null = null;
+  /** A policy that bounds what each layer keeps, applied after every step (streaming, LaCache, H2O). */
+  bounded: BoundedPolicyRuntime | null = null;
 
   constructor(
     native: NativeSequence,
@@ -123,7 +126,12 @@ export class SequenceState {
   rollback(length: number): void {
     this.length = Math.min(this.length, length);
     this.placed = Math.min(this.placed, length);
-    if (this.cached > length) {
+    if (this.cached > length && this.bounded) {
+      // What a bounded policy evicted is gone: its KV is recomputed from the stream instead.
+      this.native?.clear();
+      this.cached = 0;
+      this.bounded.reset();
+    } else if (this.cached > length) {
       this.native?.truncate(this.cached - length);
       this.cached = length;
     }
@@ -333,7 +341,7 @@ export class Scheduler {
     }
     this.#idle = this.#idle.filter((s) => s !== seq);
     // Slots a step appended for a request that ended while the step ran were never accepted.
-    const stale = seq.native.length - seq.cached;
+    const stale = seq.native.length - (seq.bounded ? seq.bounded.held : seq.cached);
     if (stale > 0 && seq.segments && seq.cached === seq.attached) {
       // A segmented prefill left part way: its pruning is undone by attaching the documents again.
       seq.native.clear();
@@ -347,7 +355,8 @@ export class Scheduler {
     // Sampling reads the logits of the stream's last token: when its KV is already cached (a
     // generation continuing a sequence), feed it again, at the same position.
     if (generation && seq.cached === seq.length && seq.cached > 0) {
-      seq.native.truncate(1);
+      if (seq.bounded) seq.bounded.dropFrom(seq.cached - 1);
+      else seq.native.truncate(1);
       seq.cached -= 1;
     }
     seq.request = req;
@@ -409,9 +418,12 @@ export class Scheduler {
   #claim(req: Request): number {
     const target = req.init.seq.length;
     const g = req.init.generation;
-    if (!g || req.finishing) return target;
+    // A bounded policy never holds more than its capacity plus the chunk being fed.
+    const bounded = req.init.seq.bounded;
+    const cap = bounded ? bounded.capacity + Math.min(bounded.capacity, this.options.prefillChunk) : Infinity;
+    if (!g || req.finishing) return Math.min(target, cap);
     const longest = Math.min(req.end + g.maxTokens, this.options.maxSequenceTokens);
-    return Math.max(target, Math.min(target + this.options.pageSize, longest));
+    return Math.min(cap, Math.max(target, Math.min(target + this.options.pageSize, longest)));
   }
 
   // Pages a request still has to take for its claim.
@@ -549,7 +561,7 @@ export class Scheduler {
               seq.segments?.reset();
               continue;
             }
-            const stale = req.state === 'done' || !seq.native ? 0 : seq.native.length - seq.cached;
+            const stale = req.state === 'done' || !seq.native ? 0 : seq.native.length - (seq.bounded ? seq.bounded.held : seq.cached);
             if (stale > 0) seq.native!.truncate(stale);
           }
           // Out of pages or of device memory: preempt as the plan would have. With one request
@@ -575,6 +587,15 @@ export class Scheduler {
             if (seq.segments!.active) return; // more segments: the input is not in yet
           }
           const at = seq.cached;
+          if (seq.bounded) {
+            // The policy compacts every layer before the sequence's next step is planned.
+            try {
+              seq.bounded.after(at, fed, out.columnSums?.[i] ?? null);
+            } catch (e) {
+              this.#guard(req, () => this.#end(req, asKvfocusError(e)));
+              return;
+            }
+          }
           seq.cached += fed;
           seq.placed = Math.max(seq.placed, seq.cached);
           const logits = out.logits[i];
@@ -699,11 +720,15 @@ export class Scheduler {
       if (budget <= 0) break;
       const seq = req.init.seq;
       const at = seq.cached;
-      const n = Math.min(pending(req), this.options.prefillChunk, budget);
+      // A bounded policy takes its input in chunks of at most its capacity (each chunk attends
+      // to what the layer kept and to itself), so it never needs more than twice that.
+      const n = Math.min(pending(req), this.options.prefillChunk, budget, seq.bounded ? seq.bounded.capacity : Infinity);
       if (n === 0) continue;
       budget -= n;
       const tokens = seq.tokens.slice(at, at + n);
-      const positions = Int32Array.from({ length: n }, (_, i) => at + i - seq.positionOffset);
+      if (seq.bounded && at === 0) seq.bounded.reset(); // fed again from the start (its KV was freed)
+      const offset = seq.bounded ? seq.bounded.positionOffset : seq.positionOffset;
+      const positions = Int32Array.from({ length: n }, (_, i) => at + i - offset);
       // The input (or last token) is complete and the generation has not decided to stop.
       const sampling = req.init.generation !== undefined && req.finishing === null && n === pending(req);
       let logits: LogitsRows = 'none';
@@ -730,6 +755,7 @@ export class Scheduler {
           logits,
           ...(sampling ? { sample: req.init.generation!.sampling } : {}),
           ...(invFreq ? { invFreq } : {}),
+          ...(seq.bounded?.wantsScores ? { columnSums: true } : {}),
         },
       });
     }
@@ -773,7 +799,8 @@ export class Scheduler {
     req.emitted = Math.max(req.emitted, safe);
     // The token just sampled would sit at position seq.cached: a sequence that has filled the KV
     // cache ends as it would at maxTokens, not with an out-of-memory error on its next step.
-    if (req.generated.length >= g.maxTokens || seq.cached - seq.positionOffset >= this.options.maxSequenceTokens) {
+    const reach = seq.bounded ? seq.cached - seq.bounded.positionOffset : seq.cached - seq.positionOffset;
+    if (req.generated.length >= g.maxTokens || reach >= this.options.maxSequenceTokens) {
       this.#finish(req, 'length');
       return;
     }

@@ -175,7 +175,7 @@ export class Sequence {
   /** @internal Appends checked token ids now (the caller holds this sequence's turn). */
   appendTokens(tokens: Int32Array, logits: LogitsRows): Promise<Float32Array | undefined> {
     if (tokens.length === 0) throw new InvalidArgumentError('input: is empty', 'input');
-    this.#host.checkLength(this.#state.length - this.#state.positionOffset + tokens.length, 0, 'input');
+    if (!this.#state.bounded) this.#host.checkLength(this.#state.length - this.#state.positionOffset + tokens.length, 0, 'input');
     return this.#host.scheduler.append({ seq: this.#state, input: tokens, logits });
   }
 
@@ -215,7 +215,7 @@ export class Sequence {
         if (this.#state.length + tokens.length === this.#state.attached) {
           throw new InvalidArgumentError('sequence: holds only stored documents; append a query before generate()', 'sequence');
         }
-        this.#host.checkLength(this.#state.length - this.#state.positionOffset + tokens.length, 0, 'sequence');
+        if (!this.#state.bounded) this.#host.checkLength(this.#state.length - this.#state.positionOffset + tokens.length, 0, 'sequence');
         const started = this.#whenReady(() => {
           if (stream.ended) return; // left or aborted while stored documents were attached
           if (seed !== undefined) this.#state.native!.reseed(seed);
@@ -245,9 +245,18 @@ export class Sequence {
    */
   layout(): SequenceLayout {
     this.#live('layout');
-    const { native, placed, attached } = this.#state;
+    const { native, placed, attached, bounded } = this.#state;
     const source = Int32Array.from({ length: placed }, (_, i) => i);
     const layers: LayerLayout[] = [];
+    if (bounded && native!.length > 0) {
+      // A bounded policy's layers hold what it kept, in slot order.
+      // (A step in flight may have appended a slot past them: it is not the layer's yet.)
+      for (let l = 0; l < this.#host.layers; l++) {
+        const source = Int32Array.from(bounded.sources(l));
+        layers.push({ source, positions: native!.positions(l).slice(0, source.length) });
+      }
+      return { layers };
+    }
     // Where each attached block starts in the stream: the blocks follow each other in it.
     const blockStream: number[] = [];
     for (let l = 0; l < this.#host.layers; l++) {

@@ -19,6 +19,14 @@ export interface BoundedPolicyRuntime {
   readonly positionOffset: number;
   /** The KV was freed: the stream is fed again from its start. */
   reset(): void;
+  /** Tokens layer 0 holds now (the engine's length of the sequence). */
+  readonly held: number;
+  /** Most tokens a layer holds between steps. */
+  readonly capacity: number;
+  /** The stream index of each token layer l holds, in slot order. */
+  sources(layer: number): readonly number[];
+  /** Drops every token from stream index `from` on (fed again next: a generation re-reads the last token). */
+  dropFrom(from: number): void;
 }
 
 export type BoundedPolicy = StreamingPolicy | H2OPolicy | ResolvedLaCachePolicy;
@@ -51,6 +59,21 @@ export class BoundedRuntime implements BoundedPolicyRuntime {
     return this.#offset;
   }
 
+  sources(layer: number): readonly number[] {
+    return this.#src[layer]!;
+  }
+
+  get held(): number {
+    return this.#src[0]?.length ?? 0;
+  }
+
+  get capacity(): number {
+    const p = this.#policy;
+    if (p.name === 'streaming') return p.sinks + p.window;
+    if (p.name === 'h2o') return p.budget;
+    return this.#planner!.maxLength;
+  }
+
   reset(): void {
     this.#src = Array.from({ length: this.#layers }, () => []);
     this.#score = Array.from({ length: this.#layers }, () => []);
@@ -75,7 +98,11 @@ export class BoundedRuntime implements BoundedPolicyRuntime {
         at += this.#kvHeads * slots;
       }
     }
-    this.#planner?.append(count);
+    // The planner counts every token once: one fed again (after dropFrom) is already in its plan.
+    if (this.#planner) {
+      const fresh = first + count - this.#planner.tokenCount;
+      if (fresh > 0) this.#planner.append(fresh);
+    }
     const plans: { layer: number; keep: Int32Array; positions: Int32Array }[] = [];
     const kept: number[][] = [];
     for (let l = 0; l < this.#layers; l++) {
@@ -86,28 +113,49 @@ export class BoundedRuntime implements BoundedPolicyRuntime {
       plans.push({ layer: l, keep: Int32Array.from(order, (t) => slotOf.get(t)!), positions: Int32Array.from(order, (_, i) => i) });
     }
     const native = this.#native();
-    if (plans.length > 0) {
-      const slots = this.#model.compact(native, plans);
-      plans.forEach((p, j) => {
-        const src = this.#src[p.layer]!;
-        const score = this.#score[p.layer]!;
-        const n = p.keep.length;
-        const nextSrc = new Array<number>(n);
-        const nextScore = new Array<number>(n);
-        p.keep.forEach((slot, i) => {
-          nextSrc[slots[j]![i]!] = src[slot]!;
-          nextScore[slots[j]![i]!] = score[slot]!;
-        });
-        this.#src[p.layer] = nextSrc;
-        this.#score[p.layer] = nextScore;
-      });
-    }
+    this.#apply(plans);
     // The next token goes to each layer's next slot: layer 0's through the step's positions, the
     // others through a per-layer shift.
     const next = first + count;
     const held0 = kept[0]!.length;
     this.#offset = next - held0;
     for (let l = 1; l < this.#layers; l++) native.setLayerShift(l, kept[l]!.length - held0);
+  }
+
+  dropFrom(from: number): void {
+    const plans: { layer: number; keep: Int32Array; positions: Int32Array }[] = [];
+    for (let l = 0; l < this.#layers; l++) {
+      const src = this.#src[l]!;
+      if (src.every((t) => t < from)) continue;
+      // Cache order is stream order and positions are ranks: the dropped are the newest, so the
+      // others keep their positions.
+      const order = src.filter((t) => t < from).sort((a, b) => a - b);
+      const slotOf = new Map(src.map((t, s) => [t, s]));
+      plans.push({ layer: l, keep: Int32Array.from(order, (t) => slotOf.get(t)!), positions: Int32Array.from(order, (_, i) => i) });
+    }
+    this.#apply(plans);
+    const held0 = this.#src[0]!.length;
+    this.#offset = from - held0;
+    const native = this.#native();
+    for (let l = 1; l < this.#layers; l++) native.setLayerShift(l, this.#src[l]!.length - held0);
+  }
+
+  // Compacts the layers listed and follows the moves in the slot mirrors.
+  #apply(plans: { layer: number; keep: Int32Array; positions: Int32Array }[]): void {
+    if (plans.length === 0) return;
+    const slots = this.#model.compact(this.#native(), plans);
+    plans.forEach((p, j) => {
+      const src = this.#src[p.layer]!;
+      const score = this.#score[p.layer]!;
+      const nextSrc = new Array<number>(p.keep.length);
+      const nextScore = new Array<number>(p.keep.length);
+      p.keep.forEach((slot, i) => {
+        nextSrc[slots[j]![i]!] = src[slot]!;
+        nextScore[slots[j]![i]!] = score[slot]!;
+      });
+      this.#src[p.layer] = nextSrc;
+      this.#score[p.layer] = nextScore;
+    });
   }
 
   // The stream indices layer l keeps, in cache order (stream order for every policy here).

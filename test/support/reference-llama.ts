@@ -513,6 +513,67 @@ export class ReferenceLlama {
     }
     return x.map((row) => linear(rmsNorm(row, this.finalNorm, eps), this.lmHead));
   }
+  /**
+   * A bounded cache read token by token (StreamingLLM, LaCache, H2O): token t attends to what
+   * each layer kept after token t-1 plus itself, every key rotated at its rank in stream order
+   * (positions by slot), t at the next rank. After token t, `keep(layer, held, scores)` says
+   * which stream indices the layer keeps (held: the stream indices it holds, t included, in
+   * stream order; scores: the attention each has received so far, summed over the query heads).
+   * Returns the logits after each token.
+   */
+  boundedDecode(tokens: readonly number[], keep: (layer: number, held: number[], scores: Map<number, number>, t: number) => number[]): Float64Array[] {
+    const { hiddenSize: H, numHeads, numKvHeads, headDim, rmsNormEps: eps } = this.config;
+    const group = numHeads / numKvHeads;
+    const scale = 1 / Math.sqrt(headDim);
+    // Per layer: raw (unrotated) keys and values by stream index, the held set, the scores.
+    const cache = this.layers.map(() => ({ k: new Map<number, Float64Array>(), v: new Map<number, Float64Array>(), held: [] as number[], score: new Map<number, number>() }));
+    const out: Float64Array[] = [];
+    tokens.forEach((token, t) => {
+      const x = this.embedTokens.data.slice(token * H, (token + 1) * H);
+      for (const [l, layer] of this.layers.entries()) {
+        const c = cache[l]!;
+        const h = rmsNorm(x, layer.inputNorm, eps);
+        const q = linear(h, layer.qProj, layer.qBias);
+        c.k.set(t, linear(h, layer.kProj, layer.kBias));
+        c.v.set(t, linear(h, layer.vProj, layer.vBias));
+        c.held.push(t);
+        c.score.set(t, 0);
+        const ordered = [...c.held].sort((a, b) => a - b);
+        const rotated = ordered.map((s, rank) => {
+          const k = c.k.get(s)!.slice();
+          applyRope(k, numKvHeads, headDim, rank, this.inverseFrequencies);
+          return k;
+        });
+        applyRope(q, numHeads, headDim, ordered.length - 1, this.inverseFrequencies);
+        const attended = new Float64Array(numHeads * headDim);
+        for (let head = 0; head < numHeads; head++) {
+          const g = Math.floor(head / group);
+          const scores = rotated.map((k) => {
+            let dot = 0;
+            for (let d = 0; d < headDim; d++) dot += q[head * headDim + d]! * k[g * headDim + d]!;
+            return dot * scale;
+          });
+          const max = Math.max(...scores);
+          const w = scores.map((z) => Math.exp(z - max));
+          const total = w.reduce((a, b) => a + b, 0);
+          ordered.forEach((s, j) => {
+            const p = w[j]! / total;
+            c.score.set(s, c.score.get(s)! + p);
+            const v = c.v.get(s)!;
+            for (let d = 0; d < headDim; d++) attended[head * headDim + d] = attended[head * headDim + d]! + p * v[g * headDim + d]!;
+          });
+        }
+        addInPlace(x, linear(attended, layer.oProj, layer.oBias));
+        const normed = rmsNorm(x, layer.postAttentionNorm, eps);
+        const gate = linear(normed, layer.gateProj, layer.gateBias);
+        const up = linear(normed, layer.upProj, layer.upBias);
+        addInPlace(x, linear(gate.map((gv, i) => silu(gv) * up[i]!), layer.downProj, layer.downBias));
+        c.held = [...keep(l, ordered, c.score, t)].sort((a, b) => a - b);
+      }
+      out.push(linear(rmsNorm(x, this.finalNorm, eps), this.lmHead));
+    });
+    return out;
+  }
 }
 
 /** Index of the largest value; ties go to the lowest index. */
