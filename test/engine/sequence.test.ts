@@ -297,7 +297,7 @@ describe('dispose', () => {
 
 describe('bad input gives typed errors naming the argument', () => {
   const cases: [string, (m: Model) => unknown, string, RegExp][] = [
-    ['an unknown policy', (m) => m.sequence({ policy: { name: 'h2o' } as never }), 'policy', /policy\.name: unknown policy 'h2o'; known policies: 'full', 'cacheFocus', 'concat', 'parallelWindows', 'cascading', 'lacache'/],
+    ['an unknown policy', (m) => m.sequence({ policy: { name: 'snapkv' } as never }), 'policy', /policy\.name: unknown policy 'snapkv'; known policies: 'full', 'cacheFocus', 'concat', 'parallelWindows', 'cascading', 'lacache', 'streaming', 'h2o'/],
     ['a bad lacache option', (m) => m.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 16 } }), 'policy', /policy\.overlap: expected an integer in \[0, span - 1\]/],
     ['a policy that is not an object', (m) => m.sequence({ policy: 'full' as never }), 'policy', /policy: expected a policy object/],
     ['an unknown policy option', (m) => m.sequence({ policy: { name: 'full', budget: 3 } as never }), 'policy', /unknown option 'budget' for policy 'full'/],
@@ -340,8 +340,12 @@ describe('bad input gives typed errors naming the argument', () => {
   }
 
   it('a valid policy that sequences do not run yet is refused with an UnsupportedError', () => {
-    expect(() => model.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 0 } })).toThrow(UnsupportedError);
-    expect(() => model.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 0 } })).toThrow(/policy: 'lacache' is not run by the engine yet/);
+    expect(() => model.sequence({ policy: { name: 'cascading' } })).toThrow(UnsupportedError);
+    expect(() => model.sequence({ policy: { name: 'cascading' } })).toThrow(/policy: 'cascading' is not run by the engine yet/);
+  });
+
+  it("a LaCache ladder that does not fit the model's layers is refused by name", () => {
+    expect(() => model.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 0 } })).toThrow(/span/);
   });
 
   it('a policy of undefined is full attention', () => {
