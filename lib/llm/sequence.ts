@@ -194,6 +194,9 @@ export class Sequence {
   /** @internal generate() after appending `input` (checked here) in the same turn. */
   generateAfter(input: SequenceInput | null, options?: GenerateOptions | null): GenerationStream {
     this.#live('generate');
+    if (options?.policy !== undefined) {
+      throw new InvalidArgumentError("policy: a sequence's policy is chosen when it is created (model.sequence({ policy })), not per generation", 'policy');
+    }
     const ids = input === null ? new Int32Array(0) : this.#checkInput(input);
     const { init, seed } = this.#host.generation(options);
     const stream = new GenerationStream(() => {});

@@ -179,5 +179,8 @@ describe('bad input', () => {
     using store = await model.openStore({ prefix: ids(5) });
     await store.put('a', ids(6, 3));
     expect(() => model.sequence({ store, documents: ['a'], policy: policies.streaming({ window: 8 }) })).toThrow(UnsupportedError);
+    using seq = model.sequence();
+    await seq.append(ids(4));
+    expect(() => seq.generate({ policy: policies.h2o({ budget: 8 }) })).toThrow(/policy: a sequence's policy is chosen when it is created/);
   });
 });
