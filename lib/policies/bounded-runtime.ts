@@ -31,14 +31,22 @@ export interface BoundedPolicyRuntime {
 
 export type BoundedPolicy = StreamingPolicy | H2OPolicy | ResolvedLaCachePolicy;
 
+// One layer's tokens: `order` the stream indices it holds, ascending (cache order); `slot` where
+// each one is in the engine's page table; `score` the attention each has received (H2O).
+interface LayerState {
+  order: number[];
+  slot: Map<number, number>;
+  score: Map<number, number>;
+  shift: number;
+}
+
 export class BoundedRuntime implements BoundedPolicyRuntime {
   readonly #policy: BoundedPolicy;
   readonly #layers: number;
   readonly #kvHeads: number;
   readonly #model: NativeModel;
   readonly #native: () => NativeSequence;
-  #src: number[][] = []; // per layer: the stream index each slot holds
-  #score: number[][] = []; // per layer: attention each slot has received (H2O)
+  #state: LayerState[] = [];
   #planner: LaCachePlanner | null = null;
   #offset = 0;
 
@@ -60,11 +68,14 @@ export class BoundedRuntime implements BoundedPolicyRuntime {
   }
 
   sources(layer: number): readonly number[] {
-    return this.#src[layer]!;
+    const st = this.#state[layer]!;
+    const out = new Array<number>(st.order.length);
+    for (const t of st.order) out[st.slot.get(t)!] = t;
+    return out;
   }
 
   get held(): number {
-    return this.#src[0]?.length ?? 0;
+    return this.#state[0]?.order.length ?? 0;
   }
 
   get capacity(): number {
@@ -75,8 +86,7 @@ export class BoundedRuntime implements BoundedPolicyRuntime {
   }
 
   reset(): void {
-    this.#src = Array.from({ length: this.#layers }, () => []);
-    this.#score = Array.from({ length: this.#layers }, () => []);
+    this.#state = Array.from({ length: this.#layers }, () => ({ order: [], slot: new Map(), score: new Map(), shift: 0 }));
     this.#planner = this.#policy.name === 'lacache' ? new LaCachePlanner(this.#policy, this.#layers) : null;
     this.#offset = 0;
   }
@@ -84,18 +94,19 @@ export class BoundedRuntime implements BoundedPolicyRuntime {
   after(first: number, count: number, columnSums: Float32Array | null): void {
     // The step appended its tokens at the end of every layer.
     let at = 0;
-    for (let l = 0; l < this.#layers; l++) {
-      const src = this.#src[l]!;
-      const score = this.#score[l]!;
-      for (let i = 0; i < count; i++) {
-        src.push(first + i);
-        score.push(0);
-      }
+    for (const st of this.#state) {
+      const slots = st.order.length + count;
       if (columnSums) {
-        // (kvHeads, slots) of this layer: summed over the heads (the policy selects per layer).
-        const slots = src.length;
-        for (let g = 0; g < this.#kvHeads; g++) for (let s = 0; s < slots; s++) score[s] = score[s]! + columnSums[at + g * slots + s]!;
+        // (kvHeads, slots) of this layer in slot order: summed over the heads (per-layer selection).
+        const bySlot = new Array<number>(slots).fill(0);
+        for (let g = 0; g < this.#kvHeads; g++) for (let s = 0; s < slots; s++) bySlot[s]! += columnSums[at + g * slots + s]!;
         at += this.#kvHeads * slots;
+        for (const t of st.order) st.score.set(t, st.score.get(t)! + bySlot[st.slot.get(t)!]!);
+        for (let i = 0; i < count; i++) st.score.set(first + i, bySlot[st.order.length + i]!);
+      }
+      for (let i = 0; i < count; i++) {
+        st.slot.set(first + i, st.order.length);
+        st.order.push(first + i);
       }
     }
     // The planner counts every token once: one fed again (after dropFrom) is already in its plan.
@@ -103,82 +114,90 @@ export class BoundedRuntime implements BoundedPolicyRuntime {
       const fresh = first + count - this.#planner.tokenCount;
       if (fresh > 0) this.#planner.append(fresh);
     }
-    const plans: { layer: number; keep: Int32Array; positions: Int32Array }[] = [];
-    const kept: number[][] = [];
+    const plans: { layer: number; keep: Int32Array; positions: Int32Array; order: number[] }[] = [];
     for (let l = 0; l < this.#layers; l++) {
-      const order = this.#keep(l); // stream indices, in cache order
-      kept.push(order);
-      if (order.length === this.#src[l]!.length && order.every((t, i) => this.#src[l]![i] === t)) continue; // unchanged
-      const slotOf = new Map(this.#src[l]!.map((t, s) => [t, s]));
-      plans.push({ layer: l, keep: Int32Array.from(order, (t) => slotOf.get(t)!), positions: Int32Array.from(order, (_, i) => i) });
+      const st = this.#state[l]!;
+      const order = this.#keep(l, st);
+      if (order === st.order) continue; // nothing dropped: positions are ranks already
+      plans.push({ layer: l, keep: Int32Array.from(order, (t) => st.slot.get(t)!), positions: Int32Array.from(order, (_, i) => i), order });
     }
-    const native = this.#native();
     this.#apply(plans);
-    // The next token goes to each layer's next slot: layer 0's through the step's positions, the
-    // others through a per-layer shift.
-    const next = first + count;
-    const held0 = kept[0]!.length;
-    this.#offset = next - held0;
-    for (let l = 1; l < this.#layers; l++) native.setLayerShift(l, kept[l]!.length - held0);
+    this.#place(first + count);
   }
 
   dropFrom(from: number): void {
-    const plans: { layer: number; keep: Int32Array; positions: Int32Array }[] = [];
+    const plans: { layer: number; keep: Int32Array; positions: Int32Array; order: number[] }[] = [];
     for (let l = 0; l < this.#layers; l++) {
-      const src = this.#src[l]!;
-      if (src.every((t) => t < from)) continue;
-      // Cache order is stream order and positions are ranks: the dropped are the newest, so the
-      // others keep their positions.
-      const order = src.filter((t) => t < from).sort((a, b) => a - b);
-      const slotOf = new Map(src.map((t, s) => [t, s]));
-      plans.push({ layer: l, keep: Int32Array.from(order, (t) => slotOf.get(t)!), positions: Int32Array.from(order, (_, i) => i) });
+      const st = this.#state[l]!;
+      if (st.order.length === 0 || st.order[st.order.length - 1]! < from) continue;
+      // The dropped are the newest (highest ranks): the others keep their positions.
+      const order = st.order.filter((t) => t < from);
+      plans.push({ layer: l, keep: Int32Array.from(order, (t) => st.slot.get(t)!), positions: Int32Array.from(order, (_, i) => i), order });
     }
     this.#apply(plans);
-    const held0 = this.#src[0]!.length;
-    this.#offset = from - held0;
-    const native = this.#native();
-    for (let l = 1; l < this.#layers; l++) native.setLayerShift(l, this.#src[l]!.length - held0);
+    this.#place(from);
   }
 
-  // Compacts the layers listed and follows the moves in the slot mirrors.
-  #apply(plans: { layer: number; keep: Int32Array; positions: Int32Array }[]): void {
+  // The next token goes to each layer's next slot: layer 0's through the step's positions, the
+  // others through a per-layer shift (set only when it changes).
+  #place(next: number): void {
+    const held0 = this.#state[0]!.order.length;
+    this.#offset = next - held0;
+    let native: NativeSequence | null = null;
+    for (let l = 1; l < this.#layers; l++) {
+      const st = this.#state[l]!;
+      const shift = st.order.length - held0;
+      if (shift === st.shift) continue;
+      native ??= this.#native();
+      native.setLayerShift(l, shift);
+      // setLayerShift sets every layer from l on: the later ones are set again below if they differ.
+      for (let k = l; k < this.#layers; k++) this.#state[k]!.shift = shift;
+    }
+  }
+
+  // Compacts the layers listed and follows the moves in the slot maps.
+  #apply(plans: { layer: number; keep: Int32Array; positions: Int32Array; order: number[] }[]): void {
     if (plans.length === 0) return;
     const slots = this.#model.compact(this.#native(), plans);
     plans.forEach((p, j) => {
-      const src = this.#src[p.layer]!;
-      const score = this.#score[p.layer]!;
-      const nextSrc = new Array<number>(p.keep.length);
-      const nextScore = new Array<number>(p.keep.length);
-      p.keep.forEach((slot, i) => {
-        nextSrc[slots[j]![i]!] = src[slot]!;
-        nextScore[slots[j]![i]!] = score[slot]!;
+      const st = this.#state[p.layer]!;
+      const kept = new Set(p.order);
+      for (const t of st.order) {
+        if (!kept.has(t)) {
+          st.slot.delete(t);
+          st.score.delete(t);
+        }
+      }
+      const moved = slots[j]!;
+      p.order.forEach((t, i) => {
+        if (moved[i] !== p.keep[i]) st.slot.set(t, moved[i]!);
       });
-      this.#src[p.layer] = nextSrc;
-      this.#score[p.layer] = nextScore;
+      st.order = p.order;
     });
   }
 
-  // The stream indices layer l keeps, in cache order (stream order for every policy here).
-  #keep(l: number): number[] {
+  // The stream indices layer l keeps, in cache order (stream order for every policy here); the
+  // layer's own `order` array when it keeps everything.
+  #keep(l: number, st: LayerState): number[] {
     const p = this.#policy;
-    const src = this.#src[l]!;
-    const ordered = [...src].sort((a, b) => a - b);
+    const order = st.order;
     if (p.name === 'streaming') {
       // Sinks + the newest window - 1: the next token makes the window.
       const cap = p.sinks + p.window - 1;
-      if (ordered.length <= cap) return ordered;
-      return [...ordered.slice(0, p.sinks), ...ordered.slice(ordered.length - (p.window - 1))];
+      if (order.length <= cap) return order;
+      return [...order.slice(0, p.sinks), ...order.slice(order.length - (p.window - 1))];
     }
     if (p.name === 'h2o') {
       const cap = p.budget - 1;
-      if (ordered.length <= cap) return ordered;
-      const recent = ordered.slice(ordered.length - Math.min(p.recent, cap));
-      const rest = ordered.slice(0, ordered.length - recent.length);
-      const scoreOf = new Map(src.map((t, s) => [t, this.#score[l]![s]!]));
+      if (order.length <= cap) return order;
+      const recent = Math.min(p.recent, cap);
+      const rest = order.slice(0, order.length - recent);
       // Heavy hitters: the highest accumulated attention; ties keep the older token.
-      const heavy = [...rest].sort((a, b) => scoreOf.get(b)! - scoreOf.get(a)! || a - b).slice(0, cap - recent.length);
-      return [...heavy.sort((a, b) => a - b), ...recent];
+      const heavy = rest.sort((a, b) => st.score.get(b)! - st.score.get(a)! || a - b).slice(0, cap - recent);
+      return [...heavy.sort((a, b) => a - b), ...order.slice(order.length - recent)];
     }
-    return [...this.#planner!.kept(l)];
+    const kept = this.#planner!.kept(l);
+    if (kept.length === order.length) return order; // the planner keeps tokens in stream order: same set
+    return [...kept];
   }
 }

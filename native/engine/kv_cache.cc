@@ -310,11 +310,12 @@ Status Sequence::compact(int64_t layer, const std::vector<int32_t>& keep, const 
   size_t next_hole = 0;
   new_slots->assign(keep.size(), 0);
   std::vector<int32_t> pos(static_cast<size_t>(n));
-  // Runs of one row each, in ascending destination order (adjacent rows could merge; the
-  // kernel's cost is per row either way).
+  // Kept slots in ascending order; consecutive rows of one page pair form one run.
   std::vector<size_t> order(keep.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return keep[a] < keep[b]; });
+  const size_t first_run = key_moves->size();  // runs of this call may join; earlier ones are other layers'
+  bool last_moves_row = false;
   for (size_t i : order) {
     const int32_t src = keep[i];
     const int32_t dst = src < n ? src : holes[next_hole++];
@@ -322,18 +323,43 @@ Status Sequence::compact(int64_t layer, const std::vector<int32_t>& keep, const 
     pos[static_cast<size_t>(dst)] = new_positions[i];
     const int32_t from_pos = l.positions[static_cast<size_t>(src)];
     if (src == dst && from_pos == new_positions[i]) continue;
+    // Rows that continue the previous run (next row of the same source and destination pages)
+    // join it: its positions are per row, so only the row count grows.
+    const int32_t src_page = l.pages[static_cast<size_t>(src / ps)], dst_page = l.pages[static_cast<size_t>(dst / ps)];
+    const int32_t src_row = static_cast<int32_t>(src % ps), dst_row = static_cast<int32_t>(dst % ps);
+    const bool moves_row = src != dst;
+    std::vector<RerotateRun>& runs = *key_moves;
+    RerotateRun* last = runs.size() > first_run ? &runs.back() : nullptr;
+    const bool joins = last != nullptr && last->src_page == src_page && last->dst_page == dst_page &&
+                       last->src_row + last->rows == src_row && last->dst_row + last->rows == dst_row &&
+                       last->to == static_cast<int32_t>(positions->size()) - last->rows && last_moves_row == moves_row;
+    if (joins) {
+      // Positions of a run are [from, from + rows) and [to, to + rows): append both, in place.
+      positions->insert(positions->begin() + last->to, from_pos);
+      last->to += 1;
+      positions->push_back(new_positions[i]);
+      last->rows += 1;
+      if (moves_row) {
+        RerotateRun& v = value_moves->back();
+        v.rows += 1;
+        v.from = last->to;
+        v.to = last->to;
+      }
+      continue;
+    }
     RerotateRun r;
-    r.src_page = l.pages[static_cast<size_t>(src / ps)];
-    r.src_row = static_cast<int32_t>(src % ps);
-    r.dst_page = l.pages[static_cast<size_t>(dst / ps)];
-    r.dst_row = static_cast<int32_t>(dst % ps);
+    r.src_page = src_page;
+    r.src_row = src_row;
+    r.dst_page = dst_page;
+    r.dst_row = dst_row;
     r.rows = 1;
     r.from = static_cast<int32_t>(positions->size());
     positions->push_back(from_pos);
     r.to = static_cast<int32_t>(positions->size());
     positions->push_back(new_positions[i]);
-    key_moves->push_back(r);
-    if (src != dst) {
+    runs.push_back(r);
+    last_moves_row = moves_row;
+    if (moves_row) {
       RerotateRun v = r;
       v.from = v.to;  // values: the same position on both sides, a copy
       value_moves->push_back(v);
