@@ -406,7 +406,7 @@ function markdownTable(report) {
     `CPU, ${report.host.threads} threads, f32 weights and KV; documents of ${s.docTokens} tokens after a ${s.prefixTokens}-token prefix, a ${s.queryTokens}-token query, ${s.maxTokens} tokens generated greedily; ` +
       `median of ${s.reps} runs after a warm-up, policies alternated. Documents are put in the store before timing. TTFT: generate() to the first token; total: to the result. ` +
       'Ratio = concat / CacheFocus (TTFT, total time). concat prefills [P; docs; query] jointly at query time; cacheFocus attaches the stored documents, re-positions them and prunes at its pruning layers by the query\'s attention ' +
-      `(defaults: layer layers/2 - 1, or 0 with 2 layers, keep half; topK: the same layer, keep ${TOP_K}; documents past the model's positions share them in parallel windows until pruning makes room); parallelWindows puts every document at |P|.`,
+      `(defaults: the middle layer, layers/2, none with 2 layers, keep half; topK: the same layer, keep ${TOP_K}; documents past the model's positions share them in parallel windows until pruning makes room); parallelWindows puts every document at |P|.`,
   );
   for (const r of report.results) {
     const extra = [];
