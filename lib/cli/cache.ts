@@ -144,7 +144,7 @@ export interface FolderReport {
   temporaryFiles: number;
   /** verify only: entries whose every checksum matched, and the files that failed. */
   verified?: number;
-  damaged?: Array<{ file: string; kind: 'corrupt' | 'foreign'; reason: string }>;
+  damaged?: Array<{ file: string; kind: EntryDefect['kind']; reason: string }>;
 }
 
 function checkStoreDir(dir: string): void {
