@@ -41,8 +41,12 @@ export class RedisServer {
   /** Starts the server (no RDB snapshots, no AOF: an empty server each start); resolves once it accepts connections. */
   async start(): Promise<void> {
     if (this.#child) throw new Error('redis-server: already running');
+    // Not under the sanitizer run's preloaded ASan runtime (scripts/ci/sanitize.sh): the server is not what is tested.
+    const env = { ...process.env };
+    delete env.LD_PRELOAD;
     const child = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no'], {
       stdio: ['ignore', 'pipe', 'pipe'],
+      env,
     });
     this.#child = child;
     let log = '';
