@@ -70,7 +70,7 @@ export interface RemoteStoreOptions {
    * meet under one prefix; tenants that must not share entries use different prefixes (and secrets).
    */
   keyPrefix?: string;
-  /** Seconds an entry is kept after it is written. Default: until Redis evicts it (maxmemory policy). */
+  /** Seconds an entry is kept after it was last written or read. Default: until Redis evicts it (maxmemory policy). */
   ttlSeconds?: number;
   /**
    * Key of an HMAC-SHA256 that every entry and id record written carries, and that every one
@@ -82,7 +82,7 @@ export interface RemoteStoreOptions {
   connectTimeoutMs?: number;
   /** Longest wait for one command's reply (ms, default 1000): a slower server counts as unavailable for a moment. */
   commandTimeoutMs?: number;
-  /** @internal Bytes of one chunk of an entry's value (default 4 MiB). */
+  /** @internal Bytes of one chunk of an entry's value (default 16 MiB). */
   chunkBytes?: number;
 }
 

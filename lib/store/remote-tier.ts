@@ -74,7 +74,7 @@ export interface RemoteEntry {
 }
 
 export const DEFAULT_KEY_PREFIX = 'kvfocus:';
-export const DEFAULT_CHUNK_BYTES = 4 << 20;
+export const DEFAULT_CHUNK_BYTES = 16 << 20; // most entries fit one (read without a copy); larger ones span several
 export const PREFIX_ENTRY_KEY = 'prefix';
 const MANIFEST_FORMAT = 'kvfocus.remote-entry';
 const MAX_MANIFEST_BYTES = 64 << 10;
@@ -115,6 +115,7 @@ export class RemoteTier {
   readonly #base: string;
   readonly #listener: RemoteTierListener;
   readonly #name: string;
+  readonly #self = randomBytes(8).toString('hex'); // this tier's announcements come back to it: skipped
   #client: RedisClient | null = null;
   #subscriber: RedisClient | null = null;
   #ready = false; // the client's connection is up
@@ -319,6 +320,15 @@ export class RemoteTier {
       const { identity, kv } = decodeEntry(bytes, mkey);
       this.counters.hits++;
       this.counters.bytesRead += bytes.length;
+      const ttl = this.#o.ttlSeconds;
+      if (ttl !== null) {
+        // An entry in use lives on: ttlSeconds counts from its last write or read.
+        void this.#run((c) => {
+          const p = c.pipeline().expire(mkey, ttl);
+          for (const k of keys) p.expire(k, ttl + 60);
+          return execAll(p);
+        });
+      }
       return { identity, kv, bytes: bytes.length, discard: () => discard(manifest) };
     } catch (e) {
       if (e instanceof EntryDefect) discard(manifest);
@@ -415,13 +425,13 @@ export class RemoteTier {
 
   #onAnnouncement(message: string): void {
     if (this.#closing) return;
-    let m: { id?: unknown; record?: unknown };
+    let m: { id?: unknown; record?: unknown; from?: unknown };
     try {
       m = JSON.parse(message);
     } catch {
       return;
     }
-    if (typeof m?.id !== 'string' || typeof m.record !== 'string') return;
+    if (typeof m?.id !== 'string' || typeof m.record !== 'string' || m.from === this.#self) return;
     const rec = this.#parseIdRecord(m.id, m.record);
     if (rec) this.#listener.announce(rec.id, rec.tokens);
   }
@@ -520,7 +530,7 @@ export class RemoteTier {
     const r = await this.#run(async (c) => {
       const p = c.multi().hset(this.idsKey, id, record);
       if (ttl !== null) p.expire(this.idsKey, ttl + 60);
-      p.publish(this.idsKey, JSON.stringify({ id, record }));
+      p.publish(this.idsKey, JSON.stringify({ id, record, from: this.#self }));
       await execAll(p);
     });
     return r !== null;

@@ -9,7 +9,8 @@
 //       [--json out.json] [--quick]
 //
 // Model: the ~100M-parameter fixture of scripts/bench/store.mjs (bench/tmp/store-llama-100m,
-// written once), f32 weights and KV: a 200-token document's entry is 4.9 MB.
+// written once), f32 weights and KV: a 200-token document's entry is 4.9 MB (one chunk of the
+// default 16 MiB).
 // Redis: without --redis-url a redis-server (Debian's package) is started on a free loopback
 // port with no persistence, and killed at the end.
 //
@@ -63,7 +64,7 @@ if (threadsArg !== undefined) {
 
 const require = createRequire(import.meta.url);
 const kv = require('../../dist/cjs/index.js');
-const { RemoteTier } = require('../../dist/cjs/store/remote-tier.js');
+const { DEFAULT_CHUNK_BYTES, RemoteTier } = require('../../dist/cjs/store/remote-tier.js');
 const { namespaceOf } = require('../../dist/cjs/store/disk-tier.js');
 const { entryKey, tokensHash } = require('../../dist/cjs/store/entry.js');
 const { Redis } = require('ioredis');
@@ -272,7 +273,7 @@ async function main() {
     }
     const listener = { down: (m) => console.error(`remote: ${m}`), up() {}, announce() {}, defect: (d) => console.error(`remote: ${d.message}`) };
     const openTier = async (prefixKey, s) => {
-      const t = new RemoteTier({ url, keyPrefix: prefixKey, ttlSeconds: null, secret: s, connectTimeoutMs: 5000, commandTimeoutMs: 10_000, chunkBytes: 4 << 20 }, namespace, listener);
+      const t = new RemoteTier({ url, keyPrefix: prefixKey, ttlSeconds: null, secret: s, connectTimeoutMs: 5000, commandTimeoutMs: 10_000, chunkBytes: DEFAULT_CHUNK_BYTES }, namespace, listener);
       tiers.push(t);
       await t.open();
       return t;
@@ -308,7 +309,7 @@ async function main() {
       host: { cpu: cpus()[0]?.model, logicalCores: cpus().length, threads: kv.buildInfo().cpuThreads, loadAverageBefore, loadAverageAfter: loadavg()[0] },
       redis: { url: redisUrlArg ? url : 'loopback, started by the script', version: ownServer?.version ?? null },
       model: { fixture: 'store-llama-100m', parameters: parameterCount(c), sizes: SIZES, kvDtype: 'f32' },
-      settings: { documents, docTokens, prefixTokens, queryTokens, reps, chunkBytes: 4 << 20 },
+      settings: { documents, docTokens, prefixTokens, queryTokens, reps, chunkBytes: DEFAULT_CHUNK_BYTES },
       entryBytes: totalBytes / documents,
       logitsCheck: check,
       attachSeconds: { runs: times, median: m, remoteOpenMedian: median(openSeconds), deviceMedian: median(deviceSeconds) },

@@ -107,6 +107,40 @@ it.runIf(onCi || redisBin !== null)('a redis-server is installed (CI installs it
   expect(redisBin, 'redis-server is not on PATH: the remote tier tests cannot run').not.toBeNull();
 });
 
+describe('remote options (no server needed)', () => {
+  let m: Model;
+  let dir: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kvfocus-remote-options-'));
+    m = await loadModel(makeFixtures(dir, ['llama-gqa'])['llama-gqa']!, LOAD);
+  });
+  afterAll(() => {
+    m?.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('are checked, naming the field', async () => {
+    await expect(m.openStore({ prefix, remote: { url: 'http://localhost:6379' } })).rejects.toThrow(/remote\.url: expected 'redis:\/\/host:port'/);
+    await expect(m.openStore({ prefix, remote: { url: 'redis://localhost', ttl_seconds: 5 } as never })).rejects.toThrow(/unknown option 'ttl_seconds' \(did you mean 'ttlSeconds'\?\)/);
+    await expect(m.openStore({ prefix, remote: { url: 'redis://localhost', ttlSeconds: 0 } })).rejects.toThrow(/remote\.ttlSeconds: expected an integer >= 1/);
+    await expect(m.openStore({ prefix, remote: { url: 'redis://localhost', secret: '' } })).rejects.toThrow(/remote\.secret/);
+    await expect(m.openStore({ prefix, remote: 'redis://localhost' as never })).rejects.toThrow(/remote: expected \{ url/);
+  });
+
+  it("a server that is not there: openStore resolves, and the url's password appears in no message", async () => {
+    const url = `redis://:hunter2@127.0.0.1:${await freePort()}`;
+    using store = await m.openStore({ prefix, remote: { url, connectTimeoutMs: 300 } });
+    const warnings = collect(store);
+    await store.put('a', ids(1, 12));
+    expect(await served(m, store, 'a', ids(1, 12))).toBeLessThan(1e-5);
+    await settle();
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]!.kind).toBe('unavailable');
+    expect(`${warnings[0]!.message} ${warnings[0]!.file}`).not.toContain('hunter2');
+    expect(warnings[0]!.file).toContain(':***@127.0.0.1');
+  });
+});
+
 describe.skipIf(!redisBin && !onCi)('remote tier (Redis)', () => {
   beforeAll(async () => {
     root = mkdtempSync(join(tmpdir(), 'kvfocus-remote-'));
@@ -326,6 +360,23 @@ describe.skipIf(!redisBin && !onCi)('remote tier (Redis)', () => {
     } finally {
       delete process.env.KVFOCUS_REMOTE_SECRET;
     }
+  });
+
+  it('ttlSeconds: the manifest expires first, its chunks a minute later; a read renews both', async () => {
+    const doc = ids(10, 30);
+    using store = await model.openStore({ prefix, remote: remote('ttl:', { ttlSeconds: 100 }) });
+    await store.put('d', doc);
+    await store.flush();
+    const k = keysOf(store, 'ttl:', doc);
+    const m = (await manifestAt(k.manifest))!;
+    expect(await redis.ttl(k.manifest)).toBeGreaterThan(95);
+    expect(await redis.ttl(k.manifest)).toBeLessThanOrEqual(100);
+    for (const c of k.chunks(m)) expect(await redis.ttl(c)).toBeGreaterThan(155);
+    await redis.expire(k.manifest, 5);
+    using reader = await model.openStore({ prefix, remote: remote('ttl:', { ttlSeconds: 100 }) });
+    expect(await served(model, reader, 'd', doc)).toBeLessThan(1e-5);
+    expect(reader.stats().hitsByTier.remote).toBe(1);
+    await until('the read renews the entry', async () => (await redis.ttl(k.manifest)) > 95);
   });
 
   it('Redis down at open does not fail openStore; the tier connects when Redis starts', async () => {
