@@ -362,6 +362,25 @@ describe.skipIf(!redisBin && !onCi)('remote tier (Redis)', () => {
     }
   });
 
+  it('kvfocus cache build --remote writes the entries to Redis for the other hosts', async () => {
+    const docs = [{ id: 'x', tokens: ids(11, 20) }, { id: 'y', tokens: ids(12, 25) }];
+    writeFileSync(join(root, 'docs.jsonl'), docs.map((d) => JSON.stringify(d)).join('\n') + '\n');
+    const out = await new Promise<string>((resolve, reject) => {
+      const c = spawn(process.execPath, [join(repo, 'bin', 'kvfocus.js'), 'cache', 'build', join(root, 'docs.jsonl'), '--model', modelDir, '--device', 'cpu', '--store', join(root, 'cli-store'), '--prefix', 'Read these.', '--no-progress', '--remote', server.url, '--key-prefix', 'cli:']);
+      let text = '';
+      c.stdout.on('data', (b) => (text += b));
+      c.stderr.on('data', (b) => (text += b));
+      c.on('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`exit ${code}: ${text}`))));
+    });
+    expect(out).toMatch(/redis: 3 entries written/); // the two documents and the prefix
+    const textPrefix = model.tokenizer.encode('Read these.', { addSpecialTokens: true });
+    using store = await model.openStore({ prefix: textPrefix, remote: { url: server.url, keyPrefix: 'cli:' } });
+    expect(store.list().sort()).toEqual(['x', 'y']);
+    using seq = model.sequence({ store, documents: ['x', 'y'] });
+    await seq.append(query);
+    expect(store.stats().hitsByTier.remote).toBe(2);
+  });
+
   it('ttlSeconds: the manifest expires first, its chunks a minute later; a read renews both', async () => {
     const doc = ids(10, 30);
     using store = await model.openStore({ prefix, remote: remote('ttl:', { ttlSeconds: 100 }) });
