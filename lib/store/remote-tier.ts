@@ -22,9 +22,10 @@
 // (the manifest and the entry's bytes; the namespace, id and tokens): entries and ids without a
 // valid one are refused like damaged ones. Nothing is encrypted.
 //
-// Faults: commands time out (commandTimeoutMs); a timeout or a lost connection pauses the tier
-// (reads and writes skipped, the requests go on with the local tiers) until the client has
-// reconnected and a command succeeds again. No command waits for a connection (no offline queue).
+// Faults: commands time out (commandTimeoutMs) and none waits for a connection (no offline
+// queue). A timeout or a lost connection pauses the tier for RETRY_PAUSE_MS (reads and writes
+// skipped: the requests go on with the local tiers) while the client reconnects in the
+// background; the outage is reported once, and its end when a command succeeds again.
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Redis as RedisClient, RedisOptions } from 'ioredis';
 import { crc32, decodeEntry, EntryDefect, type EntryBytes, type EntryIdentity } from './entry-file.js';
@@ -33,7 +34,7 @@ import { crc32, decodeEntry, EntryDefect, type EntryBytes, type EntryIdentity } 
 export interface RemoteTierOptions {
   url: string;
   keyPrefix: string;
-  /** Seconds an entry is kept after it is written (null: until Redis evicts it). */
+  /** Seconds an entry is kept after it was last written or read (null: until Redis evicts it). */
   ttlSeconds: number | null;
   secret: string | null;
   connectTimeoutMs: number;
