@@ -357,6 +357,12 @@ describe.skipIf(!redisBin && !onCi)('remote tier (Redis)', () => {
       expect(await served(model, again, 'd', doc)).toBeLessThan(1e-5);
       expect(again.stats().hitsByTier.remote).toBe(1);
       expect(again.stats().corruptEntries).toBe(0);
+      // An announcement without the HMAC (published by anyone who can reach Redis) is refused too.
+      const channel = `trust:v1:${namespaceOf(again.host.fingerprint, tokensHash(again.prefixTokens))}:ids`;
+      const tokens = Buffer.from(Int32Array.from(ids(13, 10)).buffer).toString('base64');
+      expect(await redis.publish(channel, JSON.stringify({ id: 'evil', record: JSON.stringify({ v: 1, tokens }) }))).toBeGreaterThan(0);
+      await until('the announcement is refused', () => again.stats().corruptEntries === 1);
+      expect(again.has('evil')).toBe(false);
     } finally {
       delete process.env.KVFOCUS_REMOTE_SECRET;
     }
