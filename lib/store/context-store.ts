@@ -27,7 +27,7 @@ import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
 import { DiskTier, namespaceOf, type DiskOps } from './disk-tier.js';
 import { entryKey, STORE_ENTRY_VERSION, tokensHash, type StoreEntryHeader } from './entry.js';
 import { EntryDefect, encodeEntry, entrySize, MAX_ENTRY_HEADER_BYTES, type EntryBytes, type EntryIdentity } from './entry-file.js';
-import { DEFAULT_CHUNK_BYTES, DEFAULT_KEY_PREFIX, PREFIX_ENTRY_KEY, RemoteTier, type RemoteEntry, type RemoteTierListener, type RemoteTierOptions } from './remote-tier.js';
+import { DEFAULT_CHUNK_BYTES, DEFAULT_KEY_PREFIX, MIN_CHUNK_BYTES, PREFIX_ENTRY_KEY, RemoteTier, type RemoteEntry, type RemoteTierListener, type RemoteTierOptions } from './remote-tier.js';
 
 /** Text, or token ids (integers in [0, vocabSize)). */
 export type StoreContent = string | readonly number[] | Int32Array;
@@ -981,10 +981,10 @@ function checkRemoteOptions(v: unknown): RemoteTierOptions {
   if (o.keyPrefix !== undefined && typeof o.keyPrefix !== 'string') {
     throw new InvalidArgumentError(`remote.keyPrefix: expected a string but received ${describe(o.keyPrefix)}`, 'remote.keyPrefix');
   }
-  const positive = (x: unknown, name: string, fallback: number | null): number | null => {
+  const positive = (x: unknown, name: string, fallback: number | null, min = 1): number | null => {
     if (x === undefined) return fallback;
-    if (typeof x === 'number' && Number.isSafeInteger(x) && x >= 1) return x;
-    throw new InvalidArgumentError(`remote.${name}: expected an integer >= 1 but received ${describe(x)}`, `remote.${name}`);
+    if (typeof x === 'number' && Number.isSafeInteger(x) && x >= min) return x;
+    throw new InvalidArgumentError(`remote.${name}: expected an integer >= ${min} but received ${describe(x)}`, `remote.${name}`);
   };
   let secret: string | null = o.secret ?? process.env.KVFOCUS_REMOTE_SECRET ?? null;
   if (o.secret !== undefined && (typeof o.secret !== 'string' || o.secret === '')) {
@@ -998,7 +998,7 @@ function checkRemoteOptions(v: unknown): RemoteTierOptions {
     secret,
     connectTimeoutMs: positive(o.connectTimeoutMs, 'connectTimeoutMs', 2000)!,
     commandTimeoutMs: positive(o.commandTimeoutMs, 'commandTimeoutMs', 1000)!,
-    chunkBytes: positive(o.chunkBytes, 'chunkBytes', DEFAULT_CHUNK_BYTES)!,
+    chunkBytes: positive(o.chunkBytes, 'chunkBytes', DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES)!,
   };
 }
 

@@ -76,6 +76,7 @@ export interface RemoteEntry {
 
 export const DEFAULT_KEY_PREFIX = 'kvfocus:';
 export const DEFAULT_CHUNK_BYTES = 16 << 20; // most entries fit one (read without a copy); larger ones span several
+export const MIN_CHUNK_BYTES = 1024;
 export const PREFIX_ENTRY_KEY = 'prefix';
 const MANIFEST_FORMAT = 'kvfocus.remote-entry';
 const MAX_MANIFEST_BYTES = 64 << 10;
@@ -355,7 +356,7 @@ export class RemoteTier {
     const int = (v: unknown, min: number): boolean => Number.isSafeInteger(v) && (v as number) >= min;
     const ok =
       typeof m.key === 'string' && typeof m.write === 'string' && /^[0-9a-f]{1,64}$/.test(m.write) &&
-      int(m.bytes, 8) && int(m.chunkBytes, 1) && int(m.chunks, 1) && int(m.headBytes, 8) && m.headBytes <= m.bytes &&
+      int(m.bytes, 8) && int(m.chunkBytes, MIN_CHUNK_BYTES) && int(m.chunks, 1) && int(m.headBytes, 8) && m.headBytes <= m.bytes &&
       int(m.headCrc32, 0) && m.chunks === Math.ceil(m.bytes / m.chunkBytes);
     if (!ok) throw new EntryDefect(`${mkey}: malformed manifest`, 'corrupt');
     return { manifest: m, json, mac: macLine?.slice(4) };
