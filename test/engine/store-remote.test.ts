@@ -476,6 +476,33 @@ describe.skipIf(!redisBin && !onCi)('remote tier (Redis)', () => {
     }
   });
 
+  it('Redis dying while a fetch waits for its reply: the request recomputes at once, without waiting for the timeout', async () => {
+    const own = await startRedis();
+    try {
+      const opts = { url: own.url, commandTimeoutMs: 20_000 };
+      {
+        using writer = await model.openStore({ prefix, remote: opts });
+        await writer.put('a', ids(1, 20));
+        await writer.flush();
+      }
+      using store = await model.openStore({ prefix, remote: opts });
+      collect(store);
+      own.pause(); // the fetch goes out and waits
+      const t0 = Date.now();
+      const result = served(model, store, 'a', ids(1, 20));
+      await new Promise((r) => setTimeout(r, 200));
+      await own.kill(); // the connection drops under it
+      expect(await result).toBeLessThan(1e-5);
+      expect(Date.now() - t0).toBeLessThan(5000);
+      const s = store.stats();
+      expect(s.misses).toBe(1);
+      expect(s.remote).toMatchObject({ connected: false, hits: 1 }); // hits: the prefix
+      expect(s.remote!.errors).toBeGreaterThan(0);
+    } finally {
+      await own.kill();
+    }
+  });
+
   it('a frozen Redis (answers nothing) costs a bounded wait, then the store goes on without it until it answers again', async () => {
     const own = await startRedis();
     try {
