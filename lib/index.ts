@@ -16,7 +16,7 @@ export {
   type Prompt,
   type SequenceOptions,
 } from './llm/model.js';
-export { ContextStore, StoreWarning, type OpenStoreOptions, type PutManyOptions, type StoreContent, type StoreDocument, type StoreStats, type StoreTierStats } from './store/context-store.js';
+export { ContextStore, StoreWarning, type OpenStoreOptions, type PutManyOptions, type RemoteStoreOptions, type StoreContent, type StoreDocument, type StoreRemoteStats, type StoreStats, type StoreTierStats } from './store/context-store.js';
 export { STORE_ENTRY_VERSION, entryKey, type StoreEntryHeader } from './store/entry.js';
 export { Sequence, type AppendOptions, type LayerLayout, type SequenceInput, type SequenceLayout } from './llm/sequence.js';
 export { policies, policyNames, type CachePolicy, type CacheFocusPolicy, type CascadingPolicy, type ConcatPolicy, type FullAttentionPolicy, type H2OPolicy, type HeadReduction, type KeepRule, type LaCachePolicy, type ParallelWindowsPolicy, type StreamingPolicy } from './policies/index.js';

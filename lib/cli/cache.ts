@@ -29,6 +29,9 @@ export interface BuildOptions {
   kvDtype?: string;
   batch: number;
   progress: boolean;
+  /** A Redis url: the entries are written there too (the remote tier). */
+  remote?: string;
+  keyPrefix?: string;
 }
 
 // Reads docs.jsonl lazily: one { id, text } or { id, tokens } object per line (blank lines skipped).
@@ -82,7 +85,10 @@ export async function build(docsFile: string, o: BuildOptions, out: NodeJS.Write
     const bos = model.tokenizer.bosTokenId;
     const prefix = o.prefix ?? (bos === null ? undefined : [bos]);
     if (prefix === undefined || prefix === '') throw new CliError('--prefix: required for this model (its tokenizer has no start-of-text token)');
-    using store = await model.openStore({ prefix, dir: o.store });
+    if (o.keyPrefix !== undefined && o.remote === undefined) throw new CliError('--key-prefix: needs --remote');
+    const remote = o.remote === undefined ? undefined : { url: o.remote, ...(o.keyPrefix === undefined ? {} : { keyPrefix: o.keyPrefix }) };
+    using store = await model.openStore({ prefix, dir: o.store, remote });
+    store.on('warning', (w: Error) => out.write(`warning: ${w.message}\n`));
     const bar = new cliProgress.SingleBar(
       {
         format: ' {bar} {percentage}% | {value}/{total} docs | {docsPerSec} docs/s | {tokensPerSec} tokens/s | ETA {eta_formatted}',
@@ -121,12 +127,16 @@ export async function build(docsFile: string, o: BuildOptions, out: NodeJS.Write
     } finally {
       if (o.progress) bar.stop();
     }
+    await store.flush(); // the writes to Redis run in the background
     const s = store.stats();
     const seconds = (performance.now() - started) / 1000;
     out.write(
       `stored ${done} documents (${tokens} tokens) in ${seconds.toFixed(1)} s: ${rates().docsPerSec} docs/s, ${rates().tokensPerSec} tokens/s\n` +
         `store folder: ${store.folder}\n` +
-        `disk: ${s.disk.entries} entries, ${s.disk.tokens} tokens, ${formatBytes(s.disk.bytes)}\n`,
+        `disk: ${s.disk.entries} entries, ${s.disk.tokens} tokens, ${formatBytes(s.disk.bytes)}\n` +
+        (s.remote
+          ? `redis: ${s.remote.writes} entries written (${formatBytes(s.remote.bytesWritten)}), ${s.remote.hits} fetched from it, ${s.remote.entries} ids; ${s.remote.errors} errors, ${s.remote.skippedWrites} writes skipped${s.remote.connected ? '' : ' (not connected)'}\n`
+          : ''),
     );
   } finally {
     model.dispose();
@@ -144,7 +154,7 @@ export interface FolderReport {
   temporaryFiles: number;
   /** verify only: entries whose every checksum matched, and the files that failed. */
   verified?: number;
-  damaged?: Array<{ file: string; kind: 'corrupt' | 'foreign'; reason: string }>;
+  damaged?: Array<{ file: string; kind: EntryDefect['kind']; reason: string }>;
 }
 
 function checkStoreDir(dir: string): void {

@@ -25,9 +25,11 @@ export async function main(argv: string[]): Promise<number> {
     .option('--dtype <dtype>', 'compute dtype of the weights: f32, f16, bf16')
     .option('--kv-dtype <dtype>', 'KV cache dtype: f32, f16, bf16')
     .option('--batch <n>', 'documents handed to putMany at once', positiveInt, 64)
+    .option('--remote <url>', "also write every entry to this Redis (redis://host:port), for the hosts that share it; secret: KVFOCUS_REMOTE_SECRET")
+    .option('--key-prefix <prefix>', "key prefix in Redis (with --remote; default 'kvfocus:')")
     .option('--no-progress', 'no progress bar')
     .action(async (docs: string, o) => {
-      await build(docs, { model: o.model, store: o.store, prefix: o.prefix, device: o.device, dtype: o.dtype, kvDtype: o.kvDtype, batch: o.batch, progress: o.progress });
+      await build(docs, { model: o.model, store: o.store, prefix: o.prefix, device: o.device, dtype: o.dtype, kvDtype: o.kvDtype, batch: o.batch, progress: o.progress, remote: o.remote, keyPrefix: o.keyPrefix });
     });
   for (const verify of [false, true]) {
     cache

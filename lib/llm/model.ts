@@ -207,9 +207,9 @@ export class Model {
   }
 
   /**
-   * Opens a store of document KV caches after a shared prefix (computed now): see
-   * ContextStore. Only the device tier exists yet: `dir` and `hostBytes` are refused with
-   * UnsupportedError. Refused (UnsupportedError naming the field) where moving cached keys is
+   * Opens a store of document KV caches after a shared prefix (computed now, or read from the
+   * store's disk or remote tier): see ContextStore and OpenStoreOptions (`dir`, `hostBytes`,
+   * `remote`). Refused (UnsupportedError naming the field) where moving cached keys is
    * not a pure rotation by the position shift: dynamic NTK rope scaling (frequencies depend on
    * the sequence length) and sliding-window layers (the window counts cache slots).
    */

@@ -44,11 +44,14 @@ export interface EntryIdentity {
   fileBytes: number;
 }
 
-/** Why an entry's bytes cannot be served: damaged (checksum, format) or written for another store. */
+/**
+ * Why an entry's bytes cannot be served: damaged (checksum, format), written for another store,
+ * or (remote tier, with a secret) without a valid HMAC.
+ */
 export class EntryDefect extends Error {
   constructor(
     message: string,
-    readonly kind: 'corrupt' | 'foreign',
+    readonly kind: 'corrupt' | 'foreign' | 'untrusted',
   ) {
     super(message);
   }
@@ -73,11 +76,11 @@ function crc32Table(data: Uint8Array, value = 0): number {
   return ~c >>> 0;
 }
 
-/** The entry's file bytes from its header, tokens and the KV as NativeKvBlock.read() returns it. */
-export function encodeEntry(id: string, header: StoreEntryHeader, tokens: Int32Array, kv: ArrayBuffer): EntryBytes {
+/** The entry's file bytes from its header, tokens and the KV as NativeKvBlock.read() returns it (not copied). */
+export function encodeEntry(id: string, header: StoreEntryHeader, tokens: Int32Array, kv: ArrayBuffer | Uint8Array): EntryBytes {
   const half = kv.byteLength / 2;
   const tokenBytes = Buffer.from(tokens.buffer, tokens.byteOffset, tokens.byteLength);
-  const kvBytes = Buffer.from(kv);
+  const kvBytes = kv instanceof Uint8Array ? Buffer.from(kv.buffer, kv.byteOffset, kv.byteLength) : Buffer.from(kv);
   const shape = [header.layers, header.tokens, header.kvHeads, header.headDim];
   const dtype = KV_DTYPE[header.kvDtype];
   if (!dtype) throw new Error(`encodeEntry: no safetensors dtype for ${header.kvDtype}`);

@@ -45,29 +45,17 @@
 //
 // Prints a table and a README-ready markdown table; --json writes every run. --quick: a tiny
 // run (2 and 3 documents of 48 tokens, one rep) that checks the script works.
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { flag, intList, opt, positiveInt } from './args.mjs';
+import { concat, ensureCheckpoint as checkpointIn, FIXTURE, median, now, parameterCount, randomTokens, SIZES } from './store-fixture.mjs';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const benchDir = join(repoRoot, 'bench', 'tmp');
 
-// ~100M parameters (as scripts/bench/cpu-llamacpp.mjs), with room for 40 x 200-token documents.
-const SIZES = {
-  hiddenSize: 768,
-  numLayers: 12,
-  numHeads: 12,
-  numKvHeads: 4,
-  headDim: 64,
-  intermediateSize: 2048,
-  vocabSize: 16384,
-  maxPositionEmbeddings: 16384,
-};
-const FIXTURE = 'llama-gqa'; // Llama architecture, untied output head, llama2-style tokenizer
-const CHECKPOINT_VERSION = 1; // bump when the way the checkpoint is written changes
 const LOGITS_TOLERANCE = 1e-4;
 
 // ---------------------------------------------------------------------------------------------
@@ -97,30 +85,6 @@ const { loadModel, loadDefaultModel, buildInfo, UnsupportedError } = kv;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const now = () => Number(process.hrtime.bigint()) / 1e9;
-
-/** Deterministic token ids in [3, limit): regular tokens, never the specials (0, 1, 2). */
-function randomTokens(n, seed, limit) {
-  const out = new Int32Array(n);
-  let s = (seed * 2654435761) >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = 3 + (s % (limit - 3));
-  }
-  return out;
-}
-
-const concat = (...parts) => {
-  const out = new Int32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-};
 
 function maxAbsDiff(a, b) {
   if (a.length !== b.length) throw new Error(`logits of different lengths: ${a.length} and ${b.length}`);
@@ -174,34 +138,6 @@ async function storedPrefill(model, store, ids, query) {
 }
 
 const roundUp = (n, page) => Math.ceil(n / page) * page;
-
-// ---------------------------------------------------------------------------------------------
-// Checkpoint
-// ---------------------------------------------------------------------------------------------
-
-async function ensureCheckpoint() {
-  const dir = join(benchDir, 'store-llama-100m');
-  const stamp = JSON.stringify({ version: CHECKPOINT_VERSION, fixture: FIXTURE, sizes: SIZES });
-  const stampFile = join(dir, 'bench-stamp.json');
-  if (existsSync(stampFile) && readFileSync(stampFile, 'utf8') === stamp) return dir;
-  console.error(`writing the benchmark checkpoint to ${dir} (once; ~400 MB) ...`);
-  const { makeFixtures } = await import('../fixtures/make-fixtures.mjs');
-  const staging = `${dir}.partial`;
-  rmSync(staging, { recursive: true, force: true });
-  const written = makeFixtures(staging, [FIXTURE], { sizes: SIZES })[FIXTURE];
-  rmSync(join(written, 'model.gguf'), { force: true }); // llama.cpp's copy: not used here
-  writeFileSync(join(written, 'bench-stamp.json'), stamp);
-  rmSync(dir, { recursive: true, force: true });
-  renameSync(written, dir);
-  rmSync(staging, { recursive: true, force: true });
-  return dir;
-}
-
-function parameterCount(c) {
-  const h = c.hiddenSize;
-  const layer = h * c.numHeads * c.headDim * 2 + h * c.numKvHeads * c.headDim * 2 + 3 * h * c.intermediateSize + 2 * h;
-  return c.numLayers * layer + (c.tieWordEmbeddings ? 1 : 2) * c.vocabSize * h + h;
-}
 
 // ---------------------------------------------------------------------------------------------
 // One model
@@ -399,7 +335,7 @@ async function runModel(name) {
   };
   const t0 = now();
   if (name === '100m') {
-    const dir = await ensureCheckpoint();
+    const dir = await checkpointIn(benchDir);
     if (need(Math.max(...counts)) > SIZES.maxPositionEmbeddings) throw new Error(`--counts: ${need(Math.max(...counts))} tokens exceed the checkpoint's ${SIZES.maxPositionEmbeddings} positions`);
     model = await loadModel(dir, { device: 'cpu', kvCacheTokens: pool(counts) });
     info = { name, dir: dir.slice(repoRoot.length + 1), fixture: FIXTURE, sizes: SIZES, weights: 'f32' };

@@ -82,7 +82,7 @@ describe('host tier', () => {
     expect(s.evictions).toBe(1);
     expect(await served(model, store, 'd0', docs[0]!)).toBeLessThan(1e-5);
     s = store.stats();
-    expect(s.hitsByTier).toEqual({ device: 0, host: 1, disk: 0 });
+    expect(s.hitsByTier).toEqual({ device: 0, host: 1, disk: 0, remote: 0 });
     expect(s.misses).toBe(0);
     expect(s.host.entries).toBe(1); // d1, the least recently used now, went down in its place
     expect(store.list()).toEqual(['d1', 'd2', 'd0']);
