@@ -447,7 +447,18 @@ export class Scheduler {
       seq.cached = 0;
       this.#evictions++;
     }
+    // Then stores give back device pages of documents no sequence reads now.
+    for (const reclaim of this.reclaimers) {
+      if (this.model.freePages() >= pages) break;
+      reclaim(pages);
+    }
   }
+
+  /**
+   * Holders of KV pages that can give some back when work needs them (a store's device tier):
+   * each is called with the free pages wanted and releases what it can.
+   */
+  readonly reclaimers = new Set<(pages: number) => void>();
 
   // Starts waiting requests in order while their claim fits, evicting idle sequences to make
   // room. With nothing running the head always starts: it fits the pool (the model checks), so

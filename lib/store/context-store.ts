@@ -248,7 +248,23 @@ export class ContextStore extends EventEmitter {
     this.#hostBytes = o.hostBytes;
     this.#disk = o.disk;
     this.#remote = o.remote;
+    host.scheduler.reclaimers.add(this.#reclaim);
   }
+
+  // The pool is short of pages for running work: the least recently used documents leave the
+  // device (still on a lower tier if there is one, else recomputed when used) until enough are
+  // free. Pages a sequence still reads stay allocated until it ends.
+  readonly #reclaim = (pages: number): void => {
+    if (this.#prefix === null) return;
+    const model = this.host.native('reclaim');
+    const resident = [...this.#entries.values()].filter((e) => e.block !== null).sort((a, b) => a.used - b.used);
+    for (const e of resident) {
+      if (model.freePages() >= pages) return;
+      e.block!.release();
+      e.block = null;
+      this.#evictions++;
+    }
+  };
 
   /** @internal Use model.openStore(). */
   static async open(host: StoreHost, options: OpenStoreOptions): Promise<ContextStore> {
@@ -602,6 +618,7 @@ export class ContextStore extends EventEmitter {
     this.#entries.clear();
     this.#prefix.release();
     this.#prefix = null;
+    this.host.scheduler.reclaimers.delete(this.#reclaim);
     this.#remote?.close();
   }
 

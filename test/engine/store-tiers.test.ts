@@ -413,3 +413,29 @@ describe('a full disk', () => {
     }
   });
 });
+
+describe('the pool under pressure', () => {
+  it('a store gives back device pages when a request needs them; its documents are served again later', async () => {
+    const small = await loadModel(modelDir, { device: 'cpu', kvCacheTokens: 256, pageSize: 16 });
+    try {
+      const dir = newDir();
+      using store = await small.openStore({ prefix, dir });
+      // 10 documents of 16 tokens: 10 of the pool's 16 pages per layer, with the prefix's 2.
+      for (let i = 0; i < 10; i++) await store.put(`d${i}`, ids(30 + i, 16));
+      expect(store.stats().device.entries).toBe(10);
+      // A prompt that needs 8 pages per layer: only 4 are free until the store gives some back.
+      const r = await small.generate(ids(50, 120), { maxTokens: 4, temperature: 0, stopTokens: [] }).result;
+      expect(r.completionTokens).toBe(4);
+      const s = store.stats();
+      expect(s.device.entries).toBeLessThan(10);
+      expect(s.evictions).toBeGreaterThan(0);
+      // What left the device is still on disk, and is served from there.
+      using seq = small.sequence({ store, documents: ['d0'] });
+      const ours = (await seq.append(query, { logits: 'last' }))!;
+      expect(maxDiff(ours, await small.logits([...prefix, ...ids(30, 16), ...query]))).toBeLessThan(1e-5);
+      expect(store.stats().hitsByTier.disk).toBe(1);
+    } finally {
+      small.dispose();
+    }
+  });
+});
