@@ -46,29 +46,17 @@
 // same ratio of total times per count; --json writes every run. Goal: >= 20x TTFT at 32
 // documents on the 100M model. --quick: a tiny run (2 and 3 documents of 48 tokens, 4 tokens
 // generated, one rep) that checks the script works.
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { concat, ensureCheckpoint, FIXTURE, parameterCount, randomTokens, SIZES } from './store-fixture.mjs';
 import { flag, intList, opt, positiveInt } from './args.mjs';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const benchDir = join(repoRoot, 'bench', 'tmp');
 
-// ~100M parameters: the checkpoint of scripts/bench/store.mjs (same sizes, stamp and folder).
-const SIZES = {
-  hiddenSize: 768,
-  numLayers: 12,
-  numHeads: 12,
-  numKvHeads: 4,
-  headDim: 64,
-  intermediateSize: 2048,
-  vocabSize: 16384,
-  maxPositionEmbeddings: 16384,
-};
-const FIXTURE = 'llama-gqa'; // Llama architecture, untied output head, llama2-style tokenizer
-const CHECKPOINT_VERSION = 1; // as scripts/bench/store.mjs: bump both together
 const TOP_K = 4;
 
 // ---------------------------------------------------------------------------------------------
@@ -109,26 +97,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const now = () => Number(process.hrtime.bigint()) / 1e9;
 const roundUp = (n, page) => Math.ceil(n / page) * page;
 
-/** Deterministic token ids in [3, limit): regular tokens, never the specials (0, 1, 2). */
-function randomTokens(n, seed, limit) {
-  const out = new Int32Array(n);
-  let s = (seed * 2654435761) >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = 3 + (s % (limit - 3));
-  }
-  return out;
-}
-
-const concatTokens = (...parts) => {
-  const out = new Int32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-};
+const concatTokens = concat;
 
 /** The documents, prefix and query of a model: the same seeds for every model. */
 function workload(vocab, bos, n) {
@@ -201,34 +170,6 @@ async function pruneCheck(model, store, ids, query, policy) {
   } finally {
     seq.dispose();
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Checkpoint (as scripts/bench/store.mjs)
-// ---------------------------------------------------------------------------------------------
-
-async function ensureCheckpoint() {
-  const dir = join(benchDir, 'store-llama-100m');
-  const stamp = JSON.stringify({ version: CHECKPOINT_VERSION, fixture: FIXTURE, sizes: SIZES });
-  const stampFile = join(dir, 'bench-stamp.json');
-  if (existsSync(stampFile) && readFileSync(stampFile, 'utf8') === stamp) return dir;
-  console.error(`writing the benchmark checkpoint to ${dir} (once; ~400 MB) ...`);
-  const { makeFixtures } = await import('../fixtures/make-fixtures.mjs');
-  const staging = `${dir}.partial`;
-  rmSync(staging, { recursive: true, force: true });
-  const written = makeFixtures(staging, [FIXTURE], { sizes: SIZES })[FIXTURE];
-  rmSync(join(written, 'model.gguf'), { force: true }); // llama.cpp's copy: not used here
-  writeFileSync(join(written, 'bench-stamp.json'), stamp);
-  rmSync(dir, { recursive: true, force: true });
-  renameSync(written, dir);
-  rmSync(staging, { recursive: true, force: true });
-  return dir;
-}
-
-function parameterCount(c) {
-  const h = c.hiddenSize;
-  const layer = h * c.numHeads * c.headDim * 2 + h * c.numKvHeads * c.headDim * 2 + 3 * h * c.intermediateSize + 2 * h;
-  return c.numLayers * layer + (c.tieWordEmbeddings ? 1 : 2) * c.vocabSize * h + h;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -312,7 +253,7 @@ async function runModel(name) {
   let runCounts = counts;
   let concatFits = () => true;
   if (name === '100m') {
-    const dir = await ensureCheckpoint();
+    const dir = await ensureCheckpoint(benchDir);
     if (need(counts[counts.length - 1]) > SIZES.maxPositionEmbeddings) {
       throw new Error(`--counts: ${need(counts[counts.length - 1])} tokens exceed the checkpoint's ${SIZES.maxPositionEmbeddings} positions`);
     }
