@@ -46,7 +46,7 @@
 // same ratio of total times per count; --json writes every run. Goal: >= 20x TTFT at 32
 // documents on the 100M model. --quick: a tiny run (2 and 3 documents of 48 tokens, 4 tokens
 // generated, one rep) that checks the script works.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
