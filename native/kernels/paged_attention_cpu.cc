@@ -418,7 +418,7 @@ KVF_CPU_CLONES void attend_items(const Layout& L, Split& sp, float* stats, int64
         part[0] = w.m[hh];
         part[1] = w.l[hh];
         std::copy(&w.acc[hh * d], &w.acc[hh * d] + d, part + 2);
-        std::copy(&w.mass[hh * R], &w.mass[hh * R] + R, part + 2 + d);
+        if (R > 0) std::copy(&w.mass[hh * R], &w.mass[hh * R] + R, part + 2 + d);  // (no mass vector without ranges)
       }
     }
   }
