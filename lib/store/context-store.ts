@@ -138,6 +138,10 @@ export interface StoreStats {
   /** Documents a sequence found on some tier, and on which. */
   hits: number;
   hitsByTier: { device: number; host: number; disk: number; remote: number };
+  /** Entries written to each tier below the device (host: moved down into it; disk: files written; remote: entries sent). */
+  writesByTier: { host: number; disk: number; remote: number };
+  /** Failed reads and writes of each persistent tier (a full disk, an I/O error, Redis failing or unreachable). */
+  errorsByTier: { disk: number; remote: number };
   /** Documents a sequence needed that were on no tier (or damaged there) and were recomputed. */
   misses: number;
   /** Entries moved down from the device or the host tier (or dropped from the lowest one) to stay within their bounds. */
@@ -231,6 +235,8 @@ export class ContextStore extends EventEmitter {
   readonly #entries = new Map<string, Entry>();
   #clock = 0;
   #hits = { device: 0, host: 0, disk: 0, remote: 0 };
+  readonly #writes = { host: 0, disk: 0 }; // entries written to a tier (the remote tier counts its own)
+  readonly #errors = { disk: 0 }; // failed reads and writes of a tier (the remote tier counts its own)
   #misses = 0;
   #evictions = 0;
   #corrupt = 0;
@@ -601,6 +607,8 @@ export class ContextStore extends EventEmitter {
       remote: r ? { ...remote, connected: r.connected, ...r.counters } : null,
       hits,
       hitsByTier: { ...this.#hits },
+      writesByTier: { ...this.#writes, remote: r ? r.counters.writes : 0 },
+      errorsByTier: { ...this.#errors, remote: r ? r.counters.errors : 0 },
       misses: this.#misses,
       evictions: this.#evictions,
       corruptEntries: this.#corrupt,
@@ -707,7 +715,10 @@ export class ContextStore extends EventEmitter {
         if ('error' in r) throw r.error;
         loaded = r.loaded;
       } catch (err) {
-        if (!(err instanceof EntryDefect)) throw err;
+        if (!(err instanceof EntryDefect)) {
+          this.#errors.disk++;
+          throw err;
+        }
         this.#defect(new StoreWarning(err.message, err.kind, file));
       }
       if (loaded && sameHeader(loaded.identity.header, this.#header(e.tokens))) {
@@ -775,6 +786,7 @@ export class ContextStore extends EventEmitter {
           const kv = await e.block!.read();
           if (this.#entries.get(e.id) !== e || !e.block) continue;
           e.host = encodeEntry(e.id, this.#header(e.tokens), e.tokens, kv);
+          this.#writes.host++;
         }
         e.block!.release();
         e.block = null;
@@ -816,7 +828,13 @@ export class ContextStore extends EventEmitter {
   // Writes the entry's file; its identity as written.
   async #write(e: Entry, bytes: EntryBytes): Promise<EntryIdentity | null> {
     const disk = this.#disk!;
-    await disk.write(e.id, bytes);
+    try {
+      await disk.write(e.id, bytes);
+    } catch (err) {
+      this.#errors.disk++;
+      throw err;
+    }
+    this.#writes.disk++;
     const file = disk.fileOf(e.id);
     this.#bad.delete(file);
     return disk.identity(file);

@@ -80,6 +80,7 @@ describe('host tier', () => {
     expect(s.host.entries).toBe(1);
     expect(s.host.tokens).toBe(10);
     expect(s.evictions).toBe(1);
+    expect(s.writesByTier.host).toBe(1);
     expect(await served(model, store, 'd0', docs[0]!)).toBeLessThan(1e-5);
     s = store.stats();
     expect(s.hitsByTier).toEqual({ device: 0, host: 1, disk: 0, remote: 0 });
@@ -111,6 +112,7 @@ describe('disk tier', () => {
       using store = await model.openStore({ prefix, dir });
       await store.putMany(Object.entries(docs).map(([id, tokens]) => ({ id, tokens })));
       expect(store.stats().disk.entries).toBe(3);
+      expect(store.stats().writesByTier.disk).toBe(3);
       expect(entryFiles(store)).toHaveLength(3);
       // Any safetensors reader opens it: 8-byte header length, JSON header, data.
       const bytes = readFileSync(join(store.folder!, entryFiles(store)[0]!));
@@ -374,6 +376,7 @@ describe('a full disk', () => {
     full = true;
     await expect(store.put('b', ids(2, 20))).rejects.toThrow(DiskFullError);
     await expect(store.put('a', ids(3, 20))).rejects.toThrow(/disk is full/);
+    expect(store.stats().errorsByTier.disk).toBe(2);
     expect(store.has('b')).toBe(false);
     expect(store.list()).toEqual(['a']);
     expect(readdirSync(store.folder!).filter((n) => n.startsWith('.tmp-'))).toEqual([]);

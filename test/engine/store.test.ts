@@ -184,6 +184,8 @@ describe('the store', () => {
       remote: null,
       hits: 0,
       hitsByTier: { device: 0, host: 0, disk: 0, remote: 0 },
+      writesByTier: { host: 0, disk: 0, remote: 0 },
+      errorsByTier: { disk: 0, remote: 0 },
       misses: 0,
       evictions: 0,
       corruptEntries: 0,
