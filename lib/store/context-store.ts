@@ -27,7 +27,7 @@ import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
 import { DiskTier, namespaceOf, type DiskOps } from './disk-tier.js';
 import { entryKey, STORE_ENTRY_VERSION, tokensHash, type StoreEntryHeader } from './entry.js';
 import { EntryDefect, encodeEntry, entrySize, MAX_ENTRY_HEADER_BYTES, type EntryBytes, type EntryIdentity } from './entry-file.js';
-import { DEFAULT_CHUNK_BYTES, DEFAULT_KEY_PREFIX, MIN_CHUNK_BYTES, PREFIX_ENTRY_KEY, RemoteTier, type RemoteEntry, type RemoteTierListener, type RemoteTierOptions } from './remote-tier.js';
+import { DEFAULT_CHUNK_BYTES, DEFAULT_KEY_PREFIX, MIN_CHUNK_BYTES, PREFIX_ENTRY_KEY, RemoteTier, type RemoteEntry, type RemoteTierCounters, type RemoteTierListener, type RemoteTierOptions } from './remote-tier.js';
 
 /** Text, or token ids (integers in [0, vocabSize)). */
 export type StoreContent = string | readonly number[] | Int32Array;
@@ -105,21 +105,9 @@ export interface StoreTierStats {
 }
 
 /** The remote tier: what this store knows is in Redis, and what it did there. */
-export interface StoreRemoteStats extends StoreTierStats {
+export interface StoreRemoteStats extends StoreTierStats, RemoteTierCounters {
   /** Whether the server is in use now: connected, and no command failed in the last moments. */
   connected: boolean;
-  /** Entries fetched from Redis and served (to sequences and to puts). */
-  hits: number;
-  /** Fetches that found no whole entry there (never written, expired, or partly evicted). */
-  misses: number;
-  /** Entries this store wrote there (concurrent writers of one entry write it once). */
-  writes: number;
-  /** Commands that failed or timed out (the requests went on with the local tiers). */
-  errors: number;
-  /** Writes not attempted: the server was unavailable, or too many bytes were waiting to be written. */
-  skippedWrites: number;
-  bytesRead: number;
-  bytesWritten: number;
 }
 
 export interface StoreStats {

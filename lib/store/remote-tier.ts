@@ -57,10 +57,15 @@ export interface RemoteTierListener {
 
 /** Counters of the tier (the store adds what it knows of the entries). */
 export interface RemoteTierCounters {
+  /** Entries fetched from Redis and served (to sequences and to puts). */
   hits: number;
+  /** Fetches that found no whole entry there (never written, expired, or partly evicted). */
   misses: number;
+  /** Entries this store wrote there (concurrent writers of one entry write it once). */
   writes: number;
+  /** Commands that failed or timed out (the requests went on with the local tiers). */
   errors: number;
+  /** Writes not attempted: the server was unavailable, or too many bytes were waiting to be written. */
   skippedWrites: number;
   bytesRead: number;
   bytesWritten: number;
