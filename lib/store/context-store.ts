@@ -768,16 +768,25 @@ export class ContextStore extends EventEmitter {
     if (this.#deviceBytes === Infinity && this.#hostBytes === Infinity) return;
     await this.#commit(async () => {
       const lru = (pick: (e: Entry) => boolean): Entry[] => [...this.#entries.values()].filter(pick).sort((a, b) => a.used - b.used);
-      for (const e of lru((x) => x.block !== null)) {
-        if (this.#prefix === null || this.stats().device.bytes <= this.#deviceBytes) break;
+      const resident = lru((x) => x.block !== null);
+      // The device tier's bytes (the prefix's pages and each resident entry's), kept as entries leave.
+      const bytesOf = (e: Entry): number => blockPages(this.host, e.tokens.length) * this.host.pageBytes;
+      let deviceBytes = (this.#prefix?.pages ?? 0) * this.host.pageBytes;
+      for (const e of resident) deviceBytes += bytesOf(e);
+      for (const e of resident) {
+        if (this.#prefix === null || deviceBytes <= this.#deviceBytes) break;
         if (this.#hostBytes > 0 && !e.host) {
           const kv = await e.block!.read();
-          if (this.#entries.get(e.id) !== e || !e.block) continue;
-          e.host = encodeEntry(e.id, this.#header(e.tokens), e.tokens, kv);
+          if (this.#entries.get(e.id) !== e || !e.block) {
+            if (!e.block) deviceBytes -= bytesOf(e); // left the device meanwhile (deleted, replaced, reclaimed)
+            continue;
+          }
+          e.host = this.#encode(e, kv);
           this.#writes.host++;
         }
         e.block!.release();
         e.block = null;
+        deviceBytes -= bytesOf(e);
         this.#evictions++;
       }
       if (this.#hostBytes === Infinity || this.#prefix === null) return;
