@@ -25,3 +25,11 @@ export function intList(name, fallback) {
     return n;
   });
 }
+
+/** --threads N: the CPU backend's thread count, set before the addon loads (it reads KVFOCUS_THREADS then). */
+export function threadsOption() {
+  const v = opt('--threads', undefined);
+  if (v === undefined) return;
+  positiveInt('--threads', 1);
+  process.env.KVFOCUS_THREADS = v;
+}

@@ -51,8 +51,8 @@ import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { concat, ensureCheckpoint, FIXTURE, parameterCount, randomTokens, SIZES } from './store-fixture.mjs';
-import { flag, intList, opt, positiveInt } from './args.mjs';
+import { concat, ensureCheckpoint, FIXTURE, parameterCount, randomTokens, SIZES, median, now, rotatingRuns } from './store-fixture.mjs';
+import { flag, intList, opt, positiveInt, threadsOption } from './args.mjs';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const benchDir = join(repoRoot, 'bench', 'tmp');
@@ -79,11 +79,7 @@ const policyKeys = String(opt('--policies', POLICY_KEYS.join(','))).split(',');
 for (const k of policyKeys) if (!POLICY_KEYS.includes(k)) throw new Error(`--policies: expected some of ${POLICY_KEYS.join(', ')} but received ${k}`);
 if (!policyKeys.includes('concat')) throw new Error('--policies: concat is the baseline of every ratio: keep it');
 const jsonOut = opt('--json', undefined);
-const threadsArg = opt('--threads', undefined);
-if (threadsArg !== undefined) {
-  positiveInt('--threads', 1);
-  process.env.KVFOCUS_THREADS = threadsArg; // read when the addon loads (below)
-}
+threadsOption(); // before the addon loads (below)
 
 const require = createRequire(import.meta.url);
 const kv = require('../../dist/cjs/index.js');
@@ -93,8 +89,6 @@ const { loadModel, loadDefaultModel, buildInfo } = kv;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const now = () => Number(process.hrtime.bigint()) / 1e9;
 const roundUp = (n, page) => Math.ceil(n / page) * page;
 
 const concatTokens = concat;
@@ -143,22 +137,6 @@ async function timedGenerate(model, store, ids, query, policy) {
   };
 }
 
-/**
- * Warm-up of each, then `reps` rounds of all in rotating order. `fns` maps a key to an async
- * function returning a run. Returns key -> runs (without the warm-ups).
- */
-async function rotate(fns) {
-  const keys = Object.keys(fns);
-  for (const k of keys) await fns[k]();
-  const runs = Object.fromEntries(keys.map((k) => [k, []]));
-  for (let r = 0; r < reps; r++) {
-    for (let i = 0; i < keys.length; i++) {
-      const k = keys[(i + r) % keys.length];
-      runs[k].push(await fns[k]());
-    }
-  }
-  return runs;
-}
 
 /** Tokens each layer holds after the query (layout()): pruning shows as fewer after its layer. */
 async function pruneCheck(model, store, ids, query, policy) {
@@ -210,7 +188,7 @@ async function measureCount(m, n) {
       const s = k === 'concat' ? concatStore : store;
       fns[k] = () => timedGenerate(target, s, ids, w.query, policies[k]);
     }
-    const runs = await rotate(fns);
+    const runs = await rotatingRuns(fns, reps);
     for (const s of new Set([store, concatStore])) {
       const misses = s.stats().misses;
       if (misses !== 0) throw new Error(`${n} documents: ${misses} store misses (documents recomputed): the timings are not of stored documents`);

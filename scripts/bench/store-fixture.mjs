@@ -66,3 +66,21 @@ export const concat = (...parts) => {
 
 export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 export const now = () => Number(process.hrtime.bigint()) / 1e9;
+
+/**
+ * A warm-up of each function, then `reps` rounds of all of them with the order rotating (a b,
+ * b a, ... for two), so that drift in a shared machine's load hits each alike. Returns
+ * key -> results (without the warm-ups).
+ */
+export async function rotatingRuns(fns, reps) {
+  const keys = Object.keys(fns);
+  for (const k of keys) await fns[k]();
+  const runs = Object.fromEntries(keys.map((k) => [k, []]));
+  for (let r = 0; r < reps; r++) {
+    for (let i = 0; i < keys.length; i++) {
+      const k = keys[(i + r) % keys.length];
+      runs[k].push(await fns[k]());
+    }
+  }
+  return runs;
+}

@@ -41,8 +41,8 @@ import { createServer } from 'node:net';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { flag, opt, positiveInt } from './args.mjs';
-import { concat, ensureCheckpoint, median, now, parameterCount, randomTokens, SIZES } from './store-fixture.mjs';
+import { flag, opt, positiveInt, threadsOption } from './args.mjs';
+import { concat, ensureCheckpoint, median, now, parameterCount, randomTokens, SIZES, rotatingRuns } from './store-fixture.mjs';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const benchDir = join(repoRoot, 'bench', 'tmp');
@@ -56,11 +56,7 @@ const queryTokens = positiveInt('--query-tokens', 20);
 const reps = positiveInt('--reps', quick ? 1 : 5);
 const redisUrlArg = opt('--redis-url', undefined);
 const jsonOut = opt('--json', undefined);
-const threadsArg = opt('--threads', undefined);
-if (threadsArg !== undefined) {
-  positiveInt('--threads', 1);
-  process.env.KVFOCUS_THREADS = threadsArg; // read when the addon loads (below)
-}
+threadsOption(); // before the addon loads (below)
 
 const require = createRequire(import.meta.url);
 const kv = require('../../dist/cjs/index.js');
@@ -129,19 +125,6 @@ async function attach(model, store, ids, query) {
   }
 }
 
-/** A warm-up of each scenario, then `reps` rounds with the order rotating. */
-async function rounds(scenarios) {
-  const names = Object.keys(scenarios);
-  for (const n of names) await scenarios[n]();
-  const out = Object.fromEntries(names.map((n) => [n, []]));
-  for (let r = 0; r < reps; r++) {
-    for (let k = 0; k < names.length; k++) {
-      const n = names[(r + k) % names.length];
-      out[n].push(await scenarios[n]());
-    }
-  }
-  return out;
-}
 
 function maxAbsDiff(a, b) {
   let d = 0;
@@ -218,7 +201,7 @@ async function main() {
       const got = tier === 'miss' ? s.misses : s.hitsByTier[tier];
       if (got !== n) throw new Error(`${tier}: ${got} of ${n} documents (stats ${JSON.stringify(s.hitsByTier)}, misses ${s.misses})`);
     };
-    const times = await rounds({
+    const times = await rotatingRuns({
       remote: async () => {
         const t0 = now();
         const store = await model.openStore({ prefix, remote });
@@ -298,7 +281,7 @@ async function main() {
       if (bytes !== totalBytes) throw new Error(`plain GET: ${bytes} bytes, expected ${totalBytes}`);
       return now() - t0;
     };
-    const rates = await rounds({ tier: loadAll(tier), tierHmac: loadAll(signed), plainGet: getAll });
+    const rates = await rotatingRuns({ tier: loadAll(tier), tierHmac: loadAll(signed), plainGet: getAll }, reps);
 
     const m = Object.fromEntries(Object.entries(times).map(([k, v]) => [k, median(v)]));
     const bps = Object.fromEntries(Object.entries(rates).map(([k, v]) => [k, totalBytes / median(v)]));

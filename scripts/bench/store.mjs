@@ -50,8 +50,8 @@ import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { flag, intList, opt, positiveInt } from './args.mjs';
-import { concat, ensureCheckpoint as checkpointIn, FIXTURE, median, now, parameterCount, randomTokens, SIZES } from './store-fixture.mjs';
+import { flag, intList, opt, positiveInt, threadsOption } from './args.mjs';
+import { concat, ensureCheckpoint as checkpointIn, FIXTURE, median, now, parameterCount, randomTokens, SIZES, rotatingRuns } from './store-fixture.mjs';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const benchDir = join(repoRoot, 'bench', 'tmp');
@@ -72,11 +72,7 @@ const prefixTokens = positiveInt('--prefix-tokens', 30);
 const queryTokens = positiveInt('--query-tokens', 20);
 const pastContext = flag('--default-past-context');
 const jsonOut = opt('--json', undefined);
-const threadsArg = opt('--threads', undefined);
-if (threadsArg !== undefined) {
-  positiveInt('--threads', 1);
-  process.env.KVFOCUS_THREADS = threadsArg; // read when the addon loads (below)
-}
+threadsOption(); // before the addon loads (below)
 
 const require = createRequire(import.meta.url);
 const kv = require('../../dist/cjs/index.js');
@@ -93,25 +89,8 @@ function maxAbsDiff(a, b) {
   return d;
 }
 
-/**
- * Warm-up of each, then `reps` rounds of both in alternating order (a b, b a, ...). Each fn
- * returns its seconds. Returns { a: seconds[], b: seconds[] } without the warm-ups.
- */
-async function alternate(fa, fb) {
-  await fa();
-  await fb();
-  const runs = { a: [], b: [] };
-  for (let r = 0; r < reps; r++) {
-    if (r % 2 === 0) {
-      runs.a.push(await fa());
-      runs.b.push(await fb());
-    } else {
-      runs.b.push(await fb());
-      runs.a.push(await fa());
-    }
-  }
-  return runs;
-}
+// (a) and (b) alternated: a b, b a, ... after a warm-up of each.
+const alternate = async (fa, fb) => rotatingRuns({ a: fa, b: fb }, reps);
 
 /** Seconds of one plain prefill of `tokens` from an empty cache; its last row of logits. */
 async function plainPrefill(model, tokens) {
