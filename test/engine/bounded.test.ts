@@ -12,6 +12,7 @@ import { type CachePolicy, InvalidArgumentError, loadModel, type Model, policies
 import { LaCachePlanner, resolveLaCache } from '../../lib/policies/lacache.js';
 import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
 import { ReferenceLlama } from '../support/reference-llama';
+import { maxDiff } from '../support/compare';
 
 let root: string;
 let model: Model;
@@ -31,13 +32,6 @@ afterAll(() => {
 });
 
 const ids = (n: number, seed = 1): number[] => Array.from({ length: n }, (_, j) => 3 + ((seed * 31 + j * 7 + ((seed * j) % 11)) % 250));
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i]! - b[i]!));
-  return d;
-}
 
 // The keep rules, written here from the papers (the engine's are in lib/policies/).
 const streamingKeep = (sinks: number, window: number) => (_l: number, held: number[]) =>

@@ -13,6 +13,7 @@ import { type CacheFocusPolicy, type ContextStore, loadModel, type Model, polici
 import { allocate, documentScores, keepDocuments, resolveCacheFocus } from '../../lib/policies/cache-focus.js';
 import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
 import { ReferenceLlama } from '../support/reference-llama';
+import { maxDiff } from '../support/compare';
 
 let root: string;
 let model: Model;
@@ -41,13 +42,6 @@ afterAll(() => {
   model?.dispose();
   rmSync(root, { recursive: true, force: true });
 });
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i]! - b[i]!));
-  return d;
-}
 
 // The float64 model of a CacheFocus prefill: the documents scored at each pruning layer from
 // the reference's own attention, the keep rule and allocation applied, and the query's (and

@@ -19,6 +19,7 @@ import { namespaceOf } from '../../lib/store/disk-tier.js';
 import { entryKey, tokensHash } from '../../lib/store/entry.js';
 import { findRedisServer, freePort, RedisServer, startRedis } from '../support/redis-server.js';
 import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
+import { maxDiff } from '../support/compare';
 
 const repo = join(__dirname, '..', '..');
 const onCi = process.env.CI === 'true' || process.env.CI === '1';
@@ -37,13 +38,6 @@ const CHUNK = 2048; // small chunks: the fixture's entries span several
 const ids = (i: number, length: number): number[] => Array.from({ length }, (_, j) => 3 + ((i * 31 + j * 7 + ((i * j) % 11)) % 250));
 const prefix = ids(0, PREFIX);
 const query = ids(9, 5);
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i]! - b[i]!));
-  return d;
-}
 
 // The query's last logits over the stored document, against the direct prefill's.
 async function served(m: Model, store: ContextStore, id: string, doc: number[]): Promise<number> {

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ContextStore, DiskFullError, loadModel, type Model } from '../../lib/index.js';
 import type { StoreWarning } from '../../lib/store/context-store.js';
 import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
+import { maxDiff } from '../support/compare';
 
 const repo = join(__dirname, '..', '..');
 let root: string;
@@ -37,13 +38,6 @@ const prefix = ids(0, PREFIX);
 const query = ids(9, 5);
 let dirs = 0;
 const newDir = (): string => join(root, `store-${++dirs}`);
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i]! - b[i]!));
-  return d;
-}
 
 // The query's last logits over the stored document, and the direct prefill's.
 async function served(m: Model, store: ContextStore, id: string, doc: number[]): Promise<number> {

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ContextStore, DisposedError, InvalidArgumentError, loadModel, type Model, UnsupportedError } from '../../lib/index.js';
 import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
 import { ReferenceLlama } from '../support/reference-llama';
+import { maxDiff } from '../support/compare';
 
 let root: string;
 let dirs: Record<string, string>;
@@ -34,13 +35,6 @@ afterAll(() => {
 
 // Distinct token ids in [3, 253): no special tokens.
 const ids = (i: number, length: number): number[] => Array.from({ length }, (_, j) => 3 + ((i * 31 + j * 7 + ((i * j) % 11)) % 250));
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i]! - b[i]!));
-  return d;
-}
 
 // Rows of the reference's logits for tokens [from, to), flattened.
 function rows(all: Float64Array[], from: number, to: number): Float64Array {
