@@ -67,6 +67,8 @@ export interface NativeOps {
     massRanges?: T | null,
     /** f32 [totalQ, heads, numRanges], written: each row's probability mass over each range. */
     rangeMass?: T | null,
+    /** f32 [seqs]: ln beta, the EMA weighting of attnSum / kvAttnSum by row age (0: none). */
+    colLogDecay?: T | null,
   ): void;
 }
 
@@ -142,6 +144,14 @@ export interface StepRequest {
    * request's rows and the query heads of each KV head's group.
    */
   columnSums?: boolean;
+  /** With columnSums: per query head, (heads, slots) per layer, instead of per KV head. */
+  columnSumsPerHead?: boolean;
+  /**
+   * With columnSums: beta in (0, 1] weighs each probability by row age, as EMA scores do (the
+   * Cascading KV cache): a cached slot's by beta^(q-1-i) for query row i of q, the step's own
+   * token k's by beta^(i-k). Default 1: plain sums.
+   */
+  scoreDecay?: number;
 }
 
 export interface NativeModel {
@@ -163,6 +173,12 @@ export interface NativeModel {
    * freed slots so pages stay dense, the tail released); returns each kept slot's new slot.
    */
   compact(seq: NativeSequence, layers: { layer: number; keep: Int32Array; positions: Int32Array }[]): Int32Array[];
+  /**
+   * Per-head eviction: each listed layer then holds n = positions.length slots; slot s of KV
+   * head h takes what slot sources[h * n + s] of head h holds (each slot a source at most once
+   * per head), its key re-rotated to positions[s]. Moves are staged through scratch pages.
+   */
+  gatherHeads(seq: NativeSequence, layers: { layer: number; sources: Int32Array; positions: Int32Array }[]): void;
   release(): void;
 }
 

@@ -193,6 +193,11 @@ export interface KeyMove {
   from: Int32Array | readonly number[];
   /** The position to move each row's key to (one per row, as many as `from`). */
   to: Int32Array | readonly number[];
+  /**
+   * Only this KV head of the rows (per-head cache policies keep different tokens per head);
+   * default: every head. Moves of different heads may share rows.
+   */
+  head?: number;
 }
 
 export interface RerotatePagesOptions extends RopeFrequencies {
@@ -231,6 +236,8 @@ export class KeyMoves {
   readonly rows: number;
   /** Whether some row is written where another row is read (then the moves need an `out` pool). */
   readonly overlapsReads: boolean;
+  /** The highest KV head a move names alone, -1 when every move covers all heads. */
+  readonly maxHead: number;
   /** @internal 8 i32 per run (native RerotateRun), and the packed positions. */
   readonly packed: Int32Array;
   /** @internal */
@@ -240,7 +247,8 @@ export class KeyMoves {
 
   /** @internal Use ops.keyMoves. */
   constructor(moves: readonly KeyMove[], numPages: number, pageSize: number, device: DeviceName) {
-    const { runs, positions, rows, overlapsReads } = packMoves(moves, numPages, pageSize);
+    const { runs, positions, rows, overlapsReads, maxHead } = packMoves(moves, numPages, pageSize);
+    this.maxHead = maxHead;
     this.device = device;
     this.numPages = numPages;
     this.pageSize = pageSize;
@@ -266,7 +274,11 @@ export class KeyMoves {
  * Packs and checks rerotatePages moves: pages inside the pool, rows inside their pages, one
  * position per row, no row written twice; notes whether a row is written where another is read.
  */
-function packMoves(moves: readonly KeyMove[], numPages: number, pageSize: number): { runs: Int32Array; positions: Int32Array; rows: number; overlapsReads: boolean } {
+function packMoves(
+  moves: readonly KeyMove[],
+  numPages: number,
+  pageSize: number,
+): { runs: Int32Array; positions: Int32Array; rows: number; overlapsReads: boolean; maxHead: number } {
   if (!Array.isArray(moves)) throw new InvalidArgumentError(`rerotatePages: moves: expected an array but received ${describe(moves)}`, 'moves');
   const runs = new Int32Array(moves.length * 8);
   let total = 0;
@@ -283,30 +295,43 @@ function packMoves(moves: readonly KeyMove[], numPages: number, pageSize: number
       checkIndex(m.srcRow ?? 0, 0, pageSize - rows + 1, `${what}.srcRow (with ${rows} rows in pages of ${pageSize})`),
       checkIndex(m.dstPage, 0, numPages, `${what}.dstPage`),
       checkIndex(m.dstRow ?? 0, 0, pageSize - rows + 1, `${what}.dstRow (with ${rows} rows in pages of ${pageSize})`),
-      rows, total, total + rows, 0,
+      rows, total, total + rows, m.head === undefined ? 0 : checkIndex(m.head, 0, 2 ** 30, `${what}.head`) + 1,
     ], r * 8);
     total += 2 * rows;
   });
   const positions = new Int32Array(total);
-  const reads = new Map<number, number>(); // source slot -> the reading row (run * pageSize + row)
+  // Rows are tracked per (slot, head): head 0 stands for every head (a run's 8th integer).
+  const reads = new Map<number, { reader: number; head: number }[]>(); // source slot -> the reading rows
+  const overlap = (a: number, b: number): boolean => a === 0 || b === 0 || a === b;
+  let maxHead = -1;
   moves.forEach((m, r) => {
-    const [, srcRow, , , rows, from] = runs.subarray(r * 8, r * 8 + 8) as unknown as number[];
+    const [, srcRow, , , rows, from, , head] = runs.subarray(r * 8, r * 8 + 8) as unknown as number[];
+    maxHead = Math.max(maxHead, head! - 1);
     positions.set(Array.isArray(m.from) ? checkInt32Array(m.from, `rerotatePages: moves[${r}].from`) : m.from, from!);
     positions.set(Array.isArray(m.to) ? checkInt32Array(m.to, `rerotatePages: moves[${r}].to`) : m.to, from! + rows!);
-    for (let k = 0; k < rows!; k++) reads.set(m.srcPage * pageSize + srcRow! + k, r * pageSize + k);
-  });
-  const written = new Set<number>();
-  let overlapsReads = false;
-  moves.forEach((m, r) => {
-    for (let k = 0; k < runs[r * 8 + 4]!; k++) {
-      const slot = m.dstPage * pageSize + runs[r * 8 + 3]! + k;
-      if (written.has(slot)) throw new InvalidArgumentError(`rerotatePages: moves[${r}] writes page ${m.dstPage} row ${slot % pageSize}, which another row of the moves writes too`, 'moves');
-      written.add(slot);
-      const reader = reads.get(slot);
-      if (reader !== undefined && reader !== r * pageSize + k) overlapsReads = true;
+    for (let k = 0; k < rows!; k++) {
+      const slot = m.srcPage * pageSize + srcRow! + k;
+      const list = reads.get(slot) ?? [];
+      list.push({ reader: r * pageSize + k, head: head! });
+      reads.set(slot, list);
     }
   });
-  return { runs, positions, rows: total / 2, overlapsReads };
+  const written = new Map<number, number[]>();
+  let overlapsReads = false;
+  moves.forEach((m, r) => {
+    const head = runs[r * 8 + 7]!;
+    for (let k = 0; k < runs[r * 8 + 4]!; k++) {
+      const slot = m.dstPage * pageSize + runs[r * 8 + 3]! + k;
+      const heads = written.get(slot) ?? [];
+      if (heads.some((h) => overlap(h, head))) {
+        throw new InvalidArgumentError(`rerotatePages: moves[${r}] writes page ${m.dstPage} row ${slot % pageSize}, which another row of the moves writes too`, 'moves');
+      }
+      heads.push(head);
+      written.set(slot, heads);
+      for (const read of reads.get(slot) ?? []) if (read.reader !== r * pageSize + k && overlap(read.head, head)) overlapsReads = true;
+    }
+  });
+  return { runs, positions, rows: total / 2, overlapsReads, maxHead };
 }
 
 export const ops = {
@@ -464,6 +489,9 @@ export const ops = {
           'moves',
         );
       }
+      if (plan.maxHead >= kvHeads) {
+        throw new InvalidArgumentError(`rerotatePages: a move names KV head ${plan.maxHead} but the pool has ${kvHeads}`, 'moves');
+      }
       if (out === pool && plan.overlapsReads) {
         throw new InvalidArgumentError('rerotatePages: the moves write rows that other rows of the moves read: give an out pool', 'moves');
       }
@@ -620,6 +648,10 @@ export const ops = {
    *   [seqs, heads, maxKv] (the per-token scores of score-based cache policies: H2O, SnapKV).
    * - `kvAttnSum`: the same summed also over the query heads of each KV head's group, f32
    *   [seqs, kvHeads, maxKv] (per-KV-head scores, as the Cascading KV cache keeps them).
+   * - `scoreDecay` (beta in (0, 1], one for all sequences or one each; default 1): weighs the
+   *   column sums by row age, as the Cascading KV cache's EMA scores: with the sequence's q query
+   *   rows i and their own slots c0 + i, a cached slot's probability counts beta^(q-1-i), the
+   *   query token k's own slot beta^(i-k).
    * - `rangeMass`: slot ranges [begin, end) (in the sequence's slot order, the order of its
    *   pages), one list for every sequence or one list per sequence; returns f32
    *   [totalQ, heads, R] with each row's probability mass over each range (R: the longest
@@ -642,6 +674,7 @@ export const ops = {
       attnSum?: boolean;
       kvAttnSum?: boolean;
       rangeMass?: readonly SlotRange[] | readonly (readonly SlotRange[])[];
+      scoreDecay?: number | readonly number[];
     },
   ): { out: Tensor; attnSum: Tensor | undefined; kvAttnSum: Tensor | undefined; rangeMass: Tensor | undefined } {
     for (const [name, t] of [['q', q], ['kPool', kPool], ['vPool', vPool]] as const) {
@@ -722,6 +755,14 @@ export const ops = {
       throw new InvalidArgumentError(`pagedAttention: window: expected a positive integer but received ${describe(window)}`, 'window');
     }
     const ranges = options.rangeMass === undefined ? undefined : massRanges(options.rangeMass, seqs.length);
+    let logDecay: Float32Array | undefined;
+    if (options.scoreDecay !== undefined) {
+      const betas = typeof options.scoreDecay === 'number' ? seqs.map(() => options.scoreDecay as number) : options.scoreDecay;
+      if (!Array.isArray(betas) || betas.length !== seqs.length || !betas.every((b) => typeof b === 'number' && b > 0 && b <= 1)) {
+        throw new InvalidArgumentError(`pagedAttention: scoreDecay: expected a number in (0, 1] or one per sequence but received ${describe(options.scoreDecay)}`, 'scoreDecay');
+      }
+      logDecay = Float32Array.from(betas, (b) => Math.log(b));
+    }
     const maxKv = Math.max(0, ...kvLen);
     const idx = [qStart, kvLen, tableStart, Int32Array.from(table.length ? table : [0]), visible].map((a) => Tensor.from(a, { device }));
     if (window !== undefined) idx.push(Tensor.from(visible.map((v) => Math.max(0, v - window)), { device }));
@@ -731,6 +772,7 @@ export const ops = {
     const numRanges = ranges ? ranges.length / (2 * seqs.length) : 0;
     const rangeTable = ranges ? Tensor.from(ranges, { device }) : undefined;
     const rangeMass = ranges ? Tensor.zeros([totalQ, heads, numRanges], { dtype: 'f32', device }) : undefined;
+    const decayTensor = logDecay ? Tensor.from(logDecay, { device }) : undefined;
     const pagedTables = [paged.values ? valueTable : null, paged.rows ? rowsTable : null].map((t) =>
       t === null ? null : Tensor.from(Int32Array.from(t.length ? t : [0]), { device }),
     );
@@ -739,8 +781,9 @@ export const ops = {
       native().ops.pagedAttention(q.handle(), kPool.handle(), vPool.handle(), out.handle(), qs, kl!, ts!, pt!, vis!, attnSum ? attnSum.handle() : null, {
         heads, kvHeads, headDim, pageSize, numPages, seqs: seqs.length, totalQ, maxKv, scale, numRanges,
       }, first ?? null, pagedTables[0]?.handle() ?? null, pagedTables[1]?.handle() ?? null,
-      kvAttnSum?.handle() ?? null, rangeTable?.handle() ?? null, rangeMass?.handle() ?? null);
+      kvAttnSum?.handle() ?? null, rangeTable?.handle() ?? null, rangeMass?.handle() ?? null, decayTensor?.handle() ?? null);
     } finally {
+      decayTensor?.dispose();
       for (const t of idx) t.dispose();
       for (const t of pagedTables) t?.dispose();
       rangeTable?.dispose();

@@ -14,10 +14,11 @@ import { isJsonObject, readOptionalJsonFile } from '../model/json-file.js';
 import type { ChatMessage } from '../model/tokenizer.js';
 import { checkDevice, describe, type DType, dtypeBytes, type FloatDType, Tensor } from '../tensor.js';
 import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
-import { type CachePolicy, type ResolvedPolicy, resolvePolicy } from '../policies/index.js';
+import { BOUNDED_POLICIES, type CachePolicy, type ResolvedPolicy, resolvePolicy } from '../policies/index.js';
 import { windowLayout } from '../policies/cache-focus.js';
 import { CacheFocusRuntime } from '../policies/cache-focus-runtime.js';
 import { BoundedRuntime } from '../policies/bounded-runtime.js';
+import { CascadingRuntime } from '../policies/cascading-runtime.js';
 import { GENERATE_OPTIONS, generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
 import { type GenerationInit, type GenerationStream, Scheduler, SequenceState } from './scheduler.js';
 import { Sequence, type SequenceHost } from './sequence.js';
@@ -380,7 +381,16 @@ export class Model {
   // A sequence with no stored documents; a bounded policy compacts its layers after every step.
   #plainSequence(native: NativeSequence, keep: boolean, policy: ResolvedPolicy): Sequence {
     const state = new SequenceState(native, keep);
-    if (policy.name === 'streaming' || policy.name === 'h2o' || policy.name === 'lacache') {
+    if (policy.name === 'cascading') {
+      state.bounded = new CascadingRuntime({
+        policy,
+        layers: this.config.numLayers,
+        heads: this.config.numHeads,
+        kvHeads: this.config.numKvHeads,
+        model: this.#handle('sequence'),
+        native: () => state.native!,
+      });
+    } else if (policy.name === 'streaming' || policy.name === 'h2o' || policy.name === 'lacache') {
       state.bounded = new BoundedRuntime({
         policy,
         layers: this.config.numLayers,
@@ -456,7 +466,7 @@ export class Model {
     const tokens = this.encode(prompt);
     const limits = generationLimits(opts, this.config.vocabSize);
     // A bounded policy keeps positions inside its budget: any prompt and any length fit.
-    const bounded = policy.name === 'streaming' || policy.name === 'h2o' || policy.name === 'lacache';
+    const bounded = BOUNDED_POLICIES.includes(policy.name);
     this.#checkTokens(tokens, 0, prompt, bounded);
     if (!bounded && tokens.length + limits.maxTokens > this.config.maxPositionEmbeddings * 64) {
       throw new InvalidArgumentError(`maxTokens: ${limits.maxTokens} is beyond any usable position range`, 'maxTokens');
@@ -758,9 +768,8 @@ function runnable(p: ResolvedPolicy, overStore: boolean): ResolvedPolicy {
   if ((p.name === 'concat' || p.name === 'parallelWindows') && !overStore) {
     throw new InvalidArgumentError(`policy: '${p.name}' places stored documents: model.sequence({ store, documents, policy })`, 'policy');
   }
-  if ((p.name === 'streaming' || p.name === 'h2o' || p.name === 'lacache') && overStore) {
+  if (BOUNDED_POLICIES.includes(p.name) && overStore) {
     throw new UnsupportedError(`policy: '${p.name}' runs on sequences without stored documents`);
   }
-  if (p.name === 'cascading') throw new UnsupportedError(`policy: '${p.name}' is not run by the engine yet`);
   return p;
 }

@@ -355,9 +355,11 @@ export class Scheduler {
     // Sampling reads the logits of the stream's last token: when its KV is already cached (a
     // generation continuing a sequence), feed it again, at the same position.
     if (generation && seq.cached === seq.length && seq.cached > 0) {
-      if (seq.bounded) seq.bounded.dropFrom(seq.cached - 1);
-      else seq.native.truncate(1);
-      seq.cached -= 1;
+      if (seq.bounded) seq.cached = seq.bounded.dropFrom(seq.cached - 1);
+      else {
+        seq.native.truncate(1);
+        seq.cached -= 1;
+      }
     }
     seq.request = req;
     this.#waiting.push(req);
@@ -420,7 +422,7 @@ export class Scheduler {
     const g = req.init.generation;
     // A bounded policy never holds more than its capacity plus the chunk being fed.
     const bounded = req.init.seq.bounded;
-    const cap = bounded ? bounded.capacity + Math.min(bounded.capacity, this.options.prefillChunk) : Infinity;
+    const cap = bounded ? bounded.claim(this.options.prefillChunk) : Infinity;
     if (!g || req.finishing) return Math.min(target, cap);
     const longest = Math.min(req.end + g.maxTokens, this.options.maxSequenceTokens);
     return Math.min(cap, Math.max(target, Math.min(target + this.options.pageSize, longest)));
@@ -733,11 +735,17 @@ export class Scheduler {
       const at = seq.cached;
       // A bounded policy takes its input in chunks of at most its capacity (each chunk attends
       // to what the layer kept and to itself), so it never needs more than twice that.
-      const n = Math.min(pending(req), this.options.prefillChunk, budget, seq.bounded ? seq.bounded.capacity : Infinity);
+      const n = Math.min(pending(req), this.options.prefillChunk, budget, seq.bounded ? seq.bounded.maxChunk : Infinity);
       if (n === 0) continue;
       budget -= n;
       const tokens = seq.tokens.slice(at, at + n);
       if (seq.bounded && at === 0) seq.bounded.reset(); // fed again from the start (its KV was freed)
+      try {
+        seq.bounded?.prepare?.(); // what the policy deferred from the last step, before this one's positions
+      } catch (e) {
+        this.#guard(req, () => this.#end(req, asKvfocusError(e)));
+        continue;
+      }
       const offset = seq.bounded ? seq.bounded.positionOffset : seq.positionOffset;
       const positions = Int32Array.from({ length: n }, (_, i) => at + i - offset);
       // The input (or last token) is complete and the generation has not decided to stop.
@@ -766,7 +774,7 @@ export class Scheduler {
           logits,
           ...(sampling ? { sample: req.init.generation!.sampling } : {}),
           ...(invFreq ? { invFreq } : {}),
-          ...(seq.bounded?.wantsScores ? { columnSums: true } : {}),
+          ...(seq.bounded?.wantsScores ? { columnSums: true, ...seq.bounded.scoreOptions } : {}),
         },
       });
     }

@@ -256,7 +256,14 @@ export class Sequence {
       // (A step in flight may have appended a slot past them: it is not the layer's yet.)
       for (let l = 0; l < this.#host.layers; l++) {
         const source = Int32Array.from(bounded.sources(l));
-        layers.push({ source, positions: native!.positions(l).slice(0, source.length) });
+        const positions = native!.positions(l).slice(0, source.length);
+        if (!bounded.headSources) {
+          layers.push({ source, positions });
+          continue;
+        }
+        // Each KV head keeps its own tokens, at the slots' shared positions; `source` is head 0's.
+        const heads = Array.from({ length: bounded.kvHeads! }, (_, h) => ({ source: Int32Array.from(bounded.headSources!(l, h)), positions: positions.slice() }));
+        layers.push({ source, positions, heads });
       }
       return { layers };
     }

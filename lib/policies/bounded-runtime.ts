@@ -13,6 +13,14 @@ import { LaCachePlanner, type ResolvedLaCachePolicy } from './lacache.js';
 export interface BoundedPolicyRuntime {
   /** Whether steps should report column sums (attention received per slot). */
   readonly wantsScores: boolean;
+  /** How: per query head, EMA-weighted (StepRequest's columnSumsPerHead, scoreDecay); default per KV head, plain. */
+  readonly scoreOptions?: { columnSumsPerHead?: boolean; scoreDecay?: number };
+  /** Most tokens one step feeds. */
+  readonly maxChunk: number;
+  /** Tokens' worth of pages a step may need at once (held, the chunk, any scratch), for a chunk of `chunk`. */
+  claim(chunk: number): number;
+  /** Called before the sequence's next step is planned (work deferred from after()). */
+  prepare?(): void;
   /** After a step fed stream tokens [first, first + count): compacts every layer. */
   after(first: number, count: number, columnSums: Float32Array | null): void;
   /** Stream index minus layer 0's position of the next token. */
@@ -25,8 +33,16 @@ export interface BoundedPolicyRuntime {
   readonly capacity: number;
   /** The stream index of each token layer l holds, in slot order. */
   sources(layer: number): readonly number[];
-  /** Drops every token from stream index `from` on (fed again next: a generation re-reads the last token). */
-  dropFrom(from: number): void;
+  /** Per-head policies: the stream index of each token KV head `head` of layer l holds, in slot order. */
+  headSources?(layer: number, head: number): readonly number[];
+  /** Per-head policies: KV heads per layer. */
+  readonly kvHeads?: number;
+  /**
+   * Drops every token from stream index `from` on (fed again next: a generation re-reads the
+   * last token). Returns the stream index feeding resumes from: `from`, or earlier when the
+   * policy cannot drop exactly there (then it drops from the returned index).
+   */
+  dropFrom(from: number): number;
 }
 
 export type BoundedPolicy = StreamingPolicy | H2OPolicy | ResolvedLaCachePolicy;
@@ -78,6 +94,15 @@ export class BoundedRuntime implements BoundedPolicyRuntime {
     return this.#state[0]?.order.length ?? 0;
   }
 
+  // Each chunk attends to what the layer kept and to itself: never more than the capacity.
+  get maxChunk(): number {
+    return this.capacity;
+  }
+
+  claim(chunk: number): number {
+    return this.capacity + Math.min(this.capacity, chunk);
+  }
+
   get capacity(): number {
     const p = this.#policy;
     if (p.name === 'streaming') return p.sinks + p.window;
@@ -125,7 +150,7 @@ export class BoundedRuntime implements BoundedPolicyRuntime {
     this.#place(first + count);
   }
 
-  dropFrom(from: number): void {
+  dropFrom(from: number): number {
     const plans: { layer: number; keep: Int32Array; positions: Int32Array; order: number[] }[] = [];
     for (let l = 0; l < this.#layers; l++) {
       const st = this.#state[l]!;
@@ -136,6 +161,7 @@ export class BoundedRuntime implements BoundedPolicyRuntime {
     }
     this.#apply(plans);
     this.#place(from);
+    return from;
   }
 
   // The next token goes to each layer's next slot: layer 0's through the step's positions, the

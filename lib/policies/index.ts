@@ -73,6 +73,9 @@ function checked<P extends CachePolicy>(p: P): P {
   return Object.freeze(p);
 }
 
+/** Policies that hold a bounded number of tokens per layer (generation in fixed memory). */
+export const BOUNDED_POLICIES: readonly string[] = Object.freeze(['streaming', 'h2o', 'lacache', 'cascading']);
+
 /** The policy names this build knows. */
 export const policyNames: readonly string[] = Object.freeze(Object.keys(POLICIES));
 

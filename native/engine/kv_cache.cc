@@ -378,6 +378,126 @@ Status Sequence::compact(int64_t layer, const std::vector<int32_t>& keep, const 
   return Status::Ok();
 }
 
+namespace {
+
+// Runs with separate from/to position lists (joined at the end): a row that continues the last
+// run (same head and pages, next rows, both positions appended last) only grows it.
+struct RunBuilder {
+  std::vector<RerotateRun>* runs;
+  std::vector<int32_t> from, to;
+  size_t first;
+  explicit RunBuilder(std::vector<RerotateRun>* r) : runs(r), first(r->size()) {}
+  void add(int32_t src_page, int32_t src_row, int32_t dst_page, int32_t dst_row, int32_t head, int32_t from_pos, int32_t to_pos) {
+    if (runs->size() > first) {
+      RerotateRun& last = runs->back();
+      if (last.head == head && last.src_page == src_page && last.dst_page == dst_page && last.src_row + last.rows == src_row &&
+          last.dst_row + last.rows == dst_row && last.from + last.rows == static_cast<int32_t>(from.size())) {
+        ++last.rows;
+        from.push_back(from_pos);
+        to.push_back(to_pos);
+        return;
+      }
+    }
+    RerotateRun r;
+    r.src_page = src_page;
+    r.src_row = src_row;
+    r.dst_page = dst_page;
+    r.dst_row = dst_row;
+    r.rows = 1;
+    r.head = head;
+    r.from = static_cast<int32_t>(from.size());
+    r.to = static_cast<int32_t>(to.size());
+    from.push_back(from_pos);
+    to.push_back(to_pos);
+    runs->push_back(r);
+  }
+  // Appends the lists to *positions and points the runs at them.
+  void finish(std::vector<int32_t>* positions) {
+    const int32_t f0 = static_cast<int32_t>(positions->size());
+    positions->insert(positions->end(), from.begin(), from.end());
+    const int32_t t0 = static_cast<int32_t>(positions->size());
+    positions->insert(positions->end(), to.begin(), to.end());
+    for (size_t i = first; i < runs->size(); ++i) {
+      (*runs)[i].from += f0;
+      (*runs)[i].to += t0;
+    }
+  }
+};
+
+}  // namespace
+
+Status Sequence::gather_heads(int64_t layer, const std::vector<int32_t>& sources, const std::vector<int32_t>& new_positions, HeadGather* out) {
+  if (layer < 0 || layer >= static_cast<int64_t>(layers_.size())) return invalid_argument("gather_heads: layer out of range");
+  LayerKv& l = layers_[static_cast<size_t>(layer)];
+  if (l.attached > 0 || l.holes > 0) return unsupported("gather_heads: a layer holding attached blocks is not compacted");
+  const int64_t heads = pool_->spec().kv_heads, ps = pool_->spec().page_size;
+  const int64_t n = static_cast<int64_t>(new_positions.size());
+  if (n > l.slots()) return invalid_argument("gather_heads: " + std::to_string(n) + " slots asked of a layer holding " + std::to_string(l.slots()));
+  if (static_cast<int64_t>(sources.size()) != heads * n) return invalid_argument("gather_heads: expected kv_heads x slots sources");
+  for (int32_t p : new_positions)
+    if (p < 0) return invalid_argument("gather_heads: positions are non-negative");
+  // Each head's moved slots (source != destination), counted to size the scratch.
+  std::vector<char> used(static_cast<size_t>(l.slots()));
+  int64_t staged = 0;
+  for (int64_t h = 0; h < heads; ++h) {
+    std::fill(used.begin(), used.end(), 0);
+    int64_t moved = 0;
+    for (int64_t s = 0; s < n; ++s) {
+      const int32_t src = sources[static_cast<size_t>(h * n + s)];
+      if (src < 0 || src >= l.slots()) return invalid_argument("gather_heads: source slot " + std::to_string(src) + " out of range");
+      if (used[static_cast<size_t>(src)]) return invalid_argument("gather_heads: slot " + std::to_string(src) + " is a source twice for one head");
+      used[static_cast<size_t>(src)] = 1;
+      if (src != s) ++moved;
+    }
+    staged = std::max(staged, moved);
+  }
+  out->scratch.clear();
+  if (staged > 0) KVF_RETURN_IF_ERROR(pool_->acquire((staged + ps - 1) / ps, &out->scratch));
+  RunBuilder stage_k(&out->stage_k), stage_v(&out->stage_v), place(&out->place);
+  auto page_of = [&](int64_t slot) { return l.pages[static_cast<size_t>(slot / ps)]; };
+  auto row_of = [&](int64_t slot) { return static_cast<int32_t>(slot % ps); };
+  std::vector<int64_t> next(static_cast<size_t>(heads), 0);  // each head's next scratch row
+  for (int64_t s = 0; s < n; ++s) {
+    const int32_t to_pos = new_positions[static_cast<size_t>(s)];
+    const int32_t pos = l.positions[static_cast<size_t>(s)];
+    bool all_stay = true;
+    for (int64_t h = 0; h < heads && all_stay; ++h) all_stay = sources[static_cast<size_t>(h * n + s)] == s;
+    if (all_stay) {
+      // Every head keeps this slot: one all-heads rotation in place (nothing when it stays put).
+      if (pos != to_pos) stage_k.add(page_of(s), row_of(s), page_of(s), row_of(s), 0, pos, to_pos);
+      continue;
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+      const int32_t src = sources[static_cast<size_t>(h * n + s)];
+      const int32_t head = static_cast<int32_t>(h + 1);
+      const int32_t from_pos = l.positions[static_cast<size_t>(src)];
+      if (src == s) {
+        if (from_pos != to_pos) stage_k.add(page_of(s), row_of(s), page_of(s), row_of(s), head, from_pos, to_pos);
+        continue;
+      }
+      const int64_t r = next[static_cast<size_t>(h)]++;
+      const int32_t sp = out->scratch[static_cast<size_t>(r / ps)], sr = static_cast<int32_t>(r % ps);
+      stage_k.add(page_of(src), row_of(src), sp, sr, head, from_pos, to_pos);
+      stage_v.add(page_of(src), row_of(src), sp, sr, head, to_pos, to_pos);
+      place.add(sp, sr, page_of(s), row_of(s), head, to_pos, to_pos);
+    }
+  }
+  out->positions.clear();
+  stage_k.finish(&out->positions);
+  stage_v.finish(&out->positions);
+  place.finish(&out->positions);
+  // The queued moves read pages released here: they are handed out again only to later jobs.
+  l.positions.assign(new_positions.begin(), new_positions.end());
+  const size_t pages_needed = static_cast<size_t>((n + ps - 1) / ps);
+  while (l.pages.size() > pages_needed) {
+    pool_->release(l.pages.back());
+    if (l.v_pages.back() != l.pages.back()) pool_->release(l.v_pages.back());
+    l.pages.pop_back();
+    l.v_pages.pop_back();
+  }
+  return Status::Ok();
+}
+
 void Sequence::set_shift(int64_t from_layer, int32_t shift) {
   for (size_t li = static_cast<size_t>(std::max<int64_t>(0, from_layer)); li < layers_.size(); ++li) layers_[li].shift = shift;
 }

@@ -143,6 +143,21 @@ class Sequence {
   Status compact(int64_t layer, const std::vector<int32_t>& keep, const std::vector<int32_t>& new_positions, std::vector<int32_t>* new_slots,
                  std::vector<RerotateRun>* key_moves, std::vector<RerotateRun>* value_moves, std::vector<int32_t>* positions);
 
+  // Per-head eviction (policies whose KV heads keep different tokens: Cascading, SnapKV): the
+  // layer then holds n = new_positions.size() slots, and slot s of KV head h takes what slot
+  // sources[h * n + s] of head h holds now (any slot of the layer; a slot is a source at most
+  // once per head), its key re-rotated from that slot's position to new_positions[s]. The moves
+  // are staged: *stage (keys and values, to `scratch` pages acquired here, all or nothing) and
+  // then *place (from them to the slots), two launches in that order; slots whose content stays
+  // are re-rotated in place in the first. Pages past n are released. Runs' positions go to
+  // *positions. The layer must hold no attached block.
+  struct HeadGather {
+    std::vector<RerotateRun> stage_k, stage_v, place;  // place: keys and values alike (copies)
+    std::vector<int32_t> positions;
+    std::vector<int32_t> scratch;  // pages to release once the moves are queued
+  };
+  Status gather_heads(int64_t layer, const std::vector<int32_t>& sources, const std::vector<int32_t>& new_positions, HeadGather* out);
+
   // Tokens appended from now on to layers from `from_layer` are placed `shift` further than the
   // position a step gives them (per-layer coordinate frames after pruning).
   void set_shift(int64_t from_layer, int32_t shift);

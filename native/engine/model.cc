@@ -29,6 +29,9 @@ struct StepPlan {
   int64_t layer_begin = 0, layer_end = 0;  // the layers this step runs
   BufferRef carry_in, carry_out;           // hidden state from / for a step over other layers
   bool column_sums = false;                // some request asks for column sums
+  bool sums_per_head = false;              // ... per query head (then every request's are, reduced on the host)
+  int64_t log_decay = -1;                  // offset into floats of (seqs) ln beta, -1: no EMA weighting
+  bool own_freq = false;                   // some request brings its own RoPE frequencies
   // Range masses, when some request asks: per layer offset into ints of (seqs, num_ranges, 2)
   // ranges (a request with fewer ranges padded with empty ones); num_ranges 0: none asked.
   int64_t num_ranges = 0;
@@ -101,15 +104,17 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
   // Range masses of every layer: (layers, T, H, num_ranges) f32.
   const int64_t NR = plan.num_ranges;
   float* masses = NR > 0 ? static_cast<float*>(scratch.get(s.layers * T * H * NR, DType::f32)) : nullptr;
-  // Column sums of every layer: (seqs, kv_heads, max_kv of the layer) f32 each, added into: zeroed.
+  // Column sums of every layer: (seqs, kv_heads or heads, max_kv of the layer) f32 each, added
+  // into: zeroed.
   const int64_t seqs_n = static_cast<int64_t>(plan.batch.size());
+  const int64_t sum_heads = plan.sums_per_head ? H : Hkv;
   std::vector<int64_t> sums_at;
   float* sums = nullptr;
   if (plan.column_sums) {
     int64_t n = 0;
     for (int64_t l = 0; l < s.layers; ++l) {
       sums_at.push_back(n);
-      n += seqs_n * Hkv * plan.max_kv[static_cast<size_t>(l)];
+      n += seqs_n * sum_heads * plan.max_kv[static_cast<size_t>(l)];
     }
     sums = static_cast<float*>(scratch.get(std::max<int64_t>(1, n), DType::f32));
     KVF_RETURN_IF_ERROR(scratch.status());
@@ -178,7 +183,7 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
   const float* model_freq = static_cast<const float*>(w.inv_freq->data());
   // One call for the step, or one per request when some request brings its own frequencies.
   auto rope = [&](void* t, int64_t heads, int64_t layer) {
-    if (plan.floats.empty()) return rope_rows(t, heads, 0, T, model_freq, layer);
+    if (!plan.own_freq) return rope_rows(t, heads, 0, T, model_freq, layer);
     int64_t row0 = 0;
     for (size_t i = 0; i < plan.batch.size(); ++i) {
       const int64_t rows = static_cast<int64_t>(plan.batch[i].tokens.size());
@@ -261,7 +266,8 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
       const int64_t fv = plan.first_visible[static_cast<size_t>(l)];
       a.first_visible = fv < 0 ? nullptr : ints + fv;
       a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-      if (sums) a.kv_attn_sum = sums + sums_at[static_cast<size_t>(l)];
+      if (sums) (plan.sums_per_head ? a.attn_sum : a.kv_attn_sum) = sums + sums_at[static_cast<size_t>(l)];
+      if (plan.log_decay >= 0) a.col_log_decay = floats + plan.log_decay;
       if (NR > 0) {
         a.mass_ranges = ints + plan.mass_ranges[static_cast<size_t>(l)];
         a.num_ranges = NR;
@@ -328,9 +334,19 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
         const int64_t mk = plan.max_kv[static_cast<size_t>(l)];
         // The layer's slots for this request as planned (never the live sequence: the JS thread owns it).
         const int64_t slots = plan.ints[plan.kv_len + static_cast<size_t>(l) * plan.batch.size() + i];
+        const int64_t n = std::min(slots, mk);
+        const auto layer_at = host.begin() + sums_at[static_cast<size_t>(l)] + static_cast<int64_t>(i) * sum_heads * mk;
+        if (!plan.sums_per_head || plan.batch[i].column_sums_per_head) {
+          for (int64_t g = 0; g < sum_heads; ++g) out.insert(out.end(), layer_at + g * mk, layer_at + g * mk + n);
+          continue;
+        }
+        // Per query head in this step, asked per KV head: each group's heads summed.
+        const int64_t group = H / Hkv;
         for (int64_t g = 0; g < Hkv; ++g) {
-          const auto at = host.begin() + sums_at[static_cast<size_t>(l)] + (static_cast<int64_t>(i) * Hkv + g) * mk;
-          out.insert(out.end(), at, at + std::min(slots, mk));
+          const size_t base = out.size();
+          out.resize(base + static_cast<size_t>(n), 0.0f);
+          for (int64_t hh = 0; hh < group; ++hh)
+            for (int64_t j = 0; j < n; ++j) out[base + static_cast<size_t>(j)] += *(layer_at + (g * group + hh) * mk + j);
         }
       }
     }
@@ -511,6 +527,7 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
     plan->first_visible.push_back(static_cast<int64_t>(push(plan->ints, first)));
   }
   for (const StepRequest& r : batch) {
+    plan->own_freq |= !r.inv_freq.empty();
     plan->inv_freq.push_back(r.inv_freq.empty() ? -1 : static_cast<int64_t>(plan->floats.size()));
     plan->floats.insert(plan->floats.end(), r.inv_freq.begin(), r.inv_freq.end());
   }
@@ -546,7 +563,17 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
   // Range masses: each layer's (seqs, num_ranges, 2) table, requests without ranges (or with
   // fewer) padded with empty ranges.
   for (const StepRequest& r : batch) plan->num_ranges = std::max(plan->num_ranges, r.num_ranges);
-  for (const StepRequest& r : batch) plan->column_sums |= r.column_sums;
+  for (const StepRequest& r : batch) {
+    plan->column_sums |= r.column_sums;
+    plan->sums_per_head |= r.column_sums && r.column_sums_per_head;
+  }
+  bool decays = false;
+  for (const StepRequest& r : batch) decays |= r.column_sums && r.score_decay > 0.0f && r.score_decay < 1.0f;
+  if (decays) {
+    plan->log_decay = static_cast<int64_t>(plan->floats.size());
+    for (const StepRequest& r : batch)
+      plan->floats.push_back(r.column_sums && r.score_decay > 0.0f && r.score_decay < 1.0f ? std::log(r.score_decay) : 0.0f);
+  }
   if (plan->num_ranges > 0) {
     const size_t NR = static_cast<size_t>(plan->num_ranges);
     for (size_t l = 0; l < L; ++l) {
@@ -638,6 +665,37 @@ Status Model::compact(Sequence& seq, const std::vector<LayerCompaction>& layers,
   }
   queue_rerotation(std::move(moves), std::move(positions), std::move(value_moves));
   return Status::Ok();
+}
+
+Status Model::gather_heads(Sequence& seq, const std::vector<LayerGather>& layers) {
+  auto stage_k = std::make_shared<std::vector<RerotateRun>>();
+  auto stage_v = std::make_shared<std::vector<RerotateRun>>();
+  auto place = std::make_shared<std::vector<RerotateRun>>();
+  std::vector<int32_t> positions, scratch;
+  Status status;
+  for (const LayerGather& g : layers) {
+    Sequence::HeadGather one;
+    status = seq.gather_heads(g.layer, g.sources, g.positions, &one);
+    if (!status.ok()) break;  // the layers done so far are queued below
+    // Offsets of this layer's runs into the shared position list.
+    const int32_t base = static_cast<int32_t>(positions.size());
+    for (auto* runs : {&one.stage_k, &one.stage_v, &one.place}) {
+      for (RerotateRun& r : *runs) {
+        r.from += base;
+        r.to += base;
+      }
+    }
+    positions.insert(positions.end(), one.positions.begin(), one.positions.end());
+    stage_k->insert(stage_k->end(), one.stage_k.begin(), one.stage_k.end());
+    stage_v->insert(stage_v->end(), one.stage_v.begin(), one.stage_v.end());
+    place->insert(place->end(), one.place.begin(), one.place.end());
+    scratch.insert(scratch.end(), one.scratch.begin(), one.scratch.end());
+  }
+  // Stage, then place: two jobs in queue order (a placement reads what its stage wrote).
+  queue_rerotation(stage_k, positions, stage_v);
+  queue_rerotation(place, std::move(positions), std::make_shared<std::vector<RerotateRun>>(*place));
+  for (int32_t p : scratch) pool_->release(p);  // later jobs only: this one's reads come first
+  return status;
 }
 
 // Re-rotates moved keys (and copies moved values) on the device queue: after the steps that

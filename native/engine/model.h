@@ -76,6 +76,11 @@ struct StepRequest {
   // slot, the probability summed over this request's rows and the query heads of the group.
   // Returned in StepResult::column_sums as (layers, kv_heads, slots of that layer) f32, packed.
   bool column_sums = false;
+  // With column_sums: per query head instead of per KV head, (layers, heads, slots); and, with
+  // score_decay = beta in (0, 1), weighted by row age as EMA scores (paged_attention.h,
+  // col_log_decay; the Cascading KV cache's). 0 or 1: plain sums.
+  bool column_sums_per_head = false;
+  float score_decay = 0.0f;
 };
 
 struct StepResult {
@@ -83,7 +88,7 @@ struct StepResult {
   std::vector<int32_t> sampled;            // per request: the sampled token, or -1
   // Per request: (layers, rows, heads, num_ranges) f32 range masses; empty when not asked for.
   std::vector<std::vector<float>> range_mass;
-  // Per request: every layer's (kv_heads, slots) column sums, layer after layer; empty when not asked for.
+  // Per request: every layer's (kv_heads or heads, slots) column sums, layer after layer; empty when not asked for.
   std::vector<std::vector<float>> column_sums;
 };
 
@@ -115,6 +120,14 @@ class Model : public std::enable_shared_from_this<Model> {
     std::vector<int32_t> keep, positions;
   };
   Status compact(Sequence& seq, const std::vector<LayerCompaction>& layers, std::vector<std::vector<int32_t>>* new_slots);
+
+  // JS thread: Sequence::gather_heads for each (layer, per-head sources, new positions), with
+  // the staged moves queued (all layers' stages in one launch pair, then their placements).
+  struct LayerGather {
+    int64_t layer = 0;
+    std::vector<int32_t> sources, positions;
+  };
+  Status gather_heads(Sequence& seq, const std::vector<LayerGather>& layers);
 
   Status enqueue_step(std::vector<StepRequest> batch, std::function<void(Status, StepResult)> done,
                       std::function<bool()> cancelled = {});

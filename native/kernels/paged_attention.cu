@@ -353,6 +353,9 @@ __global__ void __launch_bounds__(kThreads) col_sum_kernel(PagedAttentionArgs a,
   const int64_t r0 = max64(0, a.q_start[s]);
   const int64_t r1 = min64(a.total_q, a.q_start[s + 1]);
   float kv_total = 0.0f;  // lane jj < 32 of warp 0: column tile0 + jj over the group's heads
+  // EMA weighting (paged_attention.h, col_log_decay): the chunk's first slot and ln beta.
+  const float decay = a.col_log_decay != nullptr ? a.col_log_decay[s] : 0.0f;
+  const int64_t c0 = r1 > r0 ? static_cast<int64_t>(a.visible[r0]) - 1 : 0;
   for (int64_t hh = 0; hh < group; ++hh) {
     const int64_t h = g * group + hh;
     float total = 0.0f;  // lane jj: column tile0 + jj over this warp's rows
@@ -376,7 +379,14 @@ __global__ void __launch_bounds__(kThreads) col_sum_kernel(PagedAttentionArgs a,
         const float sc = warp_sum(score_part<DPL>(q, k_tile + jj * d, d, lane)) * a.scale;
         if (lane == jj) my_s = sc;
       }
-      if (my_s != -INFINITY) total += expf(my_s - ml.x) / ml.y;
+      if (my_s != -INFINITY) {
+        float e = my_s - ml.x;
+        if (decay != 0.0f) {
+          const int64_t j = tile0 + lane, i = t - r0;
+          e += decay * static_cast<float>(j < c0 ? (r1 - r0) - 1 - i : i - (j - c0));
+        }
+        total += expf(e) / ml.y;
+      }
     }
     s_red[warp][lane] = total;
     __syncthreads();

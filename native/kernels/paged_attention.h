@@ -30,6 +30,13 @@
 //  - kv_attn_sum (seqs, kv_heads, max_kv) f32, added into: kv_attn_sum[s][g][j] += sum over the
 //    sequence's query rows t and over the query heads h of kv head g's group of p[t, h, j].
 //    Columns j >= kv_len[s] of either are left alone.
+//  - col_log_decay (seqs) f32, optional: weighs each probability in attn_sum and kv_attn_sum by
+//    row age, for EMA scores (Cascading KV cache). With d = col_log_decay[s] (ln beta; 0: no
+//    weighting), the sequence's q query rows i = 0..q-1 and c0 = visible[first row] - 1 the slot
+//    of its first query token (the chunk's tokens hold slots c0.., one each, in row order):
+//    p[t, h, j] counts as exp(s_j - M + d * a) / L with a = q-1-i for a cached slot j < c0 and
+//    a = i - (j - c0) for the chunk's own slot j (beta^a folded into the exponent: no extra exp).
+
 //  - range_mass (total_q, heads, num_ranges) f32, written: range_mass[t][h][r] = sum of
 //    p[t, h, j] over the slots j in [begin, end) of range r of row t's sequence, where
 //    mass_ranges (seqs, num_ranges, 2) i32 holds the [begin, end) pairs in slot order (the
@@ -75,6 +82,7 @@ struct PagedAttentionArgs {
   float* attn_sum = nullptr;             // optional (seqs, heads, max_kv), added into
   float* kv_attn_sum = nullptr;          // optional (seqs, kv_heads, max_kv), added into
   int64_t max_kv = 0;                    // columns of attn_sum and kv_attn_sum (>= every kv_len)
+  const float* col_log_decay = nullptr;  // optional (seqs): EMA weighting of the column sums
   const int32_t* mass_ranges = nullptr;  // (seqs, num_ranges, 2): [begin, end) slot ranges
   int64_t num_ranges = 0;
   float* range_mass = nullptr;           // optional (total_q, heads, num_ranges), written

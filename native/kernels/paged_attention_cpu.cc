@@ -484,11 +484,15 @@ KVF_CPU_CLONES void attn_sum_items(const Layout& L, const std::vector<SumItem>& 
     int64_t holes = 0;
     slot_offsets(L, s, j0, n, g, offs.data(), voffs.data(), &holes);
     gather_rows(kp, offs.data(), n, d, kbuf.data(), krows.data());
+    const int64_t q0 = a.q_start[s], rows = a.q_start[s + 1] - q0;
+    const float decay = a.col_log_decay != nullptr ? a.col_log_decay[s] : 0.0f;
+    const int64_t c0 = rows > 0 ? static_cast<int64_t>(a.visible[q0]) - 1 : 0;
     for (int64_t t = a.q_start[s]; t < a.q_start[s + 1]; ++t) {
       // This row's slots in the block: [jf, nt) of it.
       const int64_t nt = std::min<int64_t>(n, a.visible[t] - j0);
       const int64_t jf = std::max<int64_t>(0, first_visible(a, t) - j0);
       if (nt <= jf) continue;
+      const int64_t i = t - q0;
       for (int64_t hh = 0; hh < G; ++hh) {
         const int64_t h = g * G + hh;
         const float m = stats[2 * (t * a.heads + h)];
@@ -499,7 +503,12 @@ KVF_CPU_CLONES void attn_sum_items(const Layout& L, const std::vector<SumItem>& 
         float* kv_dst = a.kv_attn_sum != nullptr ? a.kv_attn_sum + (s * a.kv_heads + g) * a.max_kv + j0 + jf : nullptr;
         for (int64_t jj = 0; jj < nt - jf; ++jj) {
           if (holes != 0 && voffs[jf + jj] < 0) continue;
-          const float p = exp_f32(scores[jj] - m) * inv_l;
+          float e = scores[jj] - m;
+          if (decay != 0.0f) {
+            const int64_t j = j0 + jf + jj;
+            e += decay * static_cast<float>(j < c0 ? rows - 1 - i : i - (j - c0));
+          }
+          const float p = exp_f32(e) * inv_l;
           if (dst != nullptr) dst[jj] += p;
           if (kv_dst != nullptr) kv_dst[jj] += p;
         }

@@ -145,10 +145,15 @@ __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, 
     __syncthreads();
 
     // The tile's rows are consecutive rows of one page, so its heads are consecutive too:
-    // item idx is rotation group g of head idx / groups.
-    const T* in = src + (static_cast<int64_t>(run.src_page) * sh.page_size + run.src_row + row0) * row_elems;
-    T* out = dst + (static_cast<int64_t>(run.dst_page) * sh.page_size + run.dst_row + row0) * row_elems;
-    const int items = rows * sh.kv_heads * groups;
+    // item idx is rotation group g of head idx / groups. A one-head run (run.head > 0) has one
+    // head per row: its "head" index is the row, at a stride of row_elems.
+    const bool one_head = run.head > 0;
+    const int heads_per_row = one_head ? 1 : sh.kv_heads;
+    const int64_t head_at = one_head ? static_cast<int64_t>(run.head - 1) * sh.head_dim : 0;
+    const T* in = src + (static_cast<int64_t>(run.src_page) * sh.page_size + run.src_row + row0) * row_elems + head_at;
+    T* out = dst + (static_cast<int64_t>(run.dst_page) * sh.page_size + run.dst_row + row0) * row_elems + head_at;
+    const int head_stride = one_head ? row_elems : sh.head_dim;
+    const int items = rows * heads_per_row * groups;
     for (int first = t; first < items; first += kUnroll * blockDim.x) {
       Pack<T, V> lo[kUnroll], hi[kUnroll];
       int at[kUnroll], table_at[kUnroll];
@@ -158,8 +163,8 @@ __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, 
         if (idx >= items) continue;
         const int head = div_by(idx, groups, sh.groups_shift);
         const int g = idx - head * groups;
-        const int trow = uniform ? 0 : table_row[head / sh.kv_heads];
-        at[u] = head * sh.head_dim + g * V;
+        const int trow = uniform ? 0 : table_row[one_head ? head : head / sh.kv_heads];
+        at[u] = head * head_stride + g * V;
         table_at[u] = trow * half + (kAdjacent ? g * (V / 2) : g * V);
         lo[u] = load<T, V>(in + at[u]);
         if constexpr (!kAdjacent) hi[u] = load<T, V>(in + at[u] + half);
@@ -202,11 +207,11 @@ __global__ void __launch_bounds__(kThreads) rerotate_pages_kernel(const T* src, 
 
     // Partial rotary: the dimensions past rotary_dim travel unchanged.
     if (copies > 0 && in != out) {
-      const int per_row_copies = sh.kv_heads * copies;
+      const int per_row_copies = heads_per_row * copies;
       for (int idx = t; idx < rows * per_row_copies; idx += blockDim.x) {
         const int k = idx / per_row_copies;
         const int rem = idx - k * per_row_copies;
-        const int h = rem / copies;
+        const int h = rem / copies;  // within the run's heads (offset by head_at)
         const int e = k * row_elems + h * sh.head_dim + sh.rotary_dim + (rem - h * copies) * V;
         store<T, V>(out + e, load<T, V>(in + e));
       }

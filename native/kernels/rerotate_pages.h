@@ -14,6 +14,8 @@
 // Math as rerotate (rerotate_math.h, shared): the shift q - p in integers, the angle in f32,
 // accurate sin/cos, rotation in f32, ONE rounding to the storage dtype; a move by 0 copies the
 // key bit for bit. The same move gives the same bits as rerotate over the same rows.
+// A run with head = h + 1 touches KV head h of its rows only; the other heads are neither read
+// nor written, so two runs on the same rows but different heads do not overlap.
 // Runs must not write rows that another run reads or writes (a run may rewrite its own rows in
 // place: src == dst page and row). The caller owns the tables and checks the runs against the
 // pool: lib/ops.ts does for the op (ops.keyMoves, before the runs go to the device), the engine
@@ -28,7 +30,9 @@ struct RerotateRun {
   int32_t dst_page = 0, dst_row = 0;
   int32_t rows = 0;
   int32_t from = 0, to = 0;  // offsets into positions
-  int32_t reserved = 0;      // keeps the struct 32 bytes (8-byte aligned in packed uploads)
+  // 0: the run moves every KV head of its rows; h + 1: only KV head h (per-head cache policies,
+  // whose heads keep different tokens). Also keeps the struct 32 bytes (8-byte aligned uploads).
+  int32_t head = 0;
 };
 static_assert(sizeof(RerotateRun) == 32, "RerotateRun is uploaded as 8 i32");
 
@@ -50,6 +54,7 @@ Status rerotate_pages_cuda(const RerotatePagesArgs& args, void* stream);
 
 // Checks a host copy of the runs against the pool and the position list (positions entries);
 // the engine's runs are right by construction, the op's come from JavaScript.
-Status check_rerotate_runs(const RerotateRun* runs, int64_t num_runs, int64_t num_pages, int64_t page_size, int64_t positions);
+Status check_rerotate_runs(const RerotateRun* runs, int64_t num_runs, int64_t num_pages, int64_t page_size, int64_t positions,
+                           int64_t kv_heads);
 
 }  // namespace kvf

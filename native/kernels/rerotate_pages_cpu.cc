@@ -34,7 +34,8 @@ KVF_CPU_CLONES void move_runs(const RerotatePagesArgs& a, int64_t rotary_dim, in
     T* out = dst + (static_cast<int64_t>(run.dst_page) * a.page_size + run.dst_row) * row_elems;
     for (int64_t k = 0; k < run.rows; ++k) {
       table.set(static_cast<int64_t>(a.positions[run.to + k]) - a.positions[run.from + k], a.inv_freq);
-      for (int64_t h = 0; h < a.kv_heads; ++h) {
+      const int64_t h0 = run.head > 0 ? run.head - 1 : 0, h1 = run.head > 0 ? run.head : a.kv_heads;
+      for (int64_t h = h0; h < h1; ++h) {
         const int64_t off = k * row_elems + h * a.head_dim;
         rerotation::move_head<T>(in + off, out + off, table, a.head_dim, rotary_dim, adjacent, x.data(), y.data());
       }
@@ -44,7 +45,8 @@ KVF_CPU_CLONES void move_runs(const RerotatePagesArgs& a, int64_t rotary_dim, in
 
 }  // namespace
 
-Status check_rerotate_runs(const RerotateRun* runs, int64_t num_runs, int64_t num_pages, int64_t page_size, int64_t positions) {
+Status check_rerotate_runs(const RerotateRun* runs, int64_t num_runs, int64_t num_pages, int64_t page_size, int64_t positions,
+                           int64_t kv_heads) {
   for (int64_t r = 0; r < num_runs; ++r) {
     const RerotateRun& m = runs[r];
     const std::string where = "rerotate_pages: run " + std::to_string(r);
@@ -55,6 +57,7 @@ Status check_rerotate_runs(const RerotateRun* runs, int64_t num_runs, int64_t nu
       return invalid_argument(where + " has rows outside its pages (page size " + std::to_string(page_size) + ")");
     if (m.from < 0 || m.to < 0 || m.from + static_cast<int64_t>(m.rows) > positions || m.to + static_cast<int64_t>(m.rows) > positions)
       return invalid_argument(where + " reads positions outside the list of " + std::to_string(positions));
+    if (m.head < 0 || m.head > kv_heads) return invalid_argument(where + " names a KV head outside [0, " + std::to_string(kv_heads) + "]");
   }
   return Status::Ok();
 }

@@ -334,6 +334,7 @@ Napi::Function NativeModel::define(Napi::Env env) {
                          InstanceMethod<&NativeModel::import_block>("importBlock"),
                          InstanceMethod<&NativeModel::move_blocks>("moveBlocks"),
                          InstanceMethod<&NativeModel::compact>("compact"),
+                         InstanceMethod<&NativeModel::gather_heads>("gatherHeads"),
                          InstanceMethod<&NativeModel::release>("release"),
                      });
 }
@@ -522,6 +523,31 @@ Napi::Value NativeModel::compact(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// gatherHeads(seq, [{ layer, sources: Int32Array(kvHeads * n), positions: Int32Array(n) }]): each
+// layer then holds n slots; slot s of KV head h takes slot sources[h * n + s]'s content of that
+// head, its key re-rotated to positions[s] (moves staged through scratch pages, queued).
+Napi::Value NativeModel::gather_heads(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Model& m = get(info, "gatherHeads");
+  std::shared_ptr<Sequence> seq = NativeSequence::unwrap(info[0], "gatherHeads: seq")->sequence();
+  if (seq->pool() != m.pool()) throw_invalid(env, "gatherHeads: the sequence belongs to another model");
+  if (!info[1].IsArray()) throw_invalid(env, "gatherHeads: expected an array of { layer, sources, positions }");
+  Napi::Array list = info[1].As<Napi::Array>();
+  std::vector<Model::LayerGather> layers;
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    if (!list.Get(i).IsObject()) throw_invalid(env, "gatherHeads: expected an array of { layer, sources, positions }");
+    Napi::Object o = list.Get(i).As<Napi::Object>();
+    Model::LayerGather g;
+    g.layer = get_int(env, o, "layer", "gatherHeads");
+    g.sources = int_array(env, o.Get("sources"), "gatherHeads: sources");
+    g.positions = int_array(env, o.Get("positions"), "gatherHeads: positions");
+    layers.push_back(std::move(g));
+  }
+  Status st = m.gather_heads(*seq, layers);
+  if (!st.ok()) throw_status(env, st);
+  return env.Undefined();
+}
+
 // importBlock(start, tokens, data: Uint8Array) -> Promise<NativeKvBlock>: a block on fresh pages
 // (positions start.. at every layer) filled from `data` in the layout NativeKvBlock.read()
 // returns. Pages are taken now (out_of_memory when too few); the promise resolves once filled.
@@ -602,6 +628,12 @@ Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
       Napi::Value rv = r.Get("rangeMass");
       if (!rv.IsUndefined() && !rv.IsNull()) mass_ranges(env, rv, m.spec().layers, &sr);
       sr.column_sums = r.Get("columnSums").IsBoolean() && r.Get("columnSums").As<Napi::Boolean>().Value();
+      sr.column_sums_per_head = r.Get("columnSumsPerHead").IsBoolean() && r.Get("columnSumsPerHead").As<Napi::Boolean>().Value();
+      if (r.Get("scoreDecay").IsNumber()) {
+        const double beta = r.Get("scoreDecay").As<Napi::Number>().DoubleValue();
+        if (!(beta > 0.0 && beta <= 1.0)) throw_invalid(env, "step: scoreDecay must be in (0, 1]");
+        sr.score_decay = static_cast<float>(beta);
+      }
       Napi::Value lv = r.Get("layers");
       if (!lv.IsUndefined() && !lv.IsNull()) {
         if (!lv.IsArray() || lv.As<Napi::Array>().Length() != 2 || !lv.As<Napi::Array>().Get(0u).IsNumber() || !lv.As<Napi::Array>().Get(1u).IsNumber())

@@ -63,6 +63,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value import_block(const Napi::CallbackInfo& info);
   Napi::Value move_blocks(const Napi::CallbackInfo& info);
   Napi::Value compact(const Napi::CallbackInfo& info);
+  Napi::Value gather_heads(const Napi::CallbackInfo& info);
   Napi::Value release(const Napi::CallbackInfo& info);
   std::shared_ptr<Model> model_;
 };

@@ -214,7 +214,9 @@ Napi::Value rerotate_pages(const Napi::CallbackInfo& info) {
     if (static_cast<int64_t>(packed.ElementLength()) != a.num_runs * 8) throw_invalid(env, "rerotatePages: perRunHost must hold 8 integers per run");
     host.resize(static_cast<size_t>(a.num_runs));
     if (a.num_runs) std::memcpy(static_cast<void*>(host.data()), packed.Data(), packed.ElementLength() * sizeof(int32_t));
-    if (Status st = check_rerotate_runs(host.data(), a.num_runs, a.num_pages, a.page_size, tp->numel()); !st.ok()) throw_invalid(env, st.message);
+    if (Status st = check_rerotate_runs(host.data(), a.num_runs, a.num_pages, a.page_size, tp->numel(), a.kv_heads); !st.ok()) throw_invalid(env, st.message);
+    for (const RerotateRun& m : host)
+      if (m.head != 0) throw_invalid(env, "rerotatePages: perRun moves every KV head of its rows; a move with `head` needs the fused launch");
   }
   Device* d = same_device(env, "rerotatePages", {ts, td, tf, tr, tp});
   a.src_pool = ts->buffer()->data();
@@ -528,6 +530,14 @@ Napi::Value paged_attention(const Napi::CallbackInfo& info) {
     a.range_mass = static_cast<float*>(tm->buffer()->data());
     inputs.push_back(tr->buffer());
     outputs.push_back(tm->buffer());
+  }
+  // EMA weighting of the column sums: ln beta per sequence (paged_attention.h, col_log_decay).
+  if (info.Length() > 17 && !info[17].IsNull() && !info[17].IsUndefined()) {
+    NativeTensor* t = arg(info, 17, op, "colLogDecay", a.seqs);
+    require_dtype(env, t, DType::f32, op, "colLogDecay");
+    if (t->device() != d) throw_invalid(env, "pagedAttention: colLogDecay must be on the same device");
+    a.col_log_decay = static_cast<const float*>(t->buffer()->data());
+    inputs.push_back(t->buffer());
   }
   enqueue_op(d, std::move(inputs), std::move(outputs), [a](Backend& be) { return be.paged_attention(a); });
   return env.Undefined();

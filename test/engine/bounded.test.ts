@@ -107,6 +107,8 @@ describe('constant memory', () => {
     ['streaming', policies.streaming({ sinks: 4, window: 60 }), 64],
     ['lacache', policies.lacache({ budget: 48, span: 2, overlap: 0 }), 48 + new LaCachePlanner(resolveLaCache({ budget: 48, span: 2, overlap: 0 }), LAYERS).maxLength - 48],
     ['h2o', policies.h2o({ budget: 64, recent: 32 }), 64],
+    // sinks + cascades * window slots, and the step's own token until it is inserted.
+    ['cascading', policies.cascading({ sinks: 4, window: 16, cascades: 3, stride: 16 }), 4 + 3 * 16 + 1],
   ];
   for (const [name, policy, bound] of bounded) {
     it(`${name}: ${N} generated tokens, every layer within ${bound} tokens after every step, nothing leaks`, async () => {

@@ -574,7 +574,103 @@ export class ReferenceLlama {
     });
     return out;
   }
+
+  /**
+   * The Cascading KV cache in float64: `tokens` fed in chunks of `chunk`; each layer and KV head
+   * holds what its cache (caches[layer][head]) says, keys at the slots' positions; a chunk's row j
+   * attends to every held slot and to chunk tokens 0..j at positions length + k; then each cache
+   * inserts the chunk with the EMA scores (1 - beta) * beta^(q-1-j) * p (held slots) and
+   * (1 - beta) * beta^(j-k) * p (chunk token k), per query head of the group. Returns each
+   * chunk's last-row logits; afterChunk(end) runs once the chunk ending at `end` is inserted.
+   */
+  cascadingDecode(
+    tokens: readonly number[],
+    chunk: number,
+    beta: number,
+    caches: CascadeCache[][],
+    capacity: number,
+    afterChunk?: (end: number) => void,
+  ): Float64Array[] {
+    const { hiddenSize: H, numHeads, numKvHeads, headDim, rmsNormEps: eps } = this.config;
+    const group = numHeads / numKvHeads;
+    const scale = 1 / Math.sqrt(headDim);
+    // Raw keys and values per layer by stream index.
+    const raw = this.layers.map(() => ({ k: new Map<number, Float64Array>(), v: new Map<number, Float64Array>() }));
+    const out: Float64Array[] = [];
+    for (let start = 0; start < tokens.length; start += chunk) {
+      const ids = tokens.slice(start, start + chunk);
+      const q = ids.length;
+      const xs = ids.map((token) => this.embedTokens.data.slice(token * H, (token + 1) * H));
+      for (const [l, layer] of this.layers.entries()) {
+        const hs = xs.map((x) => rmsNorm(x, layer.inputNorm, eps));
+        const qs = hs.map((h) => linear(h, layer.qProj, layer.qBias));
+        hs.forEach((h, j) => {
+          raw[l]!.k.set(start + j, linear(h, layer.kProj, layer.kBias));
+          raw[l]!.v.set(start + j, linear(h, layer.vProj, layer.vBias));
+        });
+        const attended = ids.map(() => new Float64Array(numHeads * headDim));
+        for (let g = 0; g < numKvHeads; g++) {
+          const cache = caches[l]![g]!;
+          const st = cache.state();
+          const slots: { token: number; pos: number; slot: number }[] = [];
+          for (let s = 0; s < st.tokens.length; s++) if (st.tokens[s]! >= 0) slots.push({ token: st.tokens[s]!, pos: st.positions[s]!, slot: s });
+          const held = st.length;
+          const keyOf = (token: number, pos: number): Float64Array => {
+            const k = raw[l]!.k.get(token)!.slice(g * headDim, (g + 1) * headDim);
+            applyRope(k, 1, headDim, pos, this.inverseFrequencies);
+            return k;
+          };
+          const cachedKeys = slots.map((e) => keyOf(e.token, e.pos));
+          const chunkKeys = ids.map((_, k) => keyOf(start + k, held + k));
+          const slotScores = Array.from({ length: group }, () => new Float64Array(capacity));
+          const chunkScores = Array.from({ length: group }, () => new Float64Array(q));
+          for (let hh = 0; hh < group; hh++) {
+            const head = g * group + hh;
+            for (let j = 0; j < q; j++) {
+              const qh = qs[j]!.slice(head * headDim, (head + 1) * headDim);
+              applyRope(qh, 1, headDim, held + j, this.inverseFrequencies);
+              const keys = [...cachedKeys, ...chunkKeys.slice(0, j + 1)];
+              const values = [...slots.map((e) => raw[l]!.v.get(e.token)!), ...ids.slice(0, j + 1).map((_, k) => raw[l]!.v.get(start + k)!)];
+              const z = keys.map((k) => {
+                let dot = 0;
+                for (let d = 0; d < headDim; d++) dot += qh[d]! * k[d]!;
+                return dot * scale;
+              });
+              const max = Math.max(...z);
+              const w = z.map((v) => Math.exp(v - max));
+              const total = w.reduce((a, b) => a + b, 0);
+              w.forEach((wi, c) => {
+                const p = wi / total;
+                const v = values[c]!;
+                for (let d = 0; d < headDim; d++) attended[j]![head * headDim + d] = attended[j]![head * headDim + d]! + p * v[g * headDim + d]!;
+                if (c < slots.length) slotScores[hh]![slots[c]!.slot] = slotScores[hh]![slots[c]!.slot]! + (1 - beta) * beta ** (q - 1 - j) * p;
+                else chunkScores[hh]![c - slots.length] = chunkScores[hh]![c - slots.length]! + (1 - beta) * beta ** (j - (c - slots.length)) * p;
+              });
+            }
+          }
+          cache.insert({ tokens: ids.map((_, k) => start + k), slotScores, chunkScores });
+        }
+        xs.forEach((x, j) => {
+          addInPlace(x, linear(attended[j]!, layer.oProj, layer.oBias));
+          const normed = rmsNorm(x, layer.postAttentionNorm, eps);
+          const gate = linear(normed, layer.gateProj, layer.gateBias);
+          const up = linear(normed, layer.upProj, layer.upBias);
+          addInPlace(x, linear(gate.map((gv, i) => silu(gv) * up[i]!), layer.downProj, layer.downBias));
+        });
+      }
+      out.push(linear(rmsNorm(xs[q - 1]!, this.finalNorm, eps), this.lmHead));
+      afterChunk?.(start + q);
+    }
+    return out;
+  }
 }
+
+/** What cascadingDecode needs of one layer and KV head's cache (CascadeModel's interface). */
+export interface CascadeCache {
+  state(): { tokens: Int32Array; positions: Int32Array; length: number };
+  insert(chunk: { tokens: ArrayLike<number>; slotScores: readonly ArrayLike<number>[]; chunkScores: readonly ArrayLike<number>[] }): unknown;
+}
+
 
 /** Index of the largest value; ties go to the lowest index. */
 export function argmax(values: ArrayLike<number>): number {
