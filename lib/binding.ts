@@ -69,6 +69,8 @@ export interface NativeOps {
     rangeMass?: T | null,
     /** f32 [seqs]: ln beta, the EMA weighting of attnSum / kvAttnSum by row age (0: none). */
     colLogDecay?: T | null,
+    /** i32 [seqs]: only each sequence's last n query rows add into attnSum / kvAttnSum (0: all). */
+    colLastRows?: T | null,
   ): void;
 }
 
@@ -152,6 +154,8 @@ export interface StepRequest {
    * token k's by beta^(i-k). Default 1: plain sums.
    */
   scoreDecay?: number;
+  /** With columnSums: only this request's last n rows count (SnapKV's observation window); default all. */
+  scoreRows?: number;
 }
 
 export interface NativeModel {

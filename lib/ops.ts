@@ -652,6 +652,8 @@ export const ops = {
    *   column sums by row age, as the Cascading KV cache's EMA scores: with the sequence's q query
    *   rows i and their own slots c0 + i, a cached slot's probability counts beta^(q-1-i), the
    *   query token k's own slot beta^(i-k).
+   * - `scoreRows` (one for all sequences or one each; default all): only each sequence's last n
+   *   query rows add into attnSum / kvAttnSum (SnapKV's observation window).
    * - `rangeMass`: slot ranges [begin, end) (in the sequence's slot order, the order of its
    *   pages), one list for every sequence or one list per sequence; returns f32
    *   [totalQ, heads, R] with each row's probability mass over each range (R: the longest
@@ -675,6 +677,7 @@ export const ops = {
       kvAttnSum?: boolean;
       rangeMass?: readonly SlotRange[] | readonly (readonly SlotRange[])[];
       scoreDecay?: number | readonly number[];
+      scoreRows?: number | readonly number[];
     },
   ): { out: Tensor; attnSum: Tensor | undefined; kvAttnSum: Tensor | undefined; rangeMass: Tensor | undefined } {
     for (const [name, t] of [['q', q], ['kPool', kPool], ['vPool', vPool]] as const) {
@@ -763,6 +766,14 @@ export const ops = {
       }
       logDecay = Float32Array.from(betas, (b) => Math.log(b));
     }
+    let lastRows: Int32Array | undefined;
+    if (options.scoreRows !== undefined) {
+      const rows = typeof options.scoreRows === 'number' ? seqs.map(() => options.scoreRows as number) : options.scoreRows;
+      if (!Array.isArray(rows) || rows.length !== seqs.length || !rows.every((n) => Number.isInteger(n) && n >= 1 && n < 2 ** 31)) {
+        throw new InvalidArgumentError(`pagedAttention: scoreRows: expected a positive integer or one per sequence but received ${describe(options.scoreRows)}`, 'scoreRows');
+      }
+      lastRows = Int32Array.from(rows);
+    }
     const maxKv = Math.max(0, ...kvLen);
     const idx = [qStart, kvLen, tableStart, Int32Array.from(table.length ? table : [0]), visible].map((a) => Tensor.from(a, { device }));
     if (window !== undefined) idx.push(Tensor.from(visible.map((v) => Math.max(0, v - window)), { device }));
@@ -773,6 +784,7 @@ export const ops = {
     const rangeTable = ranges ? Tensor.from(ranges, { device }) : undefined;
     const rangeMass = ranges ? Tensor.zeros([totalQ, heads, numRanges], { dtype: 'f32', device }) : undefined;
     const decayTensor = logDecay ? Tensor.from(logDecay, { device }) : undefined;
+    const rowsTensor = lastRows ? Tensor.from(lastRows, { device }) : undefined;
     const pagedTables = [paged.values ? valueTable : null, paged.rows ? rowsTable : null].map((t) =>
       t === null ? null : Tensor.from(Int32Array.from(t.length ? t : [0]), { device }),
     );
@@ -781,9 +793,10 @@ export const ops = {
       native().ops.pagedAttention(q.handle(), kPool.handle(), vPool.handle(), out.handle(), qs, kl!, ts!, pt!, vis!, attnSum ? attnSum.handle() : null, {
         heads, kvHeads, headDim, pageSize, numPages, seqs: seqs.length, totalQ, maxKv, scale, numRanges,
       }, first ?? null, pagedTables[0]?.handle() ?? null, pagedTables[1]?.handle() ?? null,
-      kvAttnSum?.handle() ?? null, rangeTable?.handle() ?? null, rangeMass?.handle() ?? null, decayTensor?.handle() ?? null);
+      kvAttnSum?.handle() ?? null, rangeTable?.handle() ?? null, rangeMass?.handle() ?? null, decayTensor?.handle() ?? null, rowsTensor?.handle() ?? null);
     } finally {
       decayTensor?.dispose();
+      rowsTensor?.dispose();
       for (const t of idx) t.dispose();
       for (const t of pagedTables) t?.dispose();
       rangeTable?.dispose();

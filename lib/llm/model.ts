@@ -19,6 +19,7 @@ import { windowLayout } from '../policies/cache-focus.js';
 import { CacheFocusRuntime } from '../policies/cache-focus-runtime.js';
 import { BoundedRuntime } from '../policies/bounded-runtime.js';
 import { CascadingRuntime } from '../policies/cascading-runtime.js';
+import { SnapKVRuntime } from '../policies/snapkv-runtime.js';
 import { GENERATE_OPTIONS, generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
 import { type GenerationInit, type GenerationStream, Scheduler, SequenceState } from './scheduler.js';
 import { Sequence, type SequenceHost } from './sequence.js';
@@ -386,6 +387,14 @@ export class Model {
         policy,
         layers: this.config.numLayers,
         heads: this.config.numHeads,
+        kvHeads: this.config.numKvHeads,
+        model: this.#handle('sequence'),
+        native: () => state.native!,
+      });
+    } else if (policy.name === 'snapkv') {
+      state.bounded = new SnapKVRuntime({
+        policy,
+        layers: this.config.numLayers,
         kvHeads: this.config.numKvHeads,
         model: this.#handle('sequence'),
         native: () => state.native!,

@@ -262,7 +262,10 @@ export class Sequence {
           continue;
         }
         // Each KV head keeps its own tokens, at the slots' shared positions; `source` is head 0's.
-        const heads = Array.from({ length: bounded.kvHeads! }, (_, h) => ({ source: Int32Array.from(bounded.headSources!(l, h)), positions: positions.slice() }));
+        const heads = Array.from({ length: bounded.kvHeads! }, (_, h) => ({
+          source: Int32Array.from(bounded.headSources!(l, h)),
+          positions: positions.slice(),
+        }));
         layers.push({ source, positions, heads });
       }
       return { layers };

@@ -14,7 +14,7 @@ export interface BoundedPolicyRuntime {
   /** Whether steps should report column sums (attention received per slot). */
   readonly wantsScores: boolean;
   /** How: per query head, EMA-weighted (StepRequest's columnSumsPerHead, scoreDecay); default per KV head, plain. */
-  readonly scoreOptions?: { columnSumsPerHead?: boolean; scoreDecay?: number };
+  readonly scoreOptions?: { columnSumsPerHead?: boolean; scoreDecay?: number; scoreRows?: number };
   /** Most tokens one step feeds. */
   readonly maxChunk: number;
   /** Tokens' worth of pages a step may need at once (held, the chunk, any scratch), for a chunk of `chunk`. */

@@ -10,15 +10,26 @@ import type { FullAttentionPolicy } from './full.js';
 import type { ConcatPolicy, ParallelWindowsPolicy } from './baselines.js';
 import { type H2OPolicy, resolveH2O, resolveStreaming, type StreamingPolicy } from './bounded.js';
 import { LACACHE_OPTIONS, type LaCachePolicy, type ResolvedLaCachePolicy, resolveLaCache } from './lacache.js';
+import { type ResolvedSnapKVPolicy, resolveSnapKV, SNAPKV_OPTIONS, type SnapKVPolicy } from './snapkv.js';
 
 export { cascading, type CascadingPolicy, type HeadReduction, type ResolvedCascadingPolicy } from './cascading.js';
 export type { FullAttentionPolicy } from './full.js';
 export type { ConcatPolicy, ParallelWindowsPolicy } from './baselines.js';
 export type { H2OPolicy, StreamingPolicy } from './bounded.js';
+export type { SnapKVPolicy } from './snapkv.js';
 export type { CacheFocusPolicy, KeepRule } from './cache-focus.js';
 
 /** A sequence's cache policy, chosen by `name`. */
-export type CachePolicy = FullAttentionPolicy | CacheFocusPolicy | CascadingPolicy | ConcatPolicy | ParallelWindowsPolicy | LaCachePolicy | StreamingPolicy | H2OPolicy;
+export type CachePolicy =
+  | FullAttentionPolicy
+  | CacheFocusPolicy
+  | CascadingPolicy
+  | ConcatPolicy
+  | ParallelWindowsPolicy
+  | LaCachePolicy
+  | StreamingPolicy
+  | H2OPolicy
+  | SnapKVPolicy;
 
 /** @internal The host-side plan of LaCache, for the engine (not wired into sequences yet). */
 export {
@@ -34,7 +45,16 @@ export {
 export type { LaCachePolicy } from './lacache.js';
 
 /** A policy's validated options, with defaults filled in. */
-export type ResolvedPolicy = Readonly<FullAttentionPolicy> | ResolvedCacheFocus | ResolvedCascadingPolicy | Readonly<ConcatPolicy> | Readonly<ParallelWindowsPolicy> | ResolvedLaCachePolicy | Readonly<StreamingPolicy> | Readonly<H2OPolicy>;
+export type ResolvedPolicy =
+  | Readonly<FullAttentionPolicy>
+  | ResolvedCacheFocus
+  | ResolvedCascadingPolicy
+  | Readonly<ConcatPolicy>
+  | Readonly<ParallelWindowsPolicy>
+  | ResolvedLaCachePolicy
+  | Readonly<StreamingPolicy>
+  | Readonly<H2OPolicy>
+  | ResolvedSnapKVPolicy;
 
 interface PolicyDefinition {
   /** Every option key, `name` included: any other key is refused. */
@@ -51,6 +71,7 @@ const POLICIES: Record<string, PolicyDefinition> = {
   lacache: { options: LACACHE_OPTIONS, resolve: resolveLaCache },
   streaming: { options: ['name', 'sinks', 'window'], resolve: resolveStreaming },
   h2o: { options: ['name', 'budget', 'recent'], resolve: resolveH2O },
+  snapkv: { options: SNAPKV_OPTIONS, resolve: resolveSnapKV },
 };
 
 /**
@@ -66,6 +87,7 @@ export const policies = Object.freeze({
   lacache: (options: Omit<LaCachePolicy, 'name'>): LaCachePolicy => checked({ ...options, name: 'lacache' }),
   streaming: (options: Omit<StreamingPolicy, 'name' | 'sinks'> & { sinks?: number }): StreamingPolicy => checked({ ...options, name: 'streaming' } as StreamingPolicy),
   h2o: (options: Omit<H2OPolicy, 'name' | 'recent'> & { recent?: number }): H2OPolicy => checked({ ...options, name: 'h2o' } as H2OPolicy),
+  snapkv: (options: Omit<SnapKVPolicy, 'name'>): SnapKVPolicy => checked({ ...options, name: 'snapkv' }),
 });
 
 function checked<P extends CachePolicy>(p: P): P {
@@ -74,7 +96,7 @@ function checked<P extends CachePolicy>(p: P): P {
 }
 
 /** Policies that hold a bounded number of tokens per layer (generation in fixed memory). */
-export const BOUNDED_POLICIES: readonly string[] = Object.freeze(['streaming', 'h2o', 'lacache', 'cascading']);
+export const BOUNDED_POLICIES: readonly string[] = Object.freeze(['streaming', 'h2o', 'lacache', 'cascading', 'snapkv']);
 
 /** The policy names this build knows. */
 export const policyNames: readonly string[] = Object.freeze(Object.keys(POLICIES));

@@ -7,6 +7,7 @@
 #include "model.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 
@@ -31,6 +32,7 @@ struct StepPlan {
   bool column_sums = false;                // some request asks for column sums
   bool sums_per_head = false;              // ... per query head (then every request's are, reduced on the host)
   int64_t log_decay = -1;                  // offset into floats of (seqs) ln beta, -1: no EMA weighting
+  int64_t last_rows = -1;                  // offset into ints of (seqs) rows counted in the sums, -1: all
   bool own_freq = false;                   // some request brings its own RoPE frequencies
   // Range masses, when some request asks: per layer offset into ints of (seqs, num_ranges, 2)
   // ranges (a request with fewer ranges padded with empty ones); num_ranges 0: none asked.
@@ -268,6 +270,7 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
       a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
       if (sums) (plan.sums_per_head ? a.attn_sum : a.kv_attn_sum) = sums + sums_at[static_cast<size_t>(l)];
       if (plan.log_decay >= 0) a.col_log_decay = floats + plan.log_decay;
+      if (plan.last_rows >= 0) a.col_last_rows = ints + plan.last_rows;
       if (NR > 0) {
         a.mass_ranges = ints + plan.mass_ranges[static_cast<size_t>(l)];
         a.num_ranges = NR;
@@ -566,6 +569,13 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
   for (const StepRequest& r : batch) {
     plan->column_sums |= r.column_sums;
     plan->sums_per_head |= r.column_sums && r.column_sums_per_head;
+  }
+  bool windows = false;
+  for (const StepRequest& r : batch) windows |= r.column_sums && r.score_rows > 0;
+  if (windows) {
+    std::vector<int32_t> rows;
+    for (const StepRequest& r : batch) rows.push_back(r.column_sums ? static_cast<int32_t>(std::min<int64_t>(r.score_rows, INT32_MAX)) : 0);
+    plan->last_rows = static_cast<int64_t>(push(plan->ints, rows));
   }
   bool decays = false;
   for (const StepRequest& r : batch) decays |= r.column_sums && r.score_decay > 0.0f && r.score_decay < 1.0f;

@@ -81,6 +81,8 @@ struct StepRequest {
   // col_log_decay; the Cascading KV cache's). 0 or 1: plain sums.
   bool column_sums_per_head = false;
   float score_decay = 0.0f;
+  // With column_sums: only the request's last score_rows rows count (0: all; SnapKV's window).
+  int64_t score_rows = 0;
 };
 
 struct StepResult {

@@ -350,12 +350,15 @@ __global__ void __launch_bounds__(kThreads) col_sum_kernel(PagedAttentionArgs a,
   }
   __syncthreads();
 
-  const int64_t r0 = max64(0, a.q_start[s]);
+  const int64_t r_first = max64(0, a.q_start[s]);
   const int64_t r1 = min64(a.total_q, a.q_start[s + 1]);
+  // SnapKV's observation window: only the last col_last_rows[s] rows count (0: all).
+  const int64_t last = a.col_last_rows != nullptr && a.col_last_rows[s] > 0 ? a.col_last_rows[s] : r1 - r_first;
+  const int64_t r0 = max64(r_first, r1 - last);
   float kv_total = 0.0f;  // lane jj < 32 of warp 0: column tile0 + jj over the group's heads
   // EMA weighting (paged_attention.h, col_log_decay): the chunk's first slot and ln beta.
   const float decay = a.col_log_decay != nullptr ? a.col_log_decay[s] : 0.0f;
-  const int64_t c0 = r1 > r0 ? static_cast<int64_t>(a.visible[r0]) - 1 : 0;
+  const int64_t c0 = r1 > r_first ? static_cast<int64_t>(a.visible[r_first]) - 1 : 0;
   for (int64_t hh = 0; hh < group; ++hh) {
     const int64_t h = g * group + hh;
     float total = 0.0f;  // lane jj: column tile0 + jj over this warp's rows
@@ -382,8 +385,8 @@ __global__ void __launch_bounds__(kThreads) col_sum_kernel(PagedAttentionArgs a,
       if (my_s != -INFINITY) {
         float e = my_s - ml.x;
         if (decay != 0.0f) {
-          const int64_t j = tile0 + lane, i = t - r0;
-          e += decay * static_cast<float>(j < c0 ? (r1 - r0) - 1 - i : i - (j - c0));
+          const int64_t j = tile0 + lane, i = t - r_first;
+          e += decay * static_cast<float>(j < c0 ? (r1 - r_first) - 1 - i : i - (j - c0));
         }
         total += expf(e) / ml.y;
       }

@@ -36,6 +36,8 @@
 //    of its first query token (the chunk's tokens hold slots c0.., one each, in row order):
 //    p[t, h, j] counts as exp(s_j - M + d * a) / L with a = q-1-i for a cached slot j < c0 and
 //    a = i - (j - c0) for the chunk's own slot j (beta^a folded into the exponent: no extra exp).
+//  - col_last_rows (seqs) i32, optional: only the sequence's last col_last_rows[s] query rows
+//    add into attn_sum and kv_attn_sum (0: all of them): SnapKV's observation window.
 
 //  - range_mass (total_q, heads, num_ranges) f32, written: range_mass[t][h][r] = sum of
 //    p[t, h, j] over the slots j in [begin, end) of range r of row t's sequence, where
@@ -83,6 +85,7 @@ struct PagedAttentionArgs {
   float* kv_attn_sum = nullptr;          // optional (seqs, kv_heads, max_kv), added into
   int64_t max_kv = 0;                    // columns of attn_sum and kv_attn_sum (>= every kv_len)
   const float* col_log_decay = nullptr;  // optional (seqs): EMA weighting of the column sums
+  const int32_t* col_last_rows = nullptr;  // optional (seqs): rows that count in the column sums
   const int32_t* mass_ranges = nullptr;  // (seqs, num_ranges, 2): [begin, end) slot ranges
   int64_t num_ranges = 0;
   float* range_mass = nullptr;           // optional (total_q, heads, num_ranges), written

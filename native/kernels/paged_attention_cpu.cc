@@ -487,7 +487,8 @@ KVF_CPU_CLONES void attn_sum_items(const Layout& L, const std::vector<SumItem>& 
     const int64_t q0 = a.q_start[s], rows = a.q_start[s + 1] - q0;
     const float decay = a.col_log_decay != nullptr ? a.col_log_decay[s] : 0.0f;
     const int64_t c0 = rows > 0 ? static_cast<int64_t>(a.visible[q0]) - 1 : 0;
-    for (int64_t t = a.q_start[s]; t < a.q_start[s + 1]; ++t) {
+    const int64_t last = a.col_last_rows != nullptr && a.col_last_rows[s] > 0 ? a.col_last_rows[s] : rows;
+    for (int64_t t = std::max<int64_t>(q0, q0 + rows - last); t < a.q_start[s + 1]; ++t) {
       // This row's slots in the block: [jf, nt) of it.
       const int64_t nt = std::min<int64_t>(n, a.visible[t] - j0);
       const int64_t jf = std::max<int64_t>(0, first_visible(a, t) - j0);

@@ -4,6 +4,7 @@
 #include "model.h"
 
 #include <climits>
+#include <cmath>
 #include <cstring>
 
 #include "async.h"
@@ -633,6 +634,11 @@ Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
         const double beta = r.Get("scoreDecay").As<Napi::Number>().DoubleValue();
         if (!(beta > 0.0 && beta <= 1.0)) throw_invalid(env, "step: scoreDecay must be in (0, 1]");
         sr.score_decay = static_cast<float>(beta);
+      }
+      if (r.Get("scoreRows").IsNumber()) {
+        const double rows = r.Get("scoreRows").As<Napi::Number>().DoubleValue();
+        if (!(rows >= 1 && rows < 2147483648.0 && rows == std::floor(rows))) throw_invalid(env, "step: scoreRows must be a positive integer");
+        sr.score_rows = static_cast<int64_t>(rows);
       }
       Napi::Value lv = r.Get("layers");
       if (!lv.IsUndefined() && !lv.IsNull()) {

@@ -539,6 +539,14 @@ Napi::Value paged_attention(const Napi::CallbackInfo& info) {
     a.col_log_decay = static_cast<const float*>(t->buffer()->data());
     inputs.push_back(t->buffer());
   }
+  // Column sums over each sequence's last rows only (SnapKV's observation window).
+  if (info.Length() > 18 && !info[18].IsNull() && !info[18].IsUndefined()) {
+    NativeTensor* t = arg(info, 18, op, "colLastRows", a.seqs);
+    require_dtype(env, t, DType::i32, op, "colLastRows");
+    if (t->device() != d) throw_invalid(env, "pagedAttention: colLastRows must be on the same device");
+    a.col_last_rows = static_cast<const int32_t*>(t->buffer()->data());
+    inputs.push_back(t->buffer());
+  }
   enqueue_op(d, std::move(inputs), std::move(outputs), [a](Backend& be) { return be.paged_attention(a); });
   return env.Undefined();
 }

@@ -109,6 +109,8 @@ describe('constant memory', () => {
     ['h2o', policies.h2o({ budget: 64, recent: 32 }), 64],
     // sinks + cascades * window slots, and the step's own token until it is inserted.
     ['cascading', policies.cascading({ sinks: 4, window: 16, cascades: 3, stride: 16 }), 4 + 3 * 16 + 1],
+    // budget + the window of decoded tokens scored before the next compression.
+    ['snapkv', policies.snapkv({ budget: 48, window: 16 }), 48 + 16],
   ];
   for (const [name, policy, bound] of bounded) {
     it(`${name}: ${N} generated tokens, every layer within ${bound} tokens after every step, nothing leaks`, async () => {

@@ -576,6 +576,88 @@ export class ReferenceLlama {
   }
 
   /**
+   * Per-head eviction with positions by slot (SnapKV here), in float64: `tokens` fed in chunks
+   * of the given sizes; each layer and KV head holds a list of stream indices, the i-th one's
+   * key at position i; a chunk's row j, at position (held + j), attends to the held tokens and
+   * chunk tokens 0..j (every head of a layer holds as many).
+   * After each chunk, for every layer and head, `evict(layer, head, held, scores, count)` gets
+   * the held list (the chunk appended) and, per held token, the attention its last `rows` query
+   * rows put on it summed over the KV head's query heads, and returns the new held list.
+   * Returns each chunk's last-row logits.
+   */
+  headSetDecode(
+    tokens: readonly number[],
+    chunks: readonly number[],
+    rows: number,
+    evict: (layer: number, head: number, held: number[], scores: Float64Array, count: number) => number[],
+  ): Float64Array[] {
+    const { hiddenSize: H, numHeads, numKvHeads, headDim, rmsNormEps: eps } = this.config;
+    const group = numHeads / numKvHeads;
+    const scale = 1 / Math.sqrt(headDim);
+    const raw = this.layers.map(() => ({ k: new Map<number, Float64Array>(), v: new Map<number, Float64Array>() }));
+    const held = this.layers.map(() => Array.from({ length: numKvHeads }, () => [] as number[]));
+    const out: Float64Array[] = [];
+    let start = 0;
+    for (const size of chunks) {
+      const ids = tokens.slice(start, start + size);
+      const q = ids.length;
+      const xs = ids.map((token) => this.embedTokens.data.slice(token * H, (token + 1) * H));
+      for (const [l, layer] of this.layers.entries()) {
+        const hs = xs.map((x) => rmsNorm(x, layer.inputNorm, eps));
+        const qs = hs.map((h) => linear(h, layer.qProj, layer.qBias));
+        hs.forEach((h, j) => {
+          raw[l]!.k.set(start + j, linear(h, layer.kProj, layer.kBias));
+          raw[l]!.v.set(start + j, linear(h, layer.vProj, layer.vBias));
+        });
+        const attended = ids.map(() => new Float64Array(numHeads * headDim));
+        for (let g = 0; g < numKvHeads; g++) {
+          const list = [...held[l]![g]!, ...ids.map((_, k) => start + k)];
+          const keys = list.map((t, rank) => {
+            const k = raw[l]!.k.get(t)!.slice(g * headDim, (g + 1) * headDim);
+            applyRope(k, 1, headDim, rank, this.inverseFrequencies);
+            return k;
+          });
+          const scores = new Float64Array(list.length);
+          const cached = held[l]![g]!.length;
+          for (let hh = 0; hh < group; hh++) {
+            const head = g * group + hh;
+            for (let j = 0; j < q; j++) {
+              const qh = qs[j]!.slice(head * headDim, (head + 1) * headDim);
+              applyRope(qh, 1, headDim, cached + j, this.inverseFrequencies);
+              const n = cached + j + 1;
+              const z = keys.slice(0, n).map((k) => {
+                let dot = 0;
+                for (let d = 0; d < headDim; d++) dot += qh[d]! * k[d]!;
+                return dot * scale;
+              });
+              const max = Math.max(...z);
+              const w = z.map((v) => Math.exp(v - max));
+              const total = w.reduce((a, b) => a + b, 0);
+              w.forEach((wi, c) => {
+                const p = wi / total;
+                const v = raw[l]!.v.get(list[c]!)!;
+                for (let d = 0; d < headDim; d++) attended[j]![head * headDim + d] = attended[j]![head * headDim + d]! + p * v[g * headDim + d]!;
+                if (j >= q - rows) scores[c] = scores[c]! + p;
+              });
+            }
+          }
+          held[l]![g] = evict(l, g, list, scores, q);
+        }
+        xs.forEach((x, j) => {
+          addInPlace(x, linear(attended[j]!, layer.oProj, layer.oBias));
+          const normed = rmsNorm(x, layer.postAttentionNorm, eps);
+          const gate = linear(normed, layer.gateProj, layer.gateBias);
+          const up = linear(normed, layer.upProj, layer.upBias);
+          addInPlace(x, linear(gate.map((gv, i) => silu(gv) * up[i]!), layer.downProj, layer.downBias));
+        });
+      }
+      out.push(linear(rmsNorm(xs[q - 1]!, this.finalNorm, eps), this.lmHead));
+      start += q;
+    }
+    return out;
+  }
+
+  /**
    * The Cascading KV cache in float64: `tokens` fed in chunks of `chunk`; each layer and KV head
    * holds what its cache (caches[layer][head]) says, keys at the slots' positions; a chunk's row j
    * attends to every held slot and to chunk tokens 0..j at positions length + k; then each cache
