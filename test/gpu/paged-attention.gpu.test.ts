@@ -52,6 +52,7 @@ interface Options {
   kvAttnSum?: boolean;
   rangeMass?: readonly SlotRange[] | readonly (readonly SlotRange[])[];
   window?: number;
+  scoreDecay?: number | readonly number[];
 }
 
 async function both(
@@ -332,5 +333,57 @@ describe.skipIf(!hasCuda)('pagedAttention scores (CUDA vs CPU): rangeMass and kv
     const rangeMass = Array.from({ length: 2049 }, (): SlotRange => [0, 1]);
     const r = ops.pagedAttention(x.q.to('cuda'), x.kPool.to('cuda'), x.vPool.to('cuda'), { sequences: x.sequences, rangeMass });
     await expect(r.out.toArray()).rejects.toThrow(/at most 2048/);
+  });
+});
+
+// scoreDecay (the Cascading KV cache's EMA scores): the column sums weighted by row age, beta^(q-1-i)
+// on cached slots and beta^(i-(j-c0)) on the chunk's own (test/ops checks the CPU against float64).
+describe.skipIf(!hasCuda)('pagedAttention scoreDecay (CUDA vs CPU)', () => {
+  for (const [heads, kvHeads, d] of [[8, 2, 128], [4, 4, 64], [4, 1, 32], [2, 1, 256]] as const) {
+    it(`attnSum and kvAttnSum of prefill chunks, a fresh prefill and decodes, one beta each (${heads}/${kvHeads} heads, d=${d})`, async () => {
+      const seqs = [{ queries: 300, kvLength: 700 }, { queries: 1, kvLength: 5000 }, ...mixed];
+      const scoreDecay = [0.99, 0.5, 0.8, 0.3, 0.9, 1];
+      const { cpu, cuda } = await both({ heads, kvHeads, d, seqs, kvDtype: 'bf16', seed: 80 + d }, { attnSum: true, kvAttnSum: true, scoreDecay });
+      expect(maxAbsDiff(cuda.out, cpu.out)).toBeLessThan(F32_TOL);
+      expect(maxAbsDiff(cuda.attnSum!, cpu.attnSum!)).toBeLessThan(300 * F32_TOL);
+      expect(maxAbsDiff(cuda.kvAttnSum!, cpu.kvAttnSum!)).toBeLessThan((heads / kvHeads) * 300 * F32_TOL);
+      // The weights are applied: the 300-row chunk's columns are far from the plain sums.
+      const plain = await both({ heads, kvHeads, d, seqs, kvDtype: 'bf16', seed: 80 + d }, { attnSum: true, kvAttnSum: true });
+      expect(maxAbsDiff(cuda.attnSum!.subarray(0, heads * 5000), plain.cuda.attnSum!.subarray(0, heads * 5000))).toBeGreaterThan(1e-2);
+      expect(cuda.out).toEqual(plain.cuda.out);
+    });
+  }
+
+  it('decode rows (q = 1, the split path) and beta = 1 are the plain sums, bit for bit', async () => {
+    const decode = [5000, 300, 1].map((kvLength) => ({ queries: 1, kvLength }));
+    const a = await both({ heads: 8, kvHeads: 2, d: 128, seqs: decode, seed: 90 }, { attnSum: true, kvAttnSum: true, scoreDecay: [0.5, 0.1, 0.9] });
+    const plainA = await both({ heads: 8, kvHeads: 2, d: 128, seqs: decode, seed: 90 }, { attnSum: true, kvAttnSum: true });
+    expect(a.cuda.attnSum).toEqual(plainA.cuda.attnSum);
+    expect(a.cuda.kvAttnSum).toEqual(plainA.cuda.kvAttnSum);
+    expect(maxAbsDiff(a.cuda.kvAttnSum!, a.cpu.kvAttnSum!)).toBeLessThan(4 * F32_TOL);
+    const seqs = [...mixed, { queries: 40, kvLength: 600 }];
+    const b = await both({ heads: 8, kvHeads: 2, d: 64, seqs, seed: 91 }, { attnSum: true, kvAttnSum: true, scoreDecay: 1 });
+    const plainB = await both({ heads: 8, kvHeads: 2, d: 64, seqs, seed: 91 }, { attnSum: true, kvAttnSum: true });
+    expect(b.cuda.attnSum).toEqual(plainB.cuda.attnSum);
+    expect(b.cuda.kvAttnSum).toEqual(plainB.cuda.kvAttnSum);
+  });
+
+  it('with a sliding window, holes and value page tables, and a custom visible', async () => {
+    const seqs = [...mixed, { queries: 40, kvLength: 600 }, { queries: 1, kvLength: 3000 }];
+    const stored = (pages: number[]) => ({
+      valuePages: [...pages].reverse(),
+      pageRows: pages.map((_, i) => (i === pages.length - 1 ? 16 : [16, 5, 0, 11][i % 4]!)),
+    });
+    const scoreDecay = [0.6, 0.7, 0.8, 0.9, 0.95, 0.5];
+    const a = await both({ heads: 8, kvHeads: 2, d: 128, seqs, kvDtype: 'f16', seed: 92 }, { window: 100, attnSum: true, kvAttnSum: true, scoreDecay }, stored);
+    expect(maxAbsDiff(a.cuda.out, a.cpu.out)).toBeLessThan(F32_TOL);
+    expect(maxAbsDiff(a.cuda.attnSum!, a.cpu.attnSum!)).toBeLessThan(40 * F32_TOL);
+    expect(maxAbsDiff(a.cuda.kvAttnSum!, a.cpu.kvAttnSum!)).toBeLessThan(4 * 40 * F32_TOL);
+    // Chunks whose first row sees less than the whole cache (slots past the chunk unseen).
+    const chunks = [{ queries: 8, kvLength: 64 }, { queries: 37, kvLength: 400 }];
+    const visible = Int32Array.from([...Array.from({ length: 8 }, (_, i) => 41 + i), ...Array.from({ length: 37 }, (_, i) => 201 + i)]);
+    const b = await both({ heads: 4, kvHeads: 2, d: 64, seqs: chunks, seed: 93 }, { visible, attnSum: true, kvAttnSum: true, scoreDecay: [0.7, 0.4] });
+    expect(maxAbsDiff(b.cuda.attnSum!, b.cpu.attnSum!)).toBeLessThan(40 * F32_TOL);
+    expect(maxAbsDiff(b.cuda.kvAttnSum!, b.cpu.kvAttnSum!)).toBeLessThan(2 * 40 * F32_TOL);
   });
 });

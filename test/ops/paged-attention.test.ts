@@ -84,7 +84,10 @@ function causalVisible(c: Case): Int32Array {
  * float64 dense attention over each row's visible slots, gathered through the page tables; with a
  * window, only the last `window` of them (slots j >= visible - window). With the scores: the
  * probabilities summed over rows per head (attnSum) and per kv head (kvAttnSum), and each row's
- * mass over each of its sequence's ranges (rangeMass, R = the longest list).
+ * mass over each of its sequence's ranges (rangeMass, R = the longest list). With betas (one per
+ * sequence, scoreDecay), attnSum and kvAttnSum weigh row i of the sequence's q rows by row age:
+ * beta^(q-1-i) on a cached slot j < c0 and beta^(i-(j-c0)) on the chunk's own slot j >= c0, with
+ * c0 = visible[first row] - 1 (paged_attention.h, col_log_decay).
  */
 function reference(
   c: Case,
@@ -92,6 +95,7 @@ function reference(
   scale: number,
   window = Infinity,
   ranges: readonly (readonly SlotRange[])[] = [],
+  betas: readonly number[] = [],
 ): { out: Float64Array; attnSum: Float64Array; kvAttnSum: Float64Array; rangeMass: Float64Array; maxKv: number } {
   const { heads, kvHeads, d, pageSize } = c;
   const group = heads / kvHeads;
@@ -104,6 +108,8 @@ function reference(
   const rangeMass = new Float64Array(totalQ * heads * R);
   let t = 0;
   c.sequences.forEach((s, si) => {
+    const beta = betas[si] ?? 1;
+    const c0 = visible[t]! - 1; // the slot of the sequence's first query token
     for (let r = 0; r < s.queries; r++, t++) {
       const vis = visible[t]!;
       const first = Math.max(0, vis - window);
@@ -133,10 +139,11 @@ function reference(
           const vb = rowOf(j, s.valuePages ?? s.pages);
           const ob = (t * heads + h) * d;
           for (let i = 0; i < d; i++) out[ob + i] = out[ob + i]! + p * c.v[vb + i]!;
+          const w = beta ** (j < c0 ? s.queries - 1 - r : r - (j - c0));
           const col = (si * heads + h) * maxKv + j;
-          attnSum[col] = attnSum[col]! + p;
+          attnSum[col] = attnSum[col]! + w * p;
           const kvCol = (si * kvHeads + kvh) * maxKv + j;
-          kvAttnSum[kvCol] = kvAttnSum[kvCol]! + p;
+          kvAttnSum[kvCol] = kvAttnSum[kvCol]! + w * p;
           (ranges[si] ?? []).forEach(([b, e], ri) => {
             if (j >= b && j < e) rangeMass[(t * heads + h) * R + ri] = rangeMass[(t * heads + h) * R + ri]! + p;
           });
@@ -164,6 +171,7 @@ interface RunOptions {
   kvAttnSum?: boolean;
   window?: number;
   rangeMass?: readonly SlotRange[] | readonly (readonly SlotRange[])[];
+  scoreDecay?: number | readonly number[];
 }
 
 async function run(c: Case, options: RunOptions = {}) {
@@ -176,7 +184,9 @@ async function run(c: Case, options: RunOptions = {}) {
   // The reference takes one list per sequence (a shared list is every sequence's).
   const rm = options.rangeMass;
   const perSeq = rm === undefined ? [] : rm.every((x) => typeof x[0] === 'number') ? c.sequences.map(() => rm as readonly SlotRange[]) : (rm as readonly (readonly SlotRange[])[]);
-  const want = reference(c, options.visible ?? causalVisible(c), options.scale ?? 1 / Math.sqrt(c.d), options.window, perSeq);
+  const sd = options.scoreDecay;
+  const betas = sd === undefined ? [] : typeof sd === 'number' ? c.sequences.map(() => sd) : sd;
+  const want = reference(c, options.visible ?? causalVisible(c), options.scale ?? 1 / Math.sqrt(c.d), options.window, perSeq, betas);
   return { out, attnSum, kvAttnSum, rangeMass, want };
 }
 
@@ -552,6 +562,142 @@ describe('pagedAttention kvAttnSum (CPU) vs float64', () => {
     expect(maxAbsDiff(first.kvAttnSum!, first.want.kvAttnSum)).toBeLessThan(4 * F32_TOL);
     const again = await run(c, { kvAttnSum: true, window: 700 });
     expect(again.kvAttnSum).toEqual(first.kvAttnSum);
+  });
+});
+
+// scoreDecay: the column sums weighted by row age, the Cascading KV cache's EMA scores. With the
+// sequence's q query rows i and c0 the slot of its first query token, a cached slot j < c0
+// counts beta^(q-1-i) p, the chunk's own slot j >= c0 beta^(i-(j-c0)) p.
+describe('pagedAttention scoreDecay (CPU) vs float64', () => {
+  /** The columns [0, kvLength) of sequence si's rows of a [seqs, heads, maxKv] sum. */
+  const columns = (x: Float32Array, si: number, heads: number, maxKv: number) => x.subarray(si * heads * maxKv, (si + 1) * heads * maxKv);
+
+  it('uniform probabilities (scale 0), worked by hand: 3 query rows over 2 cached slots, beta 1/2', async () => {
+    // Row i sees 3 + i slots, each with p = 1 / (3 + i). Slots 0, 1 are cached (weights 1/4,
+    // 1/2, 1 for rows 0, 1, 2); slot 2 + k is query token k's own (weight 2^-(i-k) for i >= k).
+    const c = makeCase({ heads: 2, kvHeads: 1, d: 16, seqs: [{ queries: 3, kvLength: 5 }], seed: 100 });
+    const { attnSum, kvAttnSum } = await run(c, { scale: 0, attnSum: true, kvAttnSum: true, scoreDecay: 0.5 });
+    const cached = 0.25 / 3 + 0.5 / 4 + 1 / 5;
+    const hand = [cached, cached, 1 / 3 + 0.5 / 4 + 0.25 / 5, 1 / 4 + 0.5 / 5, 1 / 5];
+    for (let h = 0; h < 2; h++) expect(maxAbsDiff(attnSum!.subarray(h * 5, (h + 1) * 5), hand)).toBeLessThan(1e-6);
+    expect(maxAbsDiff(kvAttnSum!, hand.map((x) => 2 * x))).toBeLessThan(2e-6);
+  });
+
+  for (const [heads, kvHeads] of [[8, 2], [8, 4], [4, 1]] as const) {
+    for (const kvDtype of ['f32', 'bf16'] as const) {
+      it(`prefill chunks over cached slots and decode rows, one beta per sequence (${heads}/${kvHeads} heads, ${kvDtype} pools)`, async () => {
+        const seqs: SeqSpec[] = [
+          { queries: 16, kvLength: 100, sparePages: 1 }, // a chunk over 84 cached slots
+          { queries: 21, kvLength: 21 }, // a fresh prefill: only the chunk's own slots
+          { queries: 1, kvLength: 53 }, // a decode row
+          { queries: 40, kvLength: 600 },
+          { queries: 3, kvLength: 48 }, // beta 1: plain sums
+        ];
+        const betas = [0.9, 0.5, 0.7, 0.95, 1];
+        const c = makeCase({ heads, kvHeads, d: 64, seqs, kvDtype, seed: 101 + heads * kvHeads });
+        const { out, attnSum, kvAttnSum, want } = await run(c, { attnSum: true, kvAttnSum: true, scoreDecay: betas });
+        const group = heads / kvHeads;
+        expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+        // A column sums up to 40 weighted probabilities (weights <= 1), each of f32 accuracy.
+        expect(maxAbsDiff(attnSum!, want.attnSum)).toBeLessThan(4 * F32_TOL);
+        expect(maxAbsDiff(kvAttnSum!, want.kvAttnSum)).toBeLessThan(4 * group * F32_TOL);
+        // The weights matter: the decayed prefills are far from the plain sums; the decode row
+        // (q = 1: weights 1) and the beta-1 sequence are the plain sums to the bit.
+        const plain = await run(c, { attnSum: true, kvAttnSum: true });
+        const maxKv = want.maxKv;
+        for (const si of [0, 1, 3]) expect(maxAbsDiff(columns(attnSum!, si, heads, maxKv), columns(plain.attnSum!, si, heads, maxKv))).toBeGreaterThan(1e-2);
+        for (const si of [2, 4]) {
+          expect(columns(attnSum!, si, heads, maxKv)).toEqual(columns(plain.attnSum!, si, heads, maxKv));
+          expect(columns(kvAttnSum!, si, kvHeads, maxKv)).toEqual(columns(plain.kvAttnSum!, si, kvHeads, maxKv));
+        }
+        // kvAttnSum is still attnSum summed over each group.
+        const summed = new Float32Array(kvAttnSum!.length);
+        for (let si = 0; si < seqs.length; si++) {
+          for (let h = 0; h < heads; h++) {
+            const dst = (si * kvHeads + Math.floor(h / group)) * maxKv;
+            for (let j = 0; j < maxKv; j++) summed[dst + j] = summed[dst + j]! + attnSum![(si * heads + h) * maxKv + j]!;
+          }
+        }
+        expect(maxAbsDiff(kvAttnSum!, summed)).toBeLessThan(4 * group * F32_TOL);
+      });
+    }
+  }
+
+  it('one beta for every sequence; the output and rangeMass are as without it, bit for bit', async () => {
+    const c = makeCase({ heads: 8, kvHeads: 2, d: 32, seqs: [...mixedBatch, { queries: 40, kvLength: 600 }], seed: 105 });
+    const rangeMass = c.sequences.map((s) => cover(s.kvLength, [10, 10]));
+    const decayed = await run(c, { attnSum: true, kvAttnSum: true, rangeMass, scoreDecay: 0.8 });
+    expect(maxAbsDiff(decayed.attnSum!, decayed.want.attnSum)).toBeLessThan(4 * F32_TOL);
+    expect(maxAbsDiff(decayed.kvAttnSum!, decayed.want.kvAttnSum)).toBeLessThan(16 * F32_TOL);
+    const each = await run(c, { attnSum: true, kvAttnSum: true, rangeMass, scoreDecay: c.sequences.map(() => 0.8) });
+    expect(each.attnSum).toEqual(decayed.attnSum);
+    expect(each.kvAttnSum).toEqual(decayed.kvAttnSum);
+    const plain = await run(c, { attnSum: true, kvAttnSum: true, rangeMass });
+    expect(decayed.out).toEqual(plain.out);
+    expect(decayed.rangeMass).toEqual(plain.rangeMass);
+  });
+
+  it('beta = 1 is no decay, bit for bit', async () => {
+    const c = makeCase({ heads: 8, kvHeads: 2, d: 64, seqs: [...mixedBatch, { queries: 40, kvLength: 600 }], kvDtype: 'bf16', seed: 106 });
+    const plain = await run(c, { attnSum: true, kvAttnSum: true });
+    for (const scoreDecay of [1, c.sequences.map(() => 1)]) {
+      const one = await run(c, { attnSum: true, kvAttnSum: true, scoreDecay });
+      expect(one.attnSum).toEqual(plain.attnSum);
+      expect(one.kvAttnSum).toEqual(plain.kvAttnSum);
+    }
+  });
+
+  it('decode rows (q = 1) weigh every slot 1, long caches too: the plain sums, bit for bit', async () => {
+    const seqs = [3001, 1, 257, 700].map((kvLength) => ({ queries: 1, kvLength }));
+    const c = makeCase({ heads: 8, kvHeads: 2, d: 64, seqs, seed: 107 });
+    const decayed = await run(c, { attnSum: true, kvAttnSum: true, scoreDecay: [0.5, 0.1, 0.9, 1e-6] });
+    const plain = await run(c, { attnSum: true, kvAttnSum: true });
+    expect(decayed.attnSum).toEqual(plain.attnSum);
+    expect(decayed.kvAttnSum).toEqual(plain.kvAttnSum);
+    expect(maxAbsDiff(decayed.kvAttnSum!, decayed.want.kvAttnSum)).toBeLessThan(4 * F32_TOL);
+  });
+
+  it('with a sliding window, holes, and pages of 8 tokens', async () => {
+    const c = makeCase({ heads: 8, kvHeads: 2, d: 32, pageSize: 8, seqs: [{ queries: 12, kvLength: 64 }, { queries: 30, kvLength: 300 }, { queries: 1, kvLength: 900 }], seed: 108 });
+    const [a, , b] = c.sequences as [Case['sequences'][0], Case['sequences'][0], Case['sequences'][0]];
+    a.pageRows = [8, 3, 8, 0, 8, 8, 8, 8]; // holes among the cached slots only
+    b.pageRows = b.pages.map((_, i) => (i === b.pages.length - 1 ? 8 : [8, 0, 5][i % 3]!));
+    const { out, attnSum, kvAttnSum, want } = await run(c, { window: 40, attnSum: true, kvAttnSum: true, scoreDecay: [0.6, 0.9, 0.3] });
+    expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+    expect(maxAbsDiff(attnSum!, want.attnSum)).toBeLessThan(4 * F32_TOL);
+    expect(maxAbsDiff(kvAttnSum!, want.kvAttnSum)).toBeLessThan(16 * F32_TOL);
+  });
+
+  it('the chunk starts where its first row sees: a custom visible, slots past the chunk not yet seen', async () => {
+    // Sequence 0: 8 rows at slots 40..47 of a 64-slot cache; sequence 1: 5 rows at 10..14 of 30.
+    const c = makeCase({ heads: 4, kvHeads: 2, d: 32, seqs: [{ queries: 8, kvLength: 64 }, { queries: 5, kvLength: 30 }], seed: 110 });
+    const visible = Int32Array.from([...Array.from({ length: 8 }, (_, i) => 41 + i), ...Array.from({ length: 5 }, (_, i) => 11 + i)]);
+    const { attnSum, kvAttnSum, want } = await run(c, { visible, attnSum: true, kvAttnSum: true, scoreDecay: [0.7, 0.4] });
+    expect(maxAbsDiff(attnSum!, want.attnSum)).toBeLessThan(4 * F32_TOL);
+    expect(maxAbsDiff(kvAttnSum!, want.kvAttnSum)).toBeLessThan(8 * F32_TOL);
+    // Nothing lands on the slots past the chunk.
+    for (let h = 0; h < 4; h++) expect(attnSum!.subarray(h * 64 + 48, (h + 1) * 64).every((x) => x === 0)).toBe(true);
+  });
+
+  it('rejects a beta outside (0, 1] and a list that does not match the sequences, naming scoreDecay', () => {
+    const c = makeCase({ heads: 2, kvHeads: 1, d: 16, seqs: [{ queries: 2, kvLength: 4 }, { queries: 1, kvLength: 8 }], seed: 109 });
+    const { q, kPool, vPool } = tensors(c);
+    const bad: unknown[] = [0, -0.5, 1.5, 1 + 1e-12, NaN, Infinity, [0.5], [0.5, 0.5, 0.5], [], [0.5, NaN], [0.5, 0], [0.5, 2], '0.5', ['0.5', 0.5], null];
+    for (const scoreDecay of bad) {
+      const call = () => ops.pagedAttention(q, kPool, vPool, { sequences: c.sequences, attnSum: true, scoreDecay: scoreDecay as number });
+      expect(call).toThrow(InvalidArgumentError);
+      expect(call).toThrow(/scoreDecay/);
+      try {
+        call();
+      } catch (e) {
+        expect((e as InvalidArgumentError).argument).toBe('scoreDecay');
+      }
+    }
+    // The edges of the interval are fine.
+    for (const scoreDecay of [1, Number.MIN_VALUE, [1, 1e-9]]) {
+      expect(() => ops.pagedAttention(q, kPool, vPool, { sequences: c.sequences, kvAttnSum: true, scoreDecay })).not.toThrow();
+    }
+    for (const t of [q, kPool, vPool]) t.dispose();
   });
 });
 

@@ -6,6 +6,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { InvalidArgumentError, type KeyMove, ops, Tensor } from '../../lib/index.js';
+import { native } from '../../lib/loader.js';
 import { type RopeConfig, ropeParameters } from '../../lib/model/rope.js';
 import { rand, randInts, rng } from '../support/random.js';
 import { held, UNIT_ROUNDOFF } from '../support/tolerance.js';
@@ -48,20 +49,21 @@ const slotAt = (p: Pool, page: number, row: number) => (page * p.pageSize + row)
 
 // float64: rotates the rotary pairs of every head of one pool row by angle(i); other dims copied.
 function rotateRow(x: ArrayLike<number>, at: number, out: Float64Array, outAt: number, p: Pool, rotaryDim: number, layout: Layout, angle: (i: number) => number): void {
+  for (let h = 0; h < p.kvHeads; h++) rotateHead(x, at + h * p.headDim, out, outAt + h * p.headDim, p.headDim, rotaryDim, layout, angle);
+}
+
+// float64: the same for one head (headDim values at src of x, written at dst of out).
+function rotateHead(x: ArrayLike<number>, src: number, out: Float64Array, dst: number, headDim: number, rotaryDim: number, layout: Layout, angle: (i: number) => number): void {
   const half = rotaryDim / 2;
-  for (let h = 0; h < p.kvHeads; h++) {
-    const src = at + h * p.headDim;
-    const dst = outAt + h * p.headDim;
-    for (let j = rotaryDim; j < p.headDim; j++) out[dst + j] = x[src + j]!;
-    for (let i = 0; i < half; i++) {
-      const lo = layout === 'adjacent' ? 2 * i : i;
-      const hi = layout === 'adjacent' ? 2 * i + 1 : i + half;
-      const a = angle(i);
-      const x0 = x[src + lo]!;
-      const x1 = x[src + hi]!;
-      out[dst + lo] = x0 * Math.cos(a) - x1 * Math.sin(a);
-      out[dst + hi] = x0 * Math.sin(a) + x1 * Math.cos(a);
-    }
+  for (let j = rotaryDim; j < headDim; j++) out[dst + j] = x[src + j]!;
+  for (let i = 0; i < half; i++) {
+    const lo = layout === 'adjacent' ? 2 * i : i;
+    const hi = layout === 'adjacent' ? 2 * i + 1 : i + half;
+    const a = angle(i);
+    const x0 = x[src + lo]!;
+    const x1 = x[src + hi]!;
+    out[dst + lo] = x0 * Math.cos(a) - x1 * Math.sin(a);
+    out[dst + hi] = x0 * Math.sin(a) + x1 * Math.cos(a);
   }
 }
 
@@ -296,6 +298,208 @@ describe('rerotatePages is rerotate, fused', () => {
       }
     }
   }
+});
+
+// Per-head moves (KeyMove.head: one KV head of the rows), as per-head cache policies (the
+// Cascading KV cache) make them: the heads of the same rows go to different rows and positions,
+// in one launch. Heads 0 and 2 of page 0 go to the same rows of page 3, head 1 of other rows of
+// page 0 to rows of page 3 those write too; head 3 is moved in place (one shift for every row);
+// heads 1 and 0 of page 2 go to overlapping rows of page 4; and every head of page 5's first
+// rows goes to page 6 in the same launch.
+function headMoves(seed: number): KeyMove[] {
+  const pos = (n: number, s: number) => randInts(n, 0, 100000, seed + s);
+  return [
+    { srcPage: 0, dstPage: 3, head: 0, from: pos(8, 1), to: pos(8, 2) },
+    { srcPage: 0, dstPage: 3, head: 2, from: pos(8, 3), to: pos(8, 4) },
+    { srcPage: 0, srcRow: 2, dstPage: 3, dstRow: 0, head: 1, from: pos(5, 5), to: pos(5, 6) },
+    { srcPage: 1, srcRow: 2, dstPage: 1, dstRow: 2, head: 3, from: [10, 11, 12, 13], to: [70010, 70011, 70012, 70013] },
+    { srcPage: 2, dstPage: 4, dstRow: 2, head: 1, from: pos(4, 7), to: pos(4, 8) },
+    { srcPage: 2, srcRow: 4, dstPage: 4, dstRow: 4, head: 0, from: pos(4, 9), to: pos(4, 10) },
+    { srcPage: 5, dstPage: 6, dstRow: 3, from: pos(5, 11), to: pos(5, 12) },
+  ];
+}
+
+/** The heads a move rotates. */
+const headsOf = (m: KeyMove, p: Pool): number[] => (m.head === undefined ? Array.from({ length: p.kvHeads }, (_, h) => h) : [m.head]);
+
+describe('rerotatePages per-head moves against float64', () => {
+  for (const dtype of ['f32', 'bf16'] as const) {
+    for (const layout of ['half', 'adjacent'] as const) {
+      for (const rotaryDim of [32, 16]) {
+        for (const target of ['in place', 'into an out pool'] as const) {
+          it(`${dtype} ${layout} rotary ${rotaryDim}/32 ${target}: each named head within one rounding, every other head untouched`, async () => {
+            const pool: Pool = { numPages: 7, pageSize: 8, kvHeads: 4, headDim: 32 };
+            const shape = [pool.numPages, pool.pageSize, pool.kvHeads, pool.headDim];
+            const n = pool.numPages * pool.pageSize * rowElems(pool);
+            const before = held(dtype, rand(n, 51 + rotaryDim));
+            const moves = headMoves(52);
+            const invFreq = ROPES.llama3!(rotaryDim);
+            const opts = { invFreq, layout, rotaryDim };
+            // The pool written: the source pool itself, or another pool with its own contents.
+            let got: Float32Array;
+            let base: Float32Array;
+            if (target === 'in place') {
+              got = (await ops.rerotatePages(Tensor.from(before, { shape, dtype }), moves, opts).toArray()) as Float32Array;
+              base = before;
+            } else {
+              base = held(dtype, rand(n, 53));
+              const src = Tensor.from(before, { shape, dtype });
+              const out = Tensor.from(base, { shape, dtype });
+              expect(ops.rerotatePages(src, moves, { ...opts, out })).toBe(out);
+              got = (await out.toArray()) as Float32Array;
+              expect(await src.toArray()).toEqual(before);
+            }
+            const want = Float64Array.from(base);
+            const written = new Set<number>(); // slot * kvHeads + head
+            for (const m of moves) {
+              for (let k = 0; k < m.from.length; k++) {
+                const d = m.to[k]! - m.from[k]!;
+                for (const h of headsOf(m, pool)) {
+                  const src = slotAt(pool, m.srcPage, (m.srcRow ?? 0) + k) + h * pool.headDim;
+                  const dst = slotAt(pool, m.dstPage, (m.dstRow ?? 0) + k) + h * pool.headDim;
+                  rotateHead(before, src, want, dst, pool.headDim, rotaryDim, layout, (i) => d * invFreq[i]!);
+                  written.add((m.dstPage * pool.pageSize + (m.dstRow ?? 0) + k) * pool.kvHeads + h);
+                }
+              }
+            }
+            expect(written.size).toBe(8 + 8 + 5 + 4 + 4 + 4 + 5 * 4); // no (row, head) written twice
+            const u = UNIT_ROUNDOFF[dtype];
+            let worst = 0;
+            for (let i = 0; i < n; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!) / (Math.abs(want[i]!) * u + 1e-6));
+            expect(worst).toBeLessThanOrEqual(1);
+            // Heads no move names (in rows other heads of which move), and the dimensions past
+            // the rotary width, keep their bits.
+            for (let slot = 0; slot < pool.numPages * pool.pageSize; slot++) {
+              for (let e = 0; e < rowElems(pool); e++) {
+                const h = Math.floor(e / pool.headDim);
+                const i = slot * rowElems(pool) + e;
+                if (!written.has(slot * pool.kvHeads + h) || e % pool.headDim >= rotaryDim) {
+                  if (got[i] !== want[i]) expect({ slot, h, e, got: got[i] }).toEqual({ slot, h, e, got: want[i] });
+                }
+              }
+            }
+            // A one-head move gives its head the bits the same move of every head gives it.
+            for (const m of moves) {
+              if (m.head === undefined) continue;
+              const { head, ...all } = m;
+              const every = await ops.rerotatePages(Tensor.from(before, { shape, dtype }), [all], { ...opts, out: Tensor.from(base, { shape, dtype }) }).toArray();
+              for (let k = 0; k < m.from.length; k++) {
+                const at = slotAt(pool, m.dstPage, (m.dstRow ?? 0) + k) + head! * pool.headDim;
+                expect(got.subarray(at, at + pool.headDim)).toEqual(every.subarray(at, at + pool.headDim));
+              }
+            }
+          });
+        }
+      }
+    }
+  }
+
+  for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+    for (const layout of ['half', 'adjacent'] as const) {
+      for (const [headDim, rotaryDim] of [[64, 64], [80, 40], [6, 4]] as const) {
+        it(`${dtype} ${layout} head ${headDim} rotary ${rotaryDim}: one move per head, every head, is the move of all heads, bit for bit`, async () => {
+          const pool: Pool = { numPages: pagesFor(2), pageSize: 16, kvHeads: 3, headDim };
+          const x = rand(pool.numPages * pool.pageSize * rowElems(pool), 61 + headDim);
+          const shape = [pool.numPages, pool.pageSize, pool.kvHeads, headDim];
+          const moves = attachMoves(pool, 2, 62);
+          const split = moves.flatMap((m) => [2, 0, 1].map((head) => ({ ...m, head })));
+          const invFreq = ROPES.yarn!(rotaryDim);
+          const all = await ops.rerotatePages(Tensor.from(x, { shape, dtype }), moves, { invFreq, layout, rotaryDim }).toArray();
+          const perHead = await ops.rerotatePages(Tensor.from(x, { shape, dtype }), split, { invFreq, layout, rotaryDim }).toArray();
+          expect(perHead).toEqual(all);
+        });
+      }
+    }
+  }
+});
+
+function refuses(f: () => unknown, message: RegExp): void {
+  expect(f).toThrow(InvalidArgumentError);
+  expect(f).toThrow(message);
+}
+
+describe('rerotatePages per-head move arguments', () => {
+  const pool = () => Tensor.zeros([4, 8, 2, 16]);
+  const pos = [1, 2, 3];
+  it('refuses two moves that write the same row of the same head, or of one head and of every head', () => {
+    const twice = /moves\[1\] writes page 1 row 2, which another row of the moves writes too/;
+    refuses(() => ops.rerotatePages(pool(), [{ srcPage: 0, dstPage: 1, head: 1, from: pos, to: pos }, { srcPage: 2, dstPage: 1, dstRow: 2, head: 1, from: pos, to: pos }]), twice);
+    refuses(() => ops.rerotatePages(pool(), [{ srcPage: 0, dstPage: 1, from: pos, to: pos }, { srcPage: 2, dstPage: 1, dstRow: 2, head: 0, from: pos, to: pos }]), twice);
+    refuses(() => ops.rerotatePages(pool(), [{ srcPage: 0, dstPage: 1, head: 1, from: pos, to: pos }, { srcPage: 2, dstPage: 1, dstRow: 2, from: pos, to: pos }]), twice);
+    // With an out pool as well: the rows written are the same.
+    refuses(() => ops.rerotatePages(pool(), [{ srcPage: 0, dstPage: 1, head: 0, from: pos, to: pos }, { srcPage: 0, dstPage: 1, head: 0, from: pos, to: [4, 5, 6] }], { out: pool() }), /moves\[1\] writes page 1 row 0/);
+  });
+
+  it('accepts moves of different heads that write the same rows, or read rows another head writes', async () => {
+    const x = rand(4 * 8 * 2 * 16, 63);
+    const shape = [4, 8, 2, 16];
+    // Head 0 and head 1 of page 0 to the same rows of page 1; head 1 of page 1 in place (the
+    // rows head 0 is written to) and head 0 of page 2 read where head 1 of page 2 is written.
+    const moves: KeyMove[] = [
+      { srcPage: 0, dstPage: 1, head: 0, from: pos, to: [7, 8, 9] },
+      { srcPage: 0, dstPage: 1, dstRow: 1, head: 1, from: pos, to: [9, 9, 9] },
+      { srcPage: 1, srcRow: 5, dstPage: 1, dstRow: 5, head: 1, from: pos, to: [30, 31, 32] },
+      { srcPage: 2, dstPage: 3, head: 0, from: pos, to: [40, 41, 42] },
+      { srcPage: 3, dstPage: 2, head: 1, from: pos, to: [50, 51, 52] },
+    ];
+    using plan = ops.keyMoves(moves, { numPages: 4, pageSize: 8 });
+    expect([plan.count, plan.rows, plan.overlapsReads, plan.maxHead]).toEqual([5, 15, false, 1]);
+    const inPlace = await ops.rerotatePages(Tensor.from(x, { shape }), moves).toArray();
+    const out = await ops.rerotatePages(Tensor.from(x, { shape }), moves, { out: Tensor.from(x, { shape }) }).toArray();
+    expect(inPlace).toEqual(out);
+    expect(await ops.rerotatePages(Tensor.from(x, { shape }), plan).toArray()).toEqual(out);
+  });
+
+  it('a chain through one head needs an out pool; through two heads it does not', () => {
+    const chain = (second: number | undefined): KeyMove[] => [
+      { srcPage: 0, dstPage: 1, head: 1, from: pos, to: pos },
+      { srcPage: 1, dstPage: 2, head: second, from: pos, to: pos },
+    ];
+    const give = /the moves write rows that other rows of the moves read: give an out pool/;
+    refuses(() => ops.rerotatePages(pool(), chain(1)), give);
+    refuses(() => ops.rerotatePages(pool(), chain(undefined)), give); // every head includes head 1
+    expect(() => ops.rerotatePages(pool(), chain(1), { out: pool() })).not.toThrow();
+    expect(() => ops.rerotatePages(pool(), chain(0))).not.toThrow();
+    expect(ops.keyMoves(chain(0), { numPages: 4, pageSize: 8 }).overlapsReads).toBe(false);
+    expect(ops.keyMoves(chain(1), { numPages: 4, pageSize: 8 }).overlapsReads).toBe(true);
+  });
+
+  it('refuses a head outside the pool, and one that is not an index', async () => {
+    refuses(() => ops.rerotatePages(pool(), [{ srcPage: 0, dstPage: 1, head: 2, from: pos, to: pos }]), /a move names KV head 2 but the pool has 2/);
+    for (const head of [-1, 0.5, NaN, '1', 2 ** 31]) {
+      refuses(() => ops.rerotatePages(pool(), [{ srcPage: 0, dstPage: 1, head: head as number, from: pos, to: pos }]), /moves\[0\]\.head/);
+    }
+    // Moves made once: the head is checked against the pool they are used on.
+    using plan = ops.keyMoves([{ srcPage: 0, dstPage: 1, head: 3, from: pos, to: pos }], { numPages: 4, pageSize: 8 });
+    expect(plan.maxHead).toBe(3);
+    const small = Tensor.from(rand(4 * 8 * 2 * 16, 64), { shape: [4, 8, 2, 16] });
+    const x = await small.toArray();
+    refuses(() => ops.rerotatePages(small, plan), /a move names KV head 3 but the pool has 2/);
+    expect(await small.toArray()).toEqual(x); // nothing was written
+    expect(() => ops.rerotatePages(Tensor.zeros([4, 8, 4, 16]), plan)).not.toThrow();
+  });
+
+  it('perRun (one rerotate per run, every head) refuses moves with a head', () => {
+    refuses(() => ops.rerotatePages(pool(), [{ srcPage: 0, dstPage: 1, head: 1, from: pos, to: pos }], { perRun: true }), /perRun.*head/);
+    refuses(() => ops.rerotatePages(pool(), [{ srcPage: 0, dstPage: 1, from: pos, to: pos }, { srcPage: 2, dstPage: 3, head: 0, from: pos, to: pos }], { perRun: true }), /perRun/);
+    expect(() => ops.rerotatePages(pool(), [{ srcPage: 0, dstPage: 1, from: pos, to: pos }], { perRun: true })).not.toThrow();
+  });
+
+  it('the binding checks the head of host runs (perRunHost) against the pool', () => {
+    // Through the raw binding: ops.rerotatePages already refuses these before queueing.
+    const raw = (head: number) => {
+      const p = pool();
+      const run = Int32Array.of(0, 0, 1, 0, 3, 0, 3, head); // RerotateRun: 3 rows of page 0 to page 1
+      const [freq, runs, positions] = [Tensor.from(rand(8, 1)), Tensor.from(run), Tensor.from(Int32Array.of(1, 2, 3, 4, 5, 6))];
+      native().ops.rerotatePages(p.handle(), p.handle(), freq.handle(), runs.handle(), positions.handle(), {
+        numPages: 4, pageSize: 8, kvHeads: 2, headDim: 16, rotaryDim: 16, layout: 'half', numRuns: 1,
+      }, run);
+    };
+    expect(() => raw(0)).not.toThrow();
+    refuses(() => raw(3), /run 0 names a KV head outside \[0, 2\]/);
+    refuses(() => raw(-1), /run 0 names a KV head outside/);
+    refuses(() => raw(2), /perRun moves every KV head of its rows/);
+  });
 });
 
 describe('rerotatePages arguments', () => {
