@@ -53,6 +53,7 @@ interface Options {
   rangeMass?: readonly SlotRange[] | readonly (readonly SlotRange[])[];
   window?: number;
   scoreDecay?: number | readonly number[];
+  scoreRows?: number | readonly number[];
 }
 
 async function both(
@@ -386,4 +387,21 @@ describe.skipIf(!hasCuda)('pagedAttention scoreDecay (CUDA vs CPU)', () => {
     expect(maxAbsDiff(b.cuda.attnSum!, b.cpu.attnSum!)).toBeLessThan(40 * F32_TOL);
     expect(maxAbsDiff(b.cuda.kvAttnSum!, b.cpu.kvAttnSum!)).toBeLessThan(2 * 40 * F32_TOL);
   });
+});
+
+// scoreRows (SnapKV's observation window): only each sequence's last n rows add into the sums.
+describe.skipIf(!hasCuda)('pagedAttention scoreRows (CUDA vs CPU)', () => {
+  for (const [heads, kvHeads, d] of [[8, 2, 128], [4, 4, 64]] as const) {
+    it(`the last rows of a prefill, a short chunk and decodes, with and without decay (${heads}/${kvHeads} heads, d=${d})`, async () => {
+      const seqs = [{ queries: 300, kvLength: 700 }, { queries: 1, kvLength: 5000 }, ...mixed];
+      const setup = { heads, kvHeads, d, seqs, kvDtype: 'bf16' as const, seed: 120 + d };
+      const a = await both(setup, { attnSum: true, kvAttnSum: true, scoreRows: 32 });
+      expect(maxAbsDiff(a.cuda.attnSum!, a.cpu.attnSum!)).toBeLessThan(40 * F32_TOL);
+      expect(maxAbsDiff(a.cuda.kvAttnSum!, a.cpu.kvAttnSum!)).toBeLessThan((heads / kvHeads) * 40 * F32_TOL);
+      const plain = await both(setup, { attnSum: true, kvAttnSum: true });
+      expect(maxAbsDiff(a.cuda.attnSum!.subarray(0, heads * 5000), plain.cuda.attnSum!.subarray(0, heads * 5000))).toBeGreaterThan(1e-2);
+      const b = await both(setup, { attnSum: true, scoreRows: [16, 1, 4, 1, 16, 2], scoreDecay: 0.9 });
+      expect(maxAbsDiff(b.cuda.attnSum!, b.cpu.attnSum!)).toBeLessThan(20 * F32_TOL);
+    });
+  }
 });

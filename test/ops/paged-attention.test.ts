@@ -96,6 +96,7 @@ function reference(
   window = Infinity,
   ranges: readonly (readonly SlotRange[])[] = [],
   betas: readonly number[] = [],
+  lastRows: readonly number[] = [],
 ): { out: Float64Array; attnSum: Float64Array; kvAttnSum: Float64Array; rangeMass: Float64Array; maxKv: number } {
   const { heads, kvHeads, d, pageSize } = c;
   const group = heads / kvHeads;
@@ -139,7 +140,9 @@ function reference(
           const vb = rowOf(j, s.valuePages ?? s.pages);
           const ob = (t * heads + h) * d;
           for (let i = 0; i < d; i++) out[ob + i] = out[ob + i]! + p * c.v[vb + i]!;
-          const w = beta ** (j < c0 ? s.queries - 1 - r : r - (j - c0));
+          // scoreRows: only the sequence's last n rows count in the sums.
+          const counted = lastRows[si] === undefined || r >= s.queries - lastRows[si]!;
+          const w = counted ? beta ** (j < c0 ? s.queries - 1 - r : r - (j - c0)) : 0;
           const col = (si * heads + h) * maxKv + j;
           attnSum[col] = attnSum[col]! + w * p;
           const kvCol = (si * kvHeads + kvh) * maxKv + j;
@@ -172,6 +175,7 @@ interface RunOptions {
   window?: number;
   rangeMass?: readonly SlotRange[] | readonly (readonly SlotRange[])[];
   scoreDecay?: number | readonly number[];
+  scoreRows?: number | readonly number[];
 }
 
 async function run(c: Case, options: RunOptions = {}) {
@@ -186,7 +190,9 @@ async function run(c: Case, options: RunOptions = {}) {
   const perSeq = rm === undefined ? [] : rm.every((x) => typeof x[0] === 'number') ? c.sequences.map(() => rm as readonly SlotRange[]) : (rm as readonly (readonly SlotRange[])[]);
   const sd = options.scoreDecay;
   const betas = sd === undefined ? [] : typeof sd === 'number' ? c.sequences.map(() => sd) : sd;
-  const want = reference(c, options.visible ?? causalVisible(c), options.scale ?? 1 / Math.sqrt(c.d), options.window, perSeq, betas);
+  const sr = options.scoreRows;
+  const lastRows = sr === undefined ? [] : typeof sr === 'number' ? c.sequences.map(() => sr) : sr;
+  const want = reference(c, options.visible ?? causalVisible(c), options.scale ?? 1 / Math.sqrt(c.d), options.window, perSeq, betas, lastRows);
   return { out, attnSum, kvAttnSum, rangeMass, want };
 }
 
@@ -764,5 +770,44 @@ describe('pagedAttention rejects bad tables from data on the CPU', () => {
     await expect(p).rejects.toThrow(InvalidArgumentError);
     await expect(p).rejects.toThrow(/first_visible\[0\] = 11 is outside \[0, 10\]/);
     await expect(rawCall({ pageTable: [3, 0], kvLen: 20, firstVisible: -1 }).toArray()).rejects.toThrow(InvalidArgumentError);
+  });
+});
+
+// scoreRows: only each sequence's last n query rows add into the column sums (SnapKV's
+// observation window); the output and the range masses are untouched.
+describe('pagedAttention scoreRows (CPU) vs float64', () => {
+  for (const [heads, kvHeads] of [[8, 2], [4, 4]] as const) {
+    it(`the last rows of each sequence only (${heads}/${kvHeads} heads)`, async () => {
+      const seqs: SeqSpec[] = [
+        { queries: 40, kvLength: 40 }, // a prompt: its last 8 rows count
+        { queries: 5, kvLength: 90 }, // fewer rows than the window: all count
+        { queries: 1, kvLength: 33 },
+      ];
+      const c = makeCase({ heads, kvHeads, d: 64, seqs, seed: 900 + heads });
+      const { out, attnSum, kvAttnSum, want } = await run(c, { attnSum: true, kvAttnSum: true, scoreRows: [8, 8, 8] });
+      expect(maxAbsDiff(out, want.out)).toBeLessThan(F32_TOL);
+      expect(maxAbsDiff(attnSum!, want.attnSum)).toBeLessThan(4 * F32_TOL);
+      expect(maxAbsDiff(kvAttnSum!, want.kvAttnSum)).toBeLessThan(4 * (heads / kvHeads) * F32_TOL);
+      const plain = await run(c, { attnSum: true });
+      // Fewer rows change the prompt's sums; the short sequences' are the plain sums to the bit.
+      const maxKv = want.maxKv;
+      const cols = (x: Float32Array, si: number) => x.subarray(si * heads * maxKv, (si + 1) * heads * maxKv);
+      expect(maxAbsDiff(cols(attnSum!, 0), cols(plain.attnSum!, 0))).toBeGreaterThan(1e-2);
+      for (const si of [1, 2]) expect(cols(attnSum!, si)).toEqual(cols(plain.attnSum!, si));
+      // With decay too: both apply.
+      const both = await run(c, { attnSum: true, scoreRows: 8, scoreDecay: 0.8 });
+      expect(maxAbsDiff(both.attnSum!, both.want.attnSum)).toBeLessThan(4 * F32_TOL);
+    });
+  }
+
+  it('rejects a row count that is not a positive integer, naming scoreRows', () => {
+    const c = makeCase({ heads: 2, kvHeads: 1, d: 16, seqs: [{ queries: 2, kvLength: 4 }], seed: 950 });
+    const { q, kPool, vPool } = tensors(c);
+    for (const scoreRows of [0, -1, 1.5, Number.NaN, [1, 2], '3']) {
+      const call = () => ops.pagedAttention(q, kPool, vPool, { sequences: c.sequences, attnSum: true, scoreRows: scoreRows as number });
+      expect(call).toThrow(InvalidArgumentError);
+      expect(call).toThrow(/scoreRows/);
+    }
+    for (const t of [q, kPool, vPool]) t.dispose();
   });
 });
