@@ -605,6 +605,7 @@ export class Scheduler {
             try {
               seq.bounded.after(at, fed, out.columnSums?.[i] ?? null);
             } catch (e) {
+              this.#recompute(seq);
               this.#guard(req, () => this.#end(req, asKvfocusError(e)));
               return;
             }
@@ -650,6 +651,14 @@ export class Scheduler {
         req.stream?.fail(asKvfocusError(again));
       }
     }
+  }
+
+  // A bounded policy that failed part way (its plan and the KV may disagree): the KV goes, and
+  // the stream is fed again from its start by the sequence's next request.
+  #recompute(seq: SequenceState): void {
+    seq.native?.clear();
+    seq.cached = 0;
+    seq.bounded?.reset();
   }
 
   // The next step's batch. When its new tokens need more pages than are free, idle sequences
@@ -743,6 +752,7 @@ export class Scheduler {
       try {
         seq.bounded?.prepare?.(); // what the policy deferred from the last step, before this one's positions
       } catch (e) {
+        this.#recompute(seq);
         this.#guard(req, () => this.#end(req, asKvfocusError(e)));
         continue;
       }

@@ -186,3 +186,58 @@ describe('NativeModel.step rangeMass', () => {
     }
   });
 });
+
+// Column sums (the bounded policies' scores) in one batch: per KV head and plain (H2O), per query
+// head and EMA-weighted (Cascading), per KV head over the last rows only (SnapKV), and none.
+describe('NativeModel.step columnSums', () => {
+  it('each request gets its own kind of sums, from the same probabilities', async () => {
+    const { numLayers: L, numHeads: H, numKvHeads: G } = reference.config;
+    const group = H / G;
+    const n = 24;
+    const want = referenceProbabilities(tokens.slice(0, n));
+    const seqs: NativeSequence[] = Array.from({ length: 4 }, () => model.newSequence());
+    const beta = 0.8;
+    try {
+      const input = (s: NativeSequence) => ({ seq: s, tokens: Int32Array.from(tokens.slice(0, n)), positions: positions(0, n), logits: 'last' as const });
+      const out = await model.step([
+        { ...input(seqs[0]!), columnSums: true },
+        { ...input(seqs[1]!), columnSums: true, columnSumsPerHead: true, scoreDecay: beta },
+        { ...input(seqs[2]!), columnSums: true, scoreRows: 5 },
+        input(seqs[3]!),
+      ]);
+      expect(out.columnSums[3]).toBeNull();
+      const [plain, ema, window] = [out.columnSums[0]!, out.columnSums[1]!, out.columnSums[2]!];
+      expect(plain.length).toBe(L * G * n);
+      expect(ema.length).toBe(L * H * n);
+      expect(window.length).toBe(L * G * n);
+      let worst = 0;
+      for (let l = 0; l < L; l++) {
+        for (let j = 0; j < n; j++) {
+          for (let g = 0; g < G; g++) {
+            let p = 0;
+            let w = 0;
+            for (let hh = 0; hh < group; hh++) {
+              for (let t = j; t < n; t++) {
+                const x = want[l]![t]![g * group + hh]![j]!;
+                p += x;
+                if (t >= n - 5) w += x;
+              }
+            }
+            worst = Math.max(worst, Math.abs(plain[(l * G + g) * n + j]! - p), Math.abs(window[(l * G + g) * n + j]! - w));
+          }
+          for (let h = 0; h < H; h++) {
+            // A fresh prefill: every slot is the chunk's own, weighted beta^(t - j) from row t.
+            let e = 0;
+            for (let t = j; t < n; t++) e += beta ** (t - j) * want[l]![t]![h]![j]!;
+            worst = Math.max(worst, Math.abs(ema[(l * H + h) * n + j]! - e));
+          }
+        }
+      }
+      expect(worst).toBeLessThan(TOL * 4);
+      // Logits do not depend on what was asked.
+      expect(out.logits[1]).toEqual(out.logits[3]);
+    } finally {
+      for (const s of seqs) s.release();
+    }
+  });
+});
