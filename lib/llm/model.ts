@@ -382,32 +382,16 @@ export class Model {
   // A sequence with no stored documents; a bounded policy compacts its layers after every step.
   #plainSequence(native: NativeSequence, keep: boolean, policy: ResolvedPolicy): Sequence {
     const state = new SequenceState(native, keep);
-    if (policy.name === 'cascading') {
-      state.bounded = new CascadingRuntime({
-        policy,
-        layers: this.config.numLayers,
-        heads: this.config.numHeads,
-        kvHeads: this.config.numKvHeads,
-        model: this.#handle('sequence'),
-        native: () => state.native!,
-      });
-    } else if (policy.name === 'snapkv') {
-      state.bounded = new SnapKVRuntime({
-        policy,
-        layers: this.config.numLayers,
-        kvHeads: this.config.numKvHeads,
-        model: this.#handle('sequence'),
-        native: () => state.native!,
-      });
-    } else if (policy.name === 'streaming' || policy.name === 'h2o' || policy.name === 'lacache') {
-      state.bounded = new BoundedRuntime({
-        policy,
-        layers: this.config.numLayers,
-        kvHeads: this.config.numKvHeads,
-        model: this.#handle('sequence'),
-        native: () => state.native!,
-      });
-    }
+    const setup = {
+      layers: this.config.numLayers,
+      heads: this.config.numHeads,
+      kvHeads: this.config.numKvHeads,
+      model: this.#handle('sequence'),
+      native: () => state.native!,
+    };
+    if (policy.name === 'cascading') state.bounded = new CascadingRuntime(policy, setup);
+    else if (policy.name === 'snapkv') state.bounded = new SnapKVRuntime(policy, setup);
+    else if (policy.name === 'streaming' || policy.name === 'h2o' || policy.name === 'lacache') state.bounded = new BoundedRuntime(policy, setup);
     return new Sequence(this.#sequenceHost, state, policy);
   }
 

@@ -9,6 +9,15 @@ import type { NativeModel, NativeSequence } from '../binding.js';
 import type { H2OPolicy, StreamingPolicy } from './bounded.js';
 import { LaCachePlanner, type ResolvedLaCachePolicy } from './lacache.js';
 
+/** What a bounded policy's runtime is built from (the model's shape and its sequence). */
+export interface RuntimeSetup {
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  model: NativeModel;
+  native: () => NativeSequence;
+}
+
 /** @internal What the scheduler asks of a bounded policy (SequenceState.bounded). */
 export interface BoundedPolicyRuntime {
   /** Whether steps should report column sums (attention received per slot). */
@@ -66,8 +75,8 @@ export class BoundedRuntime implements BoundedPolicyRuntime {
   #planner: LaCachePlanner | null = null;
   #offset = 0;
 
-  constructor(setup: { policy: BoundedPolicy; layers: number; kvHeads: number; model: NativeModel; native: () => NativeSequence }) {
-    this.#policy = setup.policy;
+  constructor(policy: BoundedPolicy, setup: RuntimeSetup) {
+    this.#policy = policy;
     this.#layers = setup.layers;
     this.#kvHeads = setup.kvHeads;
     this.#model = setup.model;

@@ -1,52 +1,33 @@
-// SnapKV on one sequence. Tokens are appended at the next slot; each step's attention, summed per KV head
-// over the group's query heads and over the step's last `window` rows only (the kernels'
-// col_last_rows), accumulates into an observation score per slot. A compression runs once the
-// sequence holds more than `budget` tokens and at least `window` query rows have been scored
-// since the last one (rows are counted from the step that first reached the budget): every
-// layer and KV head keeps its newest `window` tokens and the `budget - window` others with the
-// highest pooled score (snapKeep), through one native gatherHeads that also re-rotates every
+// SnapKV on one sequence. Tokens are appended at the next slot; each step's attention, summed
+// per KV head over the group's query heads and over the step's last `window` rows only (the
+// kernels' col_last_rows), accumulates into an observation score per slot. A compression runs
+// once the sequence holds more than `budget` tokens and at least `window` query rows have been
+// scored since the last one (rows are counted from the step that first reached the budget):
+// every layer and KV head keeps its newest `window` tokens and the `budget - window` others with
+// the highest pooled score (snapKeep), through one native gatherHeads that also re-rotates every
 // kept key to its slot's rank. Positions go by slot, as for the other bounded policies here
 // (the paper keeps the prompt's positions; it compresses a prompt once, while here generation
 // goes on in fixed memory and positions must stay inside the model's range).
 // A prompt fed in chunks of `window` tokens or more is scored by exactly its last `window`
 // queries, and so is each later compression during decoding (one row a step); pieces shorter
-// than the window that straddle the budget can add up to a few more rows.
-// The work of a step is deferred to just before the next one (prepare), so that a generation
-// that re-reads the last chunk finds it not yet applied (dropFrom), as for the cascading cache.
-import type { NativeModel, NativeSequence } from '../binding.js';
-import type { BoundedPolicyRuntime } from './bounded-runtime.js';
+// than the window that straddle the budget can add up to a few more rows. A step's work is
+// deferred to just before the next one (per-head-runtime.ts).
+import { type PendingChunk, PerHeadRuntime, type RuntimeSetup } from './per-head-runtime.js';
 import { type ResolvedSnapKVPolicy, snapKeep } from './snapkv.js';
 
-interface Pending {
-  first: number;
-  count: number;
-  sums: Float32Array;
-}
-
-export class SnapKVRuntime implements BoundedPolicyRuntime {
+export class SnapKVRuntime extends PerHeadRuntime {
   readonly #policy: ResolvedSnapKVPolicy;
-  readonly #layers: number;
-  readonly #kvHeads: number;
-  readonly #model: NativeModel;
-  readonly #native: () => NativeSequence;
-  // Per layer and head (layer-major): the stream index held in each slot; every head holds as many.
+  // Per layer and head (layer-major): the stream index held in each slot.
   #tokens: number[][] = [];
   // Per layer and head: the observation score of each slot since the last compression (null: none yet).
   #scores: (Float64Array | null)[] = [];
   #rows = 0;
-  #pending: Pending | null = null;
-  #fed = 0;
 
-  constructor(setup: { policy: ResolvedSnapKVPolicy; layers: number; kvHeads: number; model: NativeModel; native: () => NativeSequence }) {
-    this.#policy = setup.policy;
-    this.#layers = setup.layers;
-    this.#kvHeads = setup.kvHeads;
-    this.#model = setup.model;
-    this.#native = setup.native;
+  constructor(policy: ResolvedSnapKVPolicy, setup: RuntimeSetup) {
+    super(setup);
+    this.#policy = policy;
     this.reset();
   }
-
-  readonly wantsScores = true;
 
   get scoreOptions(): { scoreRows: number } {
     return { scoreRows: this.#policy.window };
@@ -64,39 +45,18 @@ export class SnapKVRuntime implements BoundedPolicyRuntime {
     return this.capacity + chunk + this.#policy.budget;
   }
 
-  get held(): number {
-    return this.#tokens[0]!.length + (this.#pending?.count ?? 0);
-  }
-
-  // Stream index of the next token minus its position (its slot).
-  get positionOffset(): number {
-    return this.#fed + (this.#pending?.count ?? 0) - this.held;
-  }
-
-  get kvHeads(): number {
-    return this.#kvHeads;
-  }
-
   reset(): void {
-    this.#tokens = Array.from({ length: this.#layers * this.#kvHeads }, () => []);
-    this.#scores = Array.from({ length: this.#layers * this.#kvHeads }, () => null);
+    this.#tokens = Array.from({ length: this.layers * this.kvHeads }, () => []);
+    this.#scores = Array.from({ length: this.layers * this.kvHeads }, () => null);
     this.#rows = 0;
-    this.#pending = null;
-    this.#fed = 0;
+    this.resetPending();
   }
 
-  after(first: number, count: number, columnSums: Float32Array | null): void {
-    if (this.#pending) throw new Error('snapkv: a step ran before the previous one was applied');
-    if (first !== this.#fed) throw new Error(`snapkv: step fed stream token ${first}, expected ${this.#fed}`);
-    if (!columnSums) throw new Error('snapkv: the step returned no column sums');
-    this.#pending = { first, count, sums: columnSums };
+  protected heldTokens(layer: number, head: number): readonly number[] {
+    return this.#tokens[layer * this.kvHeads + head]!;
   }
 
-  prepare(): void {
-    const pending = this.#pending;
-    if (!pending) return;
-    this.#pending = null;
-    const { first, count, sums } = pending;
+  protected apply({ first, count, sums }: PendingChunk): void {
     const { budget, window } = this.#policy;
     const held = this.#tokens[0]!.length + count;
     const slots = held; // the layer's rows in the step: the cache, then the chunk
@@ -116,15 +76,14 @@ export class SnapKVRuntime implements BoundedPolicyRuntime {
       for (let s = 0; s < slots; s++) next[s]! += sums[at + s]!;
       this.#scores[i] = next;
     }
-    this.#fed = first + count;
     if (held <= budget || this.#rows < window) return;
     // Compress every layer and head to `budget` slots.
     const plans: { layer: number; sources: Int32Array; positions: Int32Array }[] = [];
     const ranks = Int32Array.from({ length: budget }, (_, i) => i);
-    for (let l = 0; l < this.#layers; l++) {
-      const sources = new Int32Array(this.#kvHeads * budget);
-      for (let g = 0; g < this.#kvHeads; g++) {
-        const i = l * this.#kvHeads + g;
+    for (let l = 0; l < this.layers; l++) {
+      const sources = new Int32Array(this.kvHeads * budget);
+      for (let g = 0; g < this.kvHeads; g++) {
+        const i = l * this.kvHeads + g;
         const kept = snapKeep(this.#scores[i]!, held, this.#policy);
         sources.set(kept, g * budget);
         const tokens = this.#tokens[i]!;
@@ -134,30 +93,6 @@ export class SnapKVRuntime implements BoundedPolicyRuntime {
       plans.push({ layer: l, sources, positions: ranks });
     }
     this.#rows = 0;
-    this.#model.gatherHeads(this.#native(), plans);
-  }
-
-  dropFrom(from: number): number {
-    const p = this.#pending;
-    if (p && from >= p.first) {
-      this.#native().truncate(p.count);
-      this.#pending = null;
-      return p.first;
-    }
-    // Applied already (its scores are counted, maybe a compression ran): fed again from the start.
-    this.#native().clear();
-    this.reset();
-    return 0;
-  }
-
-  sources(layer: number): readonly number[] {
-    return this.headSources(layer, 0);
-  }
-
-  headSources(layer: number, head: number): readonly number[] {
-    const out = [...this.#tokens[layer * this.#kvHeads + head]!];
-    const p = this.#pending;
-    if (p) for (let k = 0; k < p.count; k++) out.push(p.first + k);
-    return out;
+    this.model.gatherHeads(this.native(), plans);
   }
 }

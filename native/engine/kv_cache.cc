@@ -113,13 +113,17 @@ void Sequence::truncate(int64_t n, int64_t layer_begin, int64_t layer_end) {
       else ++dropped;
       l.positions.pop_back();
     }
-    const size_t pages_needed = static_cast<size_t>((l.slots() + ps - 1) / ps);
-    while (l.pages.size() > pages_needed) {
-      pool_->release(l.pages.back());
-      if (l.v_pages.back() != l.pages.back()) pool_->release(l.v_pages.back());
-      l.pages.pop_back();
-      l.v_pages.pop_back();
-    }
+    release_tail(l, static_cast<size_t>((l.slots() + ps - 1) / ps));
+  }
+}
+
+// Releases the layer's pages past the first `keep` (both tables).
+void Sequence::release_tail(LayerKv& l, size_t keep) {
+  while (l.pages.size() > keep) {
+    pool_->release(l.pages.back());
+    if (l.v_pages.back() != l.pages.back()) pool_->release(l.v_pages.back());
+    l.pages.pop_back();
+    l.v_pages.pop_back();
   }
 }
 
@@ -368,13 +372,7 @@ Status Sequence::compact(int64_t layer, const std::vector<int32_t>& keep, const 
   // The queued moves read the tail's pages: they stay referenced by the job (released here,
   // handed out again only after it, on the same queue).
   l.positions.assign(pos.begin(), pos.end());
-  const size_t pages_needed = static_cast<size_t>((n + ps - 1) / ps);
-  while (l.pages.size() > pages_needed) {
-    pool_->release(l.pages.back());
-    if (l.v_pages.back() != l.pages.back()) pool_->release(l.v_pages.back());
-    l.pages.pop_back();
-    l.v_pages.pop_back();
-  }
+  release_tail(l, static_cast<size_t>((n + ps - 1) / ps));
   return Status::Ok();
 }
 
@@ -488,13 +486,7 @@ Status Sequence::gather_heads(int64_t layer, const std::vector<int32_t>& sources
   place.finish(&out->positions);
   // The queued moves read pages released here: they are handed out again only to later jobs.
   l.positions.assign(new_positions.begin(), new_positions.end());
-  const size_t pages_needed = static_cast<size_t>((n + ps - 1) / ps);
-  while (l.pages.size() > pages_needed) {
-    pool_->release(l.pages.back());
-    if (l.v_pages.back() != l.pages.back()) pool_->release(l.v_pages.back());
-    l.pages.pop_back();
-    l.v_pages.pop_back();
-  }
+  release_tail(l, static_cast<size_t>((n + ps - 1) / ps));
   return Status::Ok();
 }
 

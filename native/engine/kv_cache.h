@@ -191,6 +191,7 @@ class Sequence {
 
  private:
   void release_pages(LayerKv& l);
+  void release_tail(LayerKv& l, size_t keep);
   std::shared_ptr<KvPool> pool_;
   std::vector<LayerKv> layers_;
   bool split_kv_ = false;

@@ -3,35 +3,16 @@
 // float64 reference that reads the same tokens one at a time with the same evictions; a long
 // generation holds at most the policy's bound in every layer, leaks nothing, and many bounded
 // sequences share one pool.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { type CachePolicy, InvalidArgumentError, loadModel, type Model, policies, UnsupportedError } from '../../lib/index.js';
 import { LaCachePlanner, resolveLaCache } from '../../lib/policies/lacache.js';
-import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
-import { ReferenceLlama } from '../support/reference-llama';
+import { streamIds, useGqaFixture } from '../support/gqa-fixture';
 import { maxDiff } from '../support/compare';
 
-let root: string;
-let model: Model;
-let reference: ReferenceLlama;
 const LAYERS = 4;
-
-beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'kvfocus-bounded-'));
-  const dir = makeFixtures(root, ['llama-gqa'], { sizes: { numLayers: LAYERS } })['llama-gqa']!;
-  model = await loadModel(dir, { device: 'cpu', kvCacheTokens: 1024, pageSize: 8 });
-  reference = ReferenceLlama.load(dir);
-});
-
-afterAll(() => {
-  model?.dispose();
-  rmSync(root, { recursive: true, force: true });
-});
-
-const ids = (n: number, seed = 1): number[] => Array.from({ length: n }, (_, j) => 3 + ((seed * 31 + j * 7 + ((seed * j) % 11)) % 250));
+const fx = useGqaFixture(LAYERS);
+const ids = streamIds;
 
 // The keep rules, written here from the papers (the engine's are in lib/policies/).
 const streamingKeep = (sinks: number, window: number) => (_l: number, held: number[]) =>
@@ -45,7 +26,7 @@ const h2oKeep = (budget: number, recent: number) => (_l: number, held: number[],
 
 // Feeds tokens one per step (as decoding does) and collects each step's logits and layout.
 async function feed(policy: CachePolicy, tokens: number[]) {
-  using seq = model.sequence({ policy });
+  using seq = fx.model.sequence({ policy });
   const rows: Float32Array[] = [];
   const layouts = [];
   for (const t of tokens) {
@@ -72,7 +53,7 @@ describe('bounded policies against the float64 reference (one token a step)', ()
   for (const [name, policy, keep] of cases) {
     it(`${name}: logits, kept tokens and positions by slot`, async () => {
       const kept: number[][][] = [];
-      const want = reference.boundedDecode(tokens, (l, held, score, t) => {
+      const want = fx.reference.boundedDecode(tokens, (l, held, score, t) => {
         const k = [...keep(l, held, score, t)].sort((a, b) => a - b);
         (kept[t] ??= [])[l] = k;
         return k;
@@ -94,8 +75,8 @@ describe('bounded policies against the float64 reference (one token a step)', ()
 
   it('streaming with a window longer than the input is full attention', async () => {
     const { rows } = await feed(policies.streaming({ sinks: 2, window: 64 }), tokens);
-    const full = await model.logits(tokens, { all: true });
-    const vocab = model.config.vocabSize;
+    const full = await fx.model.logits(tokens, { all: true });
+    const vocab = fx.model.config.vocabSize;
     rows.forEach((r, i) => expect(maxDiff(r, full.subarray(i * vocab, (i + 1) * vocab))).toBeLessThan(3e-5));
   });
 });
@@ -114,8 +95,8 @@ describe('constant memory', () => {
   ];
   for (const [name, policy, bound] of bounded) {
     it(`${name}: ${N} generated tokens, every layer within ${bound} tokens after every step, nothing leaks`, async () => {
-      const before = model.stats().usedPages;
-      using seq = model.sequence({ policy });
+      const before = fx.model.stats().usedPages;
+      using seq = fx.model.sequence({ policy });
       await seq.append(ids(20));
       let generated = 0;
       let most = 0;
@@ -142,12 +123,12 @@ describe('constant memory', () => {
       expect(maxPosition).toBeLessThan(bound);
       expect(seq.tokenCount).toBe(20 + N);
       seq.dispose();
-      expect(model.stats().usedPages).toBe(before);
+      expect(fx.model.stats().usedPages).toBe(before);
     }, 600_000);
   }
 
   it('many bounded sequences share one pool smaller than their streams', async () => {
-    const small = await loadModel(join(root, 'llama-gqa'), { device: 'cpu', kvCacheTokens: 512, pageSize: 8 });
+    const small = await loadModel(fx.dir, { device: 'cpu', kvCacheTokens: 512, pageSize: 8 });
     try {
       // Four sequences of 3000 tokens each (12,000 in all) in a pool of 512 tokens per layer.
       const policy = policies.streaming({ sinks: 4, window: 60 });
@@ -174,10 +155,10 @@ describe('bad input', () => {
     expect(() => policies.streaming({ window: 0 })).toThrow(/policy\.window/);
     expect(() => policies.h2o({ budget: 8, recent: 8 })).toThrow(/recent/);
     expect(() => policies.h2o({ budget: 8, recent: 8 })).toThrow(InvalidArgumentError);
-    using store = await model.openStore({ prefix: ids(5) });
+    using store = await fx.model.openStore({ prefix: ids(5) });
     await store.put('a', ids(6, 3));
-    expect(() => model.sequence({ store, documents: ['a'], policy: policies.streaming({ window: 8 }) })).toThrow(UnsupportedError);
-    using seq = model.sequence();
+    expect(() => fx.model.sequence({ store, documents: ['a'], policy: policies.streaming({ window: 8 }) })).toThrow(UnsupportedError);
+    using seq = fx.model.sequence();
     await seq.append(ids(4));
     expect(() => seq.generate({ policy: policies.h2o({ budget: 8 }) })).toThrow(/policy: a sequence's policy is chosen when it is created/);
   });

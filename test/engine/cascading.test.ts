@@ -3,35 +3,16 @@
 // float64 model's own attention, at the same positions, and the logits equal that float64
 // model's, one token a step and in strided prefill chunks; a generation that continues an
 // appended sequence re-reads its last chunk exactly; nothing leaks.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
-import { InvalidArgumentError, loadModel, type Model, policies, type SequenceLayout } from '../../lib/index.js';
+import { InvalidArgumentError, policies, type SequenceLayout } from '../../lib/index.js';
 import { CascadeModel } from '../../lib/policies/cascade-model.js';
-import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
-import { ReferenceLlama } from '../support/reference-llama';
+import { streamIds, useGqaFixture } from '../support/gqa-fixture';
 import { maxDiff } from '../support/compare';
 
-let root: string;
-let model: Model;
-let reference: ReferenceLlama;
 const LAYERS = 3;
-
-beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'kvfocus-cascading-'));
-  const dir = makeFixtures(root, ['llama-gqa'], { sizes: { numLayers: LAYERS } })['llama-gqa']!;
-  model = await loadModel(dir, { device: 'cpu', kvCacheTokens: 1024, pageSize: 8 });
-  reference = ReferenceLlama.load(dir);
-});
-
-afterAll(() => {
-  model?.dispose();
-  rmSync(root, { recursive: true, force: true });
-});
-
-const ids = (n: number, seed = 1): number[] => Array.from({ length: n }, (_, j) => 3 + ((seed * 31 + j * 7 + ((seed * j) % 11)) % 250));
+const fx = useGqaFixture(LAYERS);
+const ids = streamIds;
 
 // A small cache that fills in a few tokens and then cascades: 2 sinks + 3 cascades of 4 slots.
 const OPTIONS = { sinks: 2, window: 4, cascades: 3, beta: 0.9, headReduction: 'max' as const };
@@ -45,10 +26,10 @@ interface HeadLayout {
 // Runs the float64 reference over `tokens` in chunks of `stride`; returns each chunk's logits
 // and, after each chunk, every layer's and head's cache in slot order.
 function runReference(tokens: number[], stride: number, options = OPTIONS) {
-  const group = reference.config.numHeads / reference.config.numKvHeads;
-  const caches = Array.from({ length: LAYERS }, () => Array.from({ length: reference.config.numKvHeads }, () => new CascadeModel({ ...options, groupSize: group })));
+  const group = fx.reference.config.numHeads / fx.reference.config.numKvHeads;
+  const caches = Array.from({ length: LAYERS }, () => Array.from({ length: fx.reference.config.numKvHeads }, () => new CascadeModel({ ...options, groupSize: group })));
   const states: HeadLayout[][][] = [];
-  const logits = reference.cascadingDecode(tokens, stride, options.beta, caches, options.sinks + options.cascades * options.window, () => {
+  const logits = fx.reference.cascadingDecode(tokens, stride, options.beta, caches, options.sinks + options.cascades * options.window, () => {
     states.push(
       caches.map((layer) =>
         layer.map((c) => {
@@ -72,7 +53,7 @@ describe('cascading KV cache against the float64 reference', () => {
   it('one token a step: logits, and each KV head keeps what the insertion rule keeps', async () => {
     const tokens = ids(48);
     const { logits, states } = runReference(tokens, 1);
-    using seq = model.sequence({ policy: policies.cascading({ ...OPTIONS, stride: 1 }) });
+    using seq = fx.model.sequence({ policy: policies.cascading({ ...OPTIONS, stride: 1 }) });
     let differing = 0;
     for (let t = 0; t < tokens.length; t++) {
       const got = (await seq.append([tokens[t]!], { logits: 'last' }))!;
@@ -97,10 +78,10 @@ describe('cascading KV cache against the float64 reference', () => {
     const tokens = ids(45, 3);
     const stride = 8;
     const { logits, states } = runReference(tokens, stride);
-    using seq = model.sequence({ policy: policies.cascading({ ...OPTIONS, stride }) });
+    using seq = fx.model.sequence({ policy: policies.cascading({ ...OPTIONS, stride }) });
     // One append: the scheduler feeds it in chunks of `stride`.
     const all = (await seq.append(tokens, { logits: 'all' }))!;
-    const vocab = reference.config.vocabSize;
+    const vocab = fx.reference.config.vocabSize;
     for (let c = 0; c < logits.length; c++) {
       const end = Math.min(tokens.length, (c + 1) * stride);
       expect(maxDiff(all.subarray((end - 1) * vocab, end * vocab), logits[c]!), `chunk ${c}`).toBeLessThan(2e-3);
@@ -115,20 +96,20 @@ describe('cascading KV cache against the float64 reference', () => {
   it('a generation after an append re-reads the pending chunk: the same tokens as one longer append', async () => {
     const prompt = ids(30, 5);
     const policy = policies.cascading({ ...OPTIONS, stride: 8 });
-    using a = model.sequence({ policy });
+    using a = fx.model.sequence({ policy });
     await a.append(prompt);
     const first = await a.generate({ maxTokens: 12, temperature: 0, stopTokens: [] }).result;
-    const second = await model.generate(Int32Array.from(prompt), { policy, maxTokens: 12, temperature: 0, stopTokens: [] }).result;
+    const second = await fx.model.generate(Int32Array.from(prompt), { policy, maxTokens: 12, temperature: 0, stopTokens: [] }).result;
     expect(first.tokens).toEqual(second.tokens);
   });
 
   it('options are checked; the sequence holds nothing after dispose', async () => {
     expect(() => policies.cascading({ window: 0 })).toThrow(InvalidArgumentError);
     expect(() => policies.cascading({ beta: 1 })).toThrow(InvalidArgumentError);
-    const before = model.stats().usedPages;
-    const seq = model.sequence({ policy: policies.cascading({ ...OPTIONS, stride: 4 }) });
+    const before = fx.model.stats().usedPages;
+    const seq = fx.model.sequence({ policy: policies.cascading({ ...OPTIONS, stride: 4 }) });
     await seq.append(ids(100, 9));
     seq.dispose();
-    expect(model.stats().usedPages).toBe(before);
+    expect(fx.model.stats().usedPages).toBe(before);
   });
 });

@@ -3,34 +3,15 @@
 // slot; the logits equal a float64 reference that applies the rule written here from
 // the paper (independently of lib/policies/snapkv.ts) to its own attention; compressions keep
 // recurring while generating, and nothing leaks.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
-import { InvalidArgumentError, loadModel, type Model, policies } from '../../lib/index.js';
-import { makeFixtures } from '../../scripts/fixtures/make-fixtures.mjs';
-import { ReferenceLlama } from '../support/reference-llama';
+import { InvalidArgumentError, policies } from '../../lib/index.js';
+import { streamIds, useGqaFixture } from '../support/gqa-fixture';
 import { maxDiff } from '../support/compare';
 
-let root: string;
-let model: Model;
-let reference: ReferenceLlama;
 const LAYERS = 3;
-
-beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'kvfocus-snapkv-'));
-  const dir = makeFixtures(root, ['llama-gqa'], { sizes: { numLayers: LAYERS } })['llama-gqa']!;
-  model = await loadModel(dir, { device: 'cpu', kvCacheTokens: 1024, pageSize: 8 });
-  reference = ReferenceLlama.load(dir);
-});
-
-afterAll(() => {
-  model?.dispose();
-  rmSync(root, { recursive: true, force: true });
-});
-
-const ids = (n: number, seed = 1): number[] => Array.from({ length: n }, (_, j) => 3 + ((seed * 31 + j * 7 + ((seed * j) % 11)) % 250));
+const fx = useGqaFixture(LAYERS);
+const ids = streamIds;
 
 // SnapKV from the paper and the authors' SnapKVCluster: scores = the observation window's
 // attention summed over its rows (and here over the GQA group); avg_pool1d(kernel, padding
@@ -66,7 +47,7 @@ function snapReference(budget: number, window: number, kernel: number) {
     const order = candidates.map((_, i) => i).sort((x, y) => pooled[y]! - pooled[x]! || x - y);
     const keep = order.slice(0, budget - window).sort((x, y) => x - y).map((i) => candidates[i]!);
     acc.delete(key);
-    if (layer === LAYERS - 1 && head === reference.config.numKvHeads - 1) rows = 0;
+    if (layer === LAYERS - 1 && head === fx.reference.config.numKvHeads - 1) rows = 0;
     return [...keep, ...held.slice(held.length - window)];
   };
 }
@@ -77,8 +58,8 @@ describe('SnapKV against the float64 reference', () => {
     const prompt = ids(40, 2);
     const decode = ids(30, 4);
     const tokens = [...prompt, ...decode];
-    const want = reference.headSetDecode(tokens, [prompt.length, ...decode.map(() => 1)], window, snapReference(budget, window, kernel));
-    using seq = model.sequence({ policy: policies.snapkv({ budget, window, kernel }) });
+    const want = fx.reference.headSetDecode(tokens, [prompt.length, ...decode.map(() => 1)], window, snapReference(budget, window, kernel));
+    using seq = fx.model.sequence({ policy: policies.snapkv({ budget, window, kernel }) });
     const first = (await seq.append(prompt, { logits: 'last' }))!;
     expect(maxDiff(first, want[0]!)).toBeLessThan(2e-3);
     let differing = 0;
@@ -100,10 +81,10 @@ describe('SnapKV against the float64 reference', () => {
   it('a generation after an append gives the tokens of one generate over the same prompt', async () => {
     const prompt = ids(37, 6);
     const policy = policies.snapkv({ budget: 12, window: 4 });
-    using a = model.sequence({ policy });
+    using a = fx.model.sequence({ policy });
     await a.append(prompt);
     const first = await a.generate({ maxTokens: 20, temperature: 0, stopTokens: [] }).result;
-    const second = await model.generate(Int32Array.from(prompt), { policy, maxTokens: 20, temperature: 0, stopTokens: [] }).result;
+    const second = await fx.model.generate(Int32Array.from(prompt), { policy, maxTokens: 20, temperature: 0, stopTokens: [] }).result;
     expect(first.tokens).toEqual(second.tokens);
   });
 
@@ -112,10 +93,10 @@ describe('SnapKV against the float64 reference', () => {
     expect(() => policies.snapkv({ budget: 1 })).toThrow(InvalidArgumentError);
     expect(() => policies.snapkv({ budget: 8, kernel: 0 })).toThrow(InvalidArgumentError);
     expect(policies.snapkv({ budget: 64 })).toEqual({ name: 'snapkv', budget: 64 });
-    const before = model.stats().usedPages;
-    const seq = model.sequence({ policy: policies.snapkv({ budget: 10, window: 3 }) });
+    const before = fx.model.stats().usedPages;
+    const seq = fx.model.sequence({ policy: policies.snapkv({ budget: 10, window: 3 }) });
     await seq.append(ids(100, 9));
     seq.dispose();
-    expect(model.stats().usedPages).toBe(before);
+    expect(fx.model.stats().usedPages).toBe(before);
   });
 });
