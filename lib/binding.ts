@@ -67,6 +67,8 @@ export interface NativeOps {
     massRanges?: T | null,
     /** f32 [totalQ, heads, numRanges], written: each row's probability mass over each range. */
     rangeMass?: T | null,
+    /** i32 [seqs, 4]: two-part (APE) attention, per sequence [begin, end, f32 bits of temperature, of scale]. */
+    ctxSplit?: T | null,
   ): void;
 }
 
@@ -142,6 +144,12 @@ export interface StepRequest {
    * request's rows and the query heads of each KV head's group.
    */
   columnSums?: boolean;
+  /**
+   * Two-part attention (APE): per layer [begin, end) slots of the context (layers x 2, each in
+   * that layer's slot order), attended with logits / temperature and merged with the rest by
+   * softmax([scale * temperature * lse_context, lse_other]) (kernels/paged_attention.h).
+   */
+  context?: { ranges: Int32Array; temperature: number; scale: number };
 }
 
 export interface NativeModel {

@@ -76,6 +76,12 @@ struct StepRequest {
   // slot, the probability summed over this request's rows and the query heads of the group.
   // Returned in StepResult::column_sums as (layers, kv_heads, slots of that layer) f32, packed.
   bool column_sums = false;
+  // Two-part attention (APE, kernels/paged_attention.h): with ctx_ranges (layers x 2) not empty,
+  // every layer's attention treats this request's slots [begin, end) of that layer as the
+  // context (logits / ctx_temperature, log-sum-exp x ctx_scale x ctx_temperature in the merge).
+  // Not combined with the scores (mass_ranges, column_sums).
+  std::vector<int32_t> ctx_ranges;
+  float ctx_temperature = 1.0f, ctx_scale = 1.0f;
 };
 
 struct StepResult {

@@ -435,9 +435,10 @@ Napi::Value kv_write(const Napi::CallbackInfo& info) {
 }
 
 // pagedAttention(q, kPool, vPool, out, qStart, kvLen, tableStart, pageTable, visible, attnSum | null, params,
-//                firstVisible?, vPageTable?, pageRows?, kvAttnSum?, massRanges?, rangeMass?)
+//                firstVisible?, vPageTable?, pageRows?, kvAttnSum?, massRanges?, rangeMass?, ctxSplit?)
 // params.numRanges: ranges per sequence in massRanges (seqs x numRanges x 2 i32) and rangeMass
-// (totalQ x heads x numRanges f32); both or neither.
+// (totalQ x heads x numRanges f32); both or neither. ctxSplit: two-part (APE) attention, one
+// ContextSplit per sequence packed as 4 i32 (begin, end, then temperature and scale's f32 bits).
 Napi::Value paged_attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "pagedAttention";
@@ -528,6 +529,14 @@ Napi::Value paged_attention(const Napi::CallbackInfo& info) {
     a.range_mass = static_cast<float*>(tm->buffer()->data());
     inputs.push_back(tr->buffer());
     outputs.push_back(tm->buffer());
+  }
+  if (info.Length() > 17 && !info[17].IsNull() && !info[17].IsUndefined()) {
+    static_assert(sizeof(ContextSplit) == 4 * sizeof(int32_t), "ContextSplit packs as 4 i32");
+    NativeTensor* tc = arg(info, 17, op, "ctxSplit", a.seqs * 4);
+    require_dtype(env, tc, DType::i32, op, "ctxSplit");
+    if (tc->device() != d) throw_invalid(env, "pagedAttention: ctxSplit must be on the same device");
+    a.ctx_split = static_cast<const ContextSplit*>(tc->buffer()->data());
+    inputs.push_back(tc->buffer());
   }
   enqueue_op(d, std::move(inputs), std::move(outputs), [a](Backend& be) { return be.paged_attention(a); });
   return env.Undefined();
