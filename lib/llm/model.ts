@@ -17,6 +17,7 @@ import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
 import { type CachePolicy, type ResolvedPolicy, resolvePolicy } from '../policies/index.js';
 import { windowLayout } from '../policies/cache-focus.js';
 import { CacheFocusRuntime } from '../policies/cache-focus-runtime.js';
+import { ApeRuntime } from '../policies/ape-runtime.js';
 import { BoundedRuntime } from '../policies/bounded-runtime.js';
 import { GENERATE_OPTIONS, generationLimits, type GenerateOptions, samplingSpec, seedOf } from './options.js';
 import { type GenerationInit, type GenerationStream, Scheduler, SequenceState } from './scheduler.js';
@@ -245,11 +246,14 @@ export class Model {
     }
     let starts: number[];
     let runtime: CacheFocusRuntime | null = null;
-    if (resolved.name === 'parallelWindows') {
+    if (resolved.name === 'parallelWindows' || resolved.name === 'ape') {
       starts = lengths.map(() => prefix);
       const end = prefix + Math.max(0, ...lengths);
       this.#checkLength(end, 0, 'documents');
       state.positionOffset = state.length - end;
+      if (resolved.name === 'ape') {
+        state.contextAttention = new ApeRuntime({ policy: resolved, layers: this.config.numLayers, native: () => state.native! });
+      }
     } else if (resolved.name === 'cacheFocus') {
       // Documents that do not fit the positions (with room for the query and the generation)
       // share them in parallel windows until pruning makes room.
@@ -291,6 +295,7 @@ export class Model {
       state.restore = () => {
         m.attach(state.native!, placements);
         runtime?.reset();
+        state.contextAttention?.reset();
       };
     };
     return new Sequence(this.#sequenceHost, state, resolved, prepare);
@@ -755,7 +760,7 @@ function runnable(p: ResolvedPolicy, overStore: boolean): ResolvedPolicy {
   if (p.name === 'cacheFocus' && !overStore) {
     throw new InvalidArgumentError("policy: 'cacheFocus' works on stored documents: model.sequence({ store, documents, policy })", 'policy');
   }
-  if ((p.name === 'concat' || p.name === 'parallelWindows') && !overStore) {
+  if ((p.name === 'concat' || p.name === 'parallelWindows' || p.name === 'ape') && !overStore) {
     throw new InvalidArgumentError(`policy: '${p.name}' places stored documents: model.sequence({ store, documents, policy })`, 'policy');
   }
   if ((p.name === 'streaming' || p.name === 'h2o' || p.name === 'lacache') && overStore) {

@@ -19,6 +19,7 @@ import { AbortError, DisposedError, KvfocusError, OutOfMemoryError, QueueFullErr
 import type { StreamDecoder } from '../model/tokenizer.js';
 import type { LayerSegmenter } from '../policies/cache-focus-runtime.js';
 import type { BoundedPolicyRuntime } from '../policies/bounded-runtime.js';
+import type { ContextAttention } from '../policies/ape-runtime.js';
 
 /**
  * Why a generation ended: a stop token or string ('stop'), maxTokens or the sequence limit
@@ -100,6 +101,8 @@ export class SequenceState {
   segments: LayerSegmenter | null = null;
   /** A policy that bounds what each layer keeps, applied after every step (streaming, LaCache, H2O). */
   bounded: BoundedPolicyRuntime | null = null;
+  /** A policy whose steps attend to the documents as a separate part (APE's two-part attention). */
+  contextAttention: ContextAttention | null = null;
 
   constructor(
     native: NativeSequence,
@@ -754,6 +757,7 @@ export class Scheduler {
       // The sequence length HF would see in this forward: the whole input for each of its
       // chunks (HF reads it in one forward), then each decode step's own length.
       const invFreq = this.options.ropeFrequencies?.(Math.max(req.end, at + n));
+      const context = seq.cached >= seq.attached ? seq.contextAttention?.context() : undefined;
       batch.push({
         req,
         fed: n,
@@ -767,6 +771,7 @@ export class Scheduler {
           ...(sampling ? { sample: req.init.generation!.sampling } : {}),
           ...(invFreq ? { invFreq } : {}),
           ...(seq.bounded?.wantsScores ? { columnSums: true } : {}),
+          ...(context ? { context } : {}),
         },
       });
     }

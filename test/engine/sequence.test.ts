@@ -297,7 +297,7 @@ describe('dispose', () => {
 
 describe('bad input gives typed errors naming the argument', () => {
   const cases: [string, (m: Model) => unknown, string, RegExp][] = [
-    ['an unknown policy', (m) => m.sequence({ policy: { name: 'snapkv' } as never }), 'policy', /policy\.name: unknown policy 'snapkv'; known policies: 'full', 'cacheFocus', 'concat', 'parallelWindows', 'cascading', 'lacache', 'streaming', 'h2o'/],
+    ['an unknown policy', (m) => m.sequence({ policy: { name: 'snapkv' } as never }), 'policy', /policy\.name: unknown policy 'snapkv'; known policies: 'full', 'cacheFocus', 'concat', 'parallelWindows', 'ape', 'cascading', 'lacache', 'streaming', 'h2o'/],
     ['a bad lacache option', (m) => m.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 16 } }), 'policy', /policy\.overlap: expected an integer in \[0, span - 1\]/],
     ['a policy that is not an object', (m) => m.sequence({ policy: 'full' as never }), 'policy', /policy: expected a policy object/],
     ['an unknown policy option', (m) => m.sequence({ policy: { name: 'full', budget: 3 } as never }), 'policy', /unknown option 'budget' for policy 'full'/],
