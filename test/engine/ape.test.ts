@@ -105,6 +105,19 @@ describe('policies.ape(): two-part attention over stored documents', () => {
     tokens.forEach((t, i) => expect(t).toBe(argmax(want[query.length - 1 + i]!)));
   });
 
+  it('runs beside H2O (column sums) on one model: the two never share a step, both finish, APE still exact', async () => {
+    const policy = policies.ape();
+    const ape = model.generate({ store, documents: ['d1', 'd2'], query }, { maxTokens: 6, temperature: 0, stopTokens: [], policy });
+    const h2o = model.generate(ids(7, 30), { maxTokens: 6, temperature: 0, stopTokens: [], policy: policies.h2o({ budget: 16, recent: 8 }) });
+    const h2oAlone = await model.generate(ids(7, 30), { maxTokens: 6, temperature: 0, stopTokens: [], policy: policies.h2o({ budget: 16, recent: 8 }) }).result;
+    const [a, h] = await Promise.all([ape.result, h2o.result]);
+    expect(a.completionTokens).toBe(6);
+    expect(h.tokens).toEqual(h2oAlone.tokens);
+    const want = referenceApe([1, 2], [...query, ...a.tokens.slice(0, 5)], { temperature: 0.9, scale: 0.9 });
+    const argmax = (r: Float64Array) => r.reduce((best, x, i) => (x > r[best]! ? i : best), 0);
+    a.tokens.forEach((t, i) => expect(t).toBe(argmax(want[query.length - 1 + i]!)));
+  });
+
   it('no documents: plain attention over the prefix and the query', async () => {
     using seq = model.sequence({ store, documents: [], policy: policies.ape() });
     const rows = (await seq.append(query, { logits: 'all' }))!;
