@@ -71,6 +71,8 @@ export interface NativeOps {
     colLogDecay?: T | null,
     /** i32 [seqs]: only each sequence's last n query rows add into attnSum / kvAttnSum (0: all). */
     colLastRows?: T | null,
+    /** i32 [seqs, 4]: two-part (APE) attention, per sequence [begin, end, f32 bits of temperature, of scale]. */
+    ctxSplit?: T | null,
   ): void;
 }
 
@@ -156,6 +158,12 @@ export interface StepRequest {
   scoreDecay?: number;
   /** With columnSums: only this request's last n rows count (SnapKV's observation window); default all. */
   scoreRows?: number;
+  /**
+   * Two-part attention (APE): per layer [begin, end) slots of the context (layers x 2, each in
+   * that layer's slot order), attended with logits / temperature and merged with the rest by
+   * softmax([scale * temperature * lse_context, lse_other]) (kernels/paged_attention.h).
+   */
+  context?: { ranges: Int32Array; temperature: number; scale: number };
 }
 
 export interface NativeModel {

@@ -19,7 +19,7 @@ export {
 export { ContextStore, StoreWarning, type OpenStoreOptions, type PutManyOptions, type RemoteStoreOptions, type StoreContent, type StoreDocument, type StoreRemoteStats, type StoreStats, type StoreTierStats } from './store/context-store.js';
 export { STORE_ENTRY_VERSION, entryKey, type StoreEntryHeader } from './store/entry.js';
 export { Sequence, type AppendOptions, type LayerLayout, type SequenceInput, type SequenceLayout } from './llm/sequence.js';
-export { policies, policyNames, type CachePolicy, type CacheFocusPolicy, type CascadingPolicy, type ConcatPolicy, type FullAttentionPolicy, type H2OPolicy, type HeadReduction, type KeepRule, type LaCachePolicy, type ParallelWindowsPolicy, type SnapKVPolicy, type StreamingPolicy } from './policies/index.js';
+export { policies, policyNames, type ApePolicy, type CachePolicy, type CacheFocusPolicy, type CascadingPolicy, type ConcatPolicy, type FullAttentionPolicy, type H2OPolicy, type HeadReduction, type KeepRule, type LaCachePolicy, type ParallelWindowsPolicy, type SnapKVPolicy, type StreamingPolicy } from './policies/index.js';
 export type { GenerateOptions, SamplingOptions } from './llm/options.js';
 export type { GenerationStream, GeneratedToken, GenerationResult, FinishReason, LogitsRows } from './llm/scheduler.js';
 export * from './model/index.js';

@@ -89,6 +89,36 @@ function massRanges(v: unknown, seqs: number): Int32Array {
   return table;
 }
 
+/**
+ * pagedAttention's per-sequence `context` as the kernel's ContextSplit table: 4 i32 per sequence
+ * (begin, end, then the f32 bits of temperature and scale); sequences without one get an empty
+ * range (plain attention). Undefined when no sequence has a context.
+ */
+function contextSplit(seqs: readonly { context?: { begin: number; end: number; temperature?: number; scale?: number } }[]): Int32Array | undefined {
+  if (!seqs.some((s) => s.context !== undefined)) return undefined;
+  const table = new Int32Array(seqs.length * 4);
+  const floats = new Float32Array(table.buffer);
+  seqs.forEach((s, i) => {
+    const c = s.context;
+    floats[i * 4 + 2] = 1;
+    floats[i * 4 + 3] = 1;
+    if (c === undefined) return;
+    const where = `pagedAttention: sequences[${i}].context`;
+    if (!(Number.isInteger(c.begin) && Number.isInteger(c.end) && c.begin >= 0 && c.begin <= c.end && c.end <= 0x7fffffff)) {
+      throw new InvalidArgumentError(`${where}: [${c.begin}, ${c.end}] is not a range of slots (integers, 0 <= begin <= end < 2^31)`, 'sequences');
+    }
+    const temperature = c.temperature ?? 1;
+    const scale = c.scale ?? 1;
+    if (!(Number.isFinite(temperature) && temperature > 0)) throw new InvalidArgumentError(`${where}.temperature: expected a positive number but received ${describe(temperature)}`, 'sequences');
+    if (!Number.isFinite(scale)) throw new InvalidArgumentError(`${where}.scale: expected a finite number but received ${describe(scale)}`, 'sequences');
+    table[i * 4] = c.begin;
+    table[i * 4 + 1] = c.end;
+    floats[i * 4 + 2] = temperature;
+    floats[i * 4 + 3] = scale;
+  });
+  return table;
+}
+
 /** An i32 tensor on `device` from a Tensor or an Int32Array/number[] (a temporary, disposed by the caller). */
 function indexTensor(v: unknown, device: DeviceName, what: string): { t: Tensor; temporary: boolean } {
   if (v instanceof Tensor) {
@@ -663,13 +693,25 @@ export const ops = {
    * A sequence may give `valuePages` (values read from other pages than the keys, one per page)
    * and `pageRows` (rows of each page that hold tokens; later rows are holes, masked), as
    * sequences over stored documents do.
+   * A sequence's `context` turns on two-part attention (APE, `policies.ape()`): its slots
+   * [begin, end) are the context; each row attends to them with logits divided by
+   * `temperature` (T, default 1) and to its other visible slots separately, and the two outputs
+   * are mixed with weights softmax([scale * T * lse_context, lse_other]) (`scale`: S, default 1).
+   * Not combined with the scores (attnSum, kvAttnSum, rangeMass).
    */
   pagedAttention(
     q: Tensor,
     kPool: Tensor,
     vPool: Tensor,
     options: {
-      sequences: { queries: number; kvLength: number; pages: readonly number[]; valuePages?: readonly number[]; pageRows?: readonly number[] }[];
+      sequences: {
+        queries: number;
+        kvLength: number;
+        pages: readonly number[];
+        valuePages?: readonly number[];
+        pageRows?: readonly number[];
+        context?: { begin: number; end: number; temperature?: number; scale?: number };
+      }[];
       visible?: Int32Array | readonly number[];
       window?: number;
       scale?: number;
@@ -774,6 +816,10 @@ export const ops = {
       }
       lastRows = Int32Array.from(rows);
     }
+    const split = contextSplit(seqs);
+    if (split && (options.attnSum || options.kvAttnSum || ranges)) {
+      throw new InvalidArgumentError('pagedAttention: scores (attnSum, kvAttnSum, rangeMass) are not defined with a sequence context (two-part attention)', 'sequences');
+    }
     const maxKv = Math.max(0, ...kvLen);
     const idx = [qStart, kvLen, tableStart, Int32Array.from(table.length ? table : [0]), visible].map((a) => Tensor.from(a, { device }));
     if (window !== undefined) idx.push(Tensor.from(visible.map((v) => Math.max(0, v - window)), { device }));
@@ -788,18 +834,20 @@ export const ops = {
     const pagedTables = [paged.values ? valueTable : null, paged.rows ? rowsTable : null].map((t) =>
       t === null ? null : Tensor.from(Int32Array.from(t.length ? t : [0]), { device }),
     );
+    const splitTable = split ? Tensor.from(split, { device }) : undefined;
     try {
       const [qs, kl, ts, pt, vis, first] = idx.map((t) => t.handle()) as [ReturnType<Tensor['handle']>, ...ReturnType<Tensor['handle']>[]];
       native().ops.pagedAttention(q.handle(), kPool.handle(), vPool.handle(), out.handle(), qs, kl!, ts!, pt!, vis!, attnSum ? attnSum.handle() : null, {
         heads, kvHeads, headDim, pageSize, numPages, seqs: seqs.length, totalQ, maxKv, scale, numRanges,
       }, first ?? null, pagedTables[0]?.handle() ?? null, pagedTables[1]?.handle() ?? null,
-      kvAttnSum?.handle() ?? null, rangeTable?.handle() ?? null, rangeMass?.handle() ?? null, decayTensor?.handle() ?? null, rowsTensor?.handle() ?? null);
+      kvAttnSum?.handle() ?? null, rangeTable?.handle() ?? null, rangeMass?.handle() ?? null, decayTensor?.handle() ?? null, rowsTensor?.handle() ?? null, splitTable?.handle() ?? null);
     } finally {
       decayTensor?.dispose();
       rowsTensor?.dispose();
       for (const t of idx) t.dispose();
       for (const t of pagedTables) t?.dispose();
       rangeTable?.dispose();
+      splitTable?.dispose();
     }
     return { out, attnSum, kvAttnSum, rangeMass };
   },

@@ -17,6 +17,7 @@ import { checkOptions, checkTokenIds, optionNames } from '../validate.js';
 import { BOUNDED_POLICIES, type CachePolicy, type ResolvedPolicy, resolvePolicy } from '../policies/index.js';
 import { windowLayout } from '../policies/cache-focus.js';
 import { CacheFocusRuntime } from '../policies/cache-focus-runtime.js';
+import { ApeRuntime } from '../policies/ape-runtime.js';
 import { BoundedRuntime } from '../policies/bounded-runtime.js';
 import { CascadingRuntime } from '../policies/cascading-runtime.js';
 import { SnapKVRuntime } from '../policies/snapkv-runtime.js';
@@ -247,11 +248,14 @@ export class Model {
     }
     let starts: number[];
     let runtime: CacheFocusRuntime | null = null;
-    if (resolved.name === 'parallelWindows') {
+    if (resolved.name === 'parallelWindows' || resolved.name === 'ape') {
       starts = lengths.map(() => prefix);
       const end = prefix + Math.max(0, ...lengths);
       this.#checkLength(end, 0, 'documents');
       state.positionOffset = state.length - end;
+      if (resolved.name === 'ape') {
+        state.contextAttention = new ApeRuntime({ policy: resolved, layers: this.config.numLayers, native: () => state.native! });
+      }
     } else if (resolved.name === 'cacheFocus') {
       // Documents that do not fit the positions (with room for the query and the generation)
       // share them in parallel windows until pruning makes room.
@@ -293,6 +297,7 @@ export class Model {
       state.restore = () => {
         m.attach(state.native!, placements);
         runtime?.reset();
+        state.contextAttention?.reset();
       };
     };
     return new Sequence(this.#sequenceHost, state, resolved, prepare);
@@ -758,7 +763,7 @@ function runnable(p: ResolvedPolicy, overStore: boolean): ResolvedPolicy {
   if (p.name === 'cacheFocus' && !overStore) {
     throw new InvalidArgumentError("policy: 'cacheFocus' works on stored documents: model.sequence({ store, documents, policy })", 'policy');
   }
-  if ((p.name === 'concat' || p.name === 'parallelWindows') && !overStore) {
+  if ((p.name === 'concat' || p.name === 'parallelWindows' || p.name === 'ape') && !overStore) {
     throw new InvalidArgumentError(`policy: '${p.name}' places stored documents: model.sequence({ store, documents, policy })`, 'policy');
   }
   if (BOUNDED_POLICIES.includes(p.name) && overStore) {

@@ -19,6 +19,7 @@ import { AbortError, DisposedError, KvfocusError, OutOfMemoryError, QueueFullErr
 import type { StreamDecoder } from '../model/tokenizer.js';
 import type { LayerSegmenter } from '../policies/cache-focus-runtime.js';
 import type { BoundedPolicyRuntime } from '../policies/bounded-runtime.js';
+import type { ContextAttention } from '../policies/ape-runtime.js';
 
 /**
  * Why a generation ended: a stop token or string ('stop'), maxTokens or the sequence limit
@@ -100,6 +101,8 @@ export class SequenceState {
   segments: LayerSegmenter | null = null;
   /** A policy that bounds what each layer keeps, applied after every step (streaming, LaCache, H2O). */
   bounded: BoundedPolicyRuntime | null = null;
+  /** A policy whose steps attend to the documents as a separate part (APE's two-part attention). */
+  contextAttention: ContextAttention | null = null;
 
   constructor(
     native: NativeSequence,
@@ -285,6 +288,9 @@ export class Scheduler {
   #waiting: Request[] = []; // FIFO; preempted requests go back to the front
   #idle: SequenceState[] = []; // kept sequences holding KV with no request, least recently used first
   #looping = false;
+  // Two-part attention (APE) and column sums (H2O) cannot share a step: the kind a step left
+  // out goes first in the next one.
+  #first: 'context' | 'scores' | null = null;
   #peakQueued = 0;
   #preemptions = 0;
   #evictions = 0;
@@ -736,17 +742,29 @@ export class Scheduler {
       ];
     }
     let budget = this.options.stepTokens;
-    const order = [...this.#running].sort((a, b) => pending(a) - pending(b));
+    // The kernels define no attention scores for APE's two-part mixture, so a step holds
+    // sequences that attend in two parts or sequences that want column sums, never both.
+    const kind = (r: Request) => (r.init.seq.contextAttention ? 'context' : r.init.seq.bounded?.wantsScores ? 'scores' : null);
+    const preferred = (r: Request) => Number(this.#first !== null && kind(r) === this.#first);
+    const order = [...this.#running].sort((a, b) => preferred(b) - preferred(a) || pending(a) - pending(b));
     const batch: Planned[] = [];
+    let taken: 'context' | 'scores' | null = null;
+    let left: 'context' | 'scores' | null = null;
     for (const req of order) {
       if (budget <= 0) break;
       const seq = req.init.seq;
+      const k = kind(req);
+      if (k !== null && taken !== null && k !== taken) {
+        left = k;
+        continue;
+      }
       const at = seq.cached;
       // A bounded policy takes its input in chunks of at most its capacity (each chunk attends
       // to what the layer kept and to itself), so it never needs more than twice that.
       const n = Math.min(pending(req), this.options.prefillChunk, budget, seq.bounded ? seq.bounded.maxChunk : Infinity);
       if (n === 0) continue;
       budget -= n;
+      if (k !== null) taken = k;
       const tokens = seq.tokens.slice(at, at + n);
       if (seq.bounded && at === 0) seq.bounded.reset(); // fed again from the start (its KV was freed)
       try {
@@ -772,6 +790,7 @@ export class Scheduler {
       // The sequence length HF would see in this forward: the whole input for each of its
       // chunks (HF reads it in one forward), then each decode step's own length.
       const invFreq = this.options.ropeFrequencies?.(Math.max(req.end, at + n));
+      const context = seq.cached >= seq.attached ? seq.contextAttention?.context() : undefined;
       batch.push({
         req,
         fed: n,
@@ -785,9 +804,11 @@ export class Scheduler {
           ...(sampling ? { sample: req.init.generation!.sampling } : {}),
           ...(invFreq ? { invFreq } : {}),
           ...(seq.bounded?.wantsScores ? { columnSums: true, ...seq.bounded.scoreOptions } : {}),
+          ...(context ? { context } : {}),
         },
       });
     }
+    this.#first = left;
     return batch;
   }
 

@@ -1,6 +1,6 @@
 // Baselines on the same store as CacheFocus (shared/METHODS.md, "Baselines every benchmark must
 // include"): plain RAG and parallel windows. Both are placements of the stored documents; the
-// sequence applies them when it opens.
+// sequence applies them when it opens. APE (parallel windows + two-part attention) is ./ape.ts.
 
 /**
  * Plain RAG: [P; documents; query] prefilled jointly at query time with full attention, the

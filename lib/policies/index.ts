@@ -8,6 +8,7 @@ import { CACHE_FOCUS_OPTIONS, resolveCacheFocus, type CacheFocusPolicy, type Res
 import { CASCADING_OPTIONS, type CascadingPolicy, type ResolvedCascadingPolicy, resolveCascading } from './cascading.js';
 import type { FullAttentionPolicy } from './full.js';
 import type { ConcatPolicy, ParallelWindowsPolicy } from './baselines.js';
+import { APE_OPTIONS, type ApePolicy, resolveApe, type ResolvedApePolicy } from './ape.js';
 import { type H2OPolicy, resolveH2O, resolveStreaming, type StreamingPolicy } from './bounded.js';
 import { LACACHE_OPTIONS, type LaCachePolicy, type ResolvedLaCachePolicy, resolveLaCache } from './lacache.js';
 import { type ResolvedSnapKVPolicy, resolveSnapKV, SNAPKV_OPTIONS, type SnapKVPolicy } from './snapkv.js';
@@ -15,6 +16,7 @@ import { type ResolvedSnapKVPolicy, resolveSnapKV, SNAPKV_OPTIONS, type SnapKVPo
 export { cascading, type CascadingPolicy, type HeadReduction, type ResolvedCascadingPolicy } from './cascading.js';
 export type { FullAttentionPolicy } from './full.js';
 export type { ConcatPolicy, ParallelWindowsPolicy } from './baselines.js';
+export type { ApePolicy, ResolvedApePolicy } from './ape.js';
 export type { H2OPolicy, StreamingPolicy } from './bounded.js';
 export type { SnapKVPolicy } from './snapkv.js';
 export type { CacheFocusPolicy, KeepRule } from './cache-focus.js';
@@ -26,6 +28,7 @@ export type CachePolicy =
   | CascadingPolicy
   | ConcatPolicy
   | ParallelWindowsPolicy
+  | ApePolicy
   | LaCachePolicy
   | StreamingPolicy
   | H2OPolicy
@@ -51,6 +54,7 @@ export type ResolvedPolicy =
   | ResolvedCascadingPolicy
   | Readonly<ConcatPolicy>
   | Readonly<ParallelWindowsPolicy>
+  | ResolvedApePolicy
   | ResolvedLaCachePolicy
   | Readonly<StreamingPolicy>
   | Readonly<H2OPolicy>
@@ -67,6 +71,7 @@ const POLICIES: Record<string, PolicyDefinition> = {
   cacheFocus: { options: CACHE_FOCUS_OPTIONS, resolve: resolveCacheFocus },
   concat: { options: ['name'], resolve: () => Object.freeze({ name: 'concat' as const }) },
   parallelWindows: { options: ['name'], resolve: () => Object.freeze({ name: 'parallelWindows' as const }) },
+  ape: { options: APE_OPTIONS, resolve: resolveApe },
   cascading: { options: CASCADING_OPTIONS, resolve: resolveCascading },
   lacache: { options: LACACHE_OPTIONS, resolve: resolveLaCache },
   streaming: { options: ['name', 'sinks', 'window'], resolve: resolveStreaming },
@@ -84,6 +89,7 @@ export const policies = Object.freeze({
   cascading: (options: Omit<CascadingPolicy, 'name'> = {}): CascadingPolicy => checked({ ...options, name: 'cascading' }),
   concat: (): ConcatPolicy => checked({ name: 'concat' }),
   parallelWindows: (): ParallelWindowsPolicy => checked({ name: 'parallelWindows' }),
+  ape: (options: Omit<ApePolicy, 'name'> = {}): ApePolicy => checked({ ...options, name: 'ape' }),
   lacache: (options: Omit<LaCachePolicy, 'name'>): LaCachePolicy => checked({ ...options, name: 'lacache' }),
   streaming: (options: Omit<StreamingPolicy, 'name' | 'sinks'> & { sinks?: number }): StreamingPolicy => checked({ ...options, name: 'streaming' } as StreamingPolicy),
   h2o: (options: Omit<H2OPolicy, 'name' | 'recent'> & { recent?: number }): H2OPolicy => checked({ ...options, name: 'h2o' } as H2OPolicy),

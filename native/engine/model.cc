@@ -38,6 +38,9 @@ struct StepPlan {
   // ranges (a request with fewer ranges padded with empty ones); num_ranges 0: none asked.
   int64_t num_ranges = 0;
   std::vector<size_t> mass_ranges;
+  // Two-part attention, when some request asks: per layer offset into ints of (seqs) ContextSplit
+  // (requests without one get an empty range); empty: none asked.
+  std::vector<size_t> ctx_split;
   std::vector<float> floats;               // per-request RoPE frequencies, packed: one upload
   std::vector<int64_t> inv_freq;           // per request offset into floats, -1: the model's
   std::vector<int32_t> logit_rows;         // rows of the final hidden state to project
@@ -276,6 +279,8 @@ Status run_forward(Backend& be, Device* dev, const ModelSpec& s, const ModelWeig
         a.num_ranges = NR;
         a.range_mass = masses + l * T * H * NR;
       }
+      if (!plan.ctx_split.empty())
+        a.ctx_split = reinterpret_cast<const ContextSplit*>(ints + plan.ctx_split[static_cast<size_t>(l)]);
       KVF_RETURN_IF_ERROR(be.paged_attention(a));
     }
     KVF_RETURN_IF_ERROR(linear(attn, lw.wo, o, D, H * hd));
@@ -444,6 +449,10 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
   for (const StepRequest& r : batch) {
     if (r.num_ranges < 0 || r.mass_ranges.size() != L * static_cast<size_t>(std::max<int64_t>(0, r.num_ranges)) * 2)
       return invalid_argument("step: mass_ranges must hold layers x num_ranges [begin, end) pairs");
+    if (!r.ctx_ranges.empty() && r.ctx_ranges.size() != L * 2)
+      return invalid_argument("step: ctx_ranges must hold one [begin, end) pair per layer");
+    if (!r.ctx_ranges.empty() && (r.num_ranges > 0 || r.column_sums))
+      return unsupported("step: scores (range masses, column sums) are not defined for two-part (context) attention");
   }
   // A step over part of the layers holds one request (the rows of every op are its rows).
   plan->layer_begin = 0;
@@ -593,6 +602,23 @@ Status Model::enqueue_step(std::vector<StepRequest> batch, std::function<void(St
         if (nr > 0) std::copy_n(batch[i].mass_ranges.begin() + static_cast<ptrdiff_t>(l * nr * 2), nr * 2, table.begin() + static_cast<ptrdiff_t>(i * NR * 2));
       }
       plan->mass_ranges.push_back(push(plan->ints, table));
+    }
+  }
+  // Two-part attention: each layer's (seqs) ContextSplit table. Scores are refused with it (the
+  // kernels do), so a step that mixes them with a context fails rather than drops them.
+  bool contexts = false;
+  for (const StepRequest& r : batch) contexts |= !r.ctx_ranges.empty();
+  if (contexts && (plan->num_ranges > 0 || plan->column_sums))
+    return unsupported("step: scores (range masses, column sums) cannot share a step with two-part (context) attention");
+  if (contexts) {
+    for (size_t l = 0; l < L; ++l) {
+      std::vector<ContextSplit> table(S);
+      for (size_t i = 0; i < S; ++i) {
+        const StepRequest& r = batch[i];
+        if (r.ctx_ranges.empty()) continue;
+        table[i] = ContextSplit{r.ctx_ranges[2 * l], r.ctx_ranges[2 * l + 1], r.ctx_temperature, r.ctx_scale};
+      }
+      plan->ctx_split.push_back(push_structs(plan->ints, table));
     }
   }
   for (size_t i = 0; i < S; ++i) {

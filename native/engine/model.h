@@ -83,6 +83,12 @@ struct StepRequest {
   float score_decay = 0.0f;
   // With column_sums: only the request's last score_rows rows count (0: all; SnapKV's window).
   int64_t score_rows = 0;
+  // Two-part attention (APE, kernels/paged_attention.h): with ctx_ranges (layers x 2) not empty,
+  // every layer's attention treats this request's slots [begin, end) of that layer as the
+  // context (logits / ctx_temperature, log-sum-exp x ctx_scale x ctx_temperature in the merge).
+  // Not combined with the scores (mass_ranges, column_sums).
+  std::vector<int32_t> ctx_ranges;
+  float ctx_temperature = 1.0f, ctx_scale = 1.0f;
 };
 
 struct StepResult {

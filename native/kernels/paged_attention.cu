@@ -32,6 +32,15 @@
 // thread adds each column's total (heads of the group in order, then their sum): no atomics,
 // deterministic.
 //
+// two_part_kernel (ctx_split, APE): attention_kernel's walk with two online-softmax states per
+// warp, [0] over the other slots and [1] over the sequence's context slots (scores scaled by
+// 1 / T); whether a slot is context depends on its index only, so it is warp-uniform in the
+// score loop. The warps' states merge per part; then, without a split, the two parts merge with
+// softmax([S T lse_c, lse_o]) (two_part_weights); with one, each part's (M, L, acc) goes to the
+// workspace and two_part_combine_kernel merges the splits per part, then the parts. A sequence
+// without context (begin >= end) has L_c = 0, so its rows get plain attention. Score outputs are
+// refused with ctx_split (paged_attention.h).
+//
 // Sliding window: a row sees slots [first_visible, visible); the split and the warps share out
 // that range only, and attn_sum leaves the slots before it alone.
 //
@@ -406,10 +415,188 @@ __global__ void __launch_bounds__(kThreads) col_sum_kernel(PagedAttentionArgs a,
     a.kv_attn_sum[(s * a.kv_heads + g) * a.max_kv + tile0 + lane] += kv_total;
 }
 
+// Multipliers of the two parts' unnormalised accumulators (paged_attention.h): acc_c * *w_c +
+// acc_o * *w_o is the row's output. A part with l = 0 weighs 0; both 0 for a row that sees nothing.
+__device__ __forceinline__ void two_part_weights(const ContextSplit& c, float m_c, float l_c, float m_o, float l_o, float* w_c,
+                                                 float* w_o) {
+  const float x_c = l_c > 0.0f ? c.scale * c.temperature * (m_c + logf(l_c)) : -INFINITY;
+  const float x_o = l_o > 0.0f ? m_o + logf(l_o) : -INFINITY;
+  const float x = fmaxf(x_c, x_o);
+  *w_c = 0.0f;
+  *w_o = 0.0f;
+  if (x == -INFINITY) return;
+  const float e_c = x_c == -INFINITY ? 0.0f : expf(x_c - x), e_o = x_o == -INFINITY ? 0.0f : expf(x_o - x);
+  if (l_c > 0.0f) *w_c = e_c / (e_c + e_o) / l_c;
+  if (l_o > 0.0f) *w_o = e_o / (e_c + e_o) / l_o;
+}
+
+// With a split, a (row, head, split)'s partial state is [M_o, L_o, acc_o[d], M_c, L_c, acc_c[d]]
+// (pstride = 2 (d + 2)).
+template <typename KV, int DPL>
+__global__ void __launch_bounds__(kThreads) two_part_kernel(PagedAttentionArgs a, int splits, int64_t pstride,
+                                                            float* __restrict__ partial) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t th = blockIdx.x;  // t * heads + h
+  const int64_t t = th / a.heads, h = th % a.heads;
+  const int split = blockIdx.y;
+  const int64_t d = a.head_dim;
+  const int64_t g = h / (a.heads / a.kv_heads);
+  const Row row = find_row(a, t);
+  const int64_t chunk = (row.visible - row.first + splits - 1) / splits;
+  const int64_t begin = min64(row.visible, row.first + split * chunk);
+  const int64_t end = min64(row.visible, begin + chunk);
+  const int64_t table = row.seq >= 0 ? a.table_start[row.seq] : 0;
+  const ContextSplit c = row.seq >= 0 ? a.ctx_split[row.seq] : ContextSplit{};
+  const float scale_c = a.scale / c.temperature;
+  const KV* __restrict__ kp = static_cast<const KV*>(a.k_pool);
+  const KV* __restrict__ vp = static_cast<const KV*>(a.v_pool);
+
+  float q[DPL], acc[2][DPL];
+#pragma unroll
+  for (int k = 0; k < DPL; ++k) {
+    const int64_t i = k * 32 + lane;
+    q[k] = i < d ? load_f32(a.q, a.q_dtype, th * d + i) : 0.0f;
+    acc[0][k] = 0.0f;
+    acc[1][k] = 0.0f;
+  }
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  for (int64_t tile = begin + warp * kTile; tile < end; tile += kWarps * kTile) {
+    const int n = static_cast<int>(min64(kTile, end - tile));  // warp-uniform
+    const int64_t my_off = lane < n ? slot_offset(a, table, tile + lane, g) : -1;
+    const int64_t my_voff = a.v_page_table == nullptr ? my_off : (lane < n ? slot_offset(a, table, tile + lane, g, true) : -1);
+    const bool my_ctx = tile + lane >= c.begin && tile + lane < c.end;
+    float my_s = -INFINITY;  // lane jj: score of slot tile + jj, in its part's scale
+#pragma unroll 4
+    for (int jj = 0; jj < n; ++jj) {
+      const int64_t off = __shfl_sync(kFull, my_off, jj);
+      const bool ctx = tile + jj >= c.begin && tile + jj < c.end;
+      const float part = off >= 0 ? score_part<DPL>(q, kp + off, d, lane) : 0.0f;
+      const float s = warp_sum(part) * (ctx ? scale_c : a.scale);
+      if (lane == jj && off >= 0) my_s = s;
+    }
+    float p[2];
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const float s = (k == 1) == my_ctx ? my_s : -INFINITY;
+      const float m_new = fmaxf(m[k], warp_max(s));
+      p[k] = 0.0f;
+      if (m_new == -INFINITY) continue;  // nothing of this part yet (warp-uniform)
+      const float alpha = expf(m[k] - m_new);  // 0 while m = -inf
+      p[k] = s == -INFINITY ? 0.0f : expf(s - m_new);
+      l[k] = l[k] * alpha + warp_sum(p[k]);
+#pragma unroll
+      for (int e = 0; e < DPL; ++e) acc[k][e] *= alpha;
+      m[k] = m_new;
+    }
+#pragma unroll 4
+    for (int jj = 0; jj < n; ++jj) {
+      const int64_t off = __shfl_sync(kFull, my_voff, jj);
+      const float p0 = __shfl_sync(kFull, p[0], jj), p1 = __shfl_sync(kFull, p[1], jj);
+      if (off >= 0) {
+#pragma unroll
+        for (int e = 0; e < DPL; ++e) {
+          const int64_t i = e * 32 + lane;
+          if (i < d) {
+            const float v = to_f32(vp[off + i]);
+            acc[0][e] += p0 * v;
+            acc[1][e] += p1 * v;
+          }
+        }
+      }
+    }
+  }
+
+  // Merge the warps per part: weights exp(m_w - M), an empty warp (m_w = -inf) weighs 0.
+  __shared__ float s_m[2][kWarps], s_l[2][kWarps];
+  __shared__ float s_acc[2][kWarps][DPL * 32];
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    if (lane == 0) {
+      s_m[k][warp] = m[k];
+      s_l[k][warp] = l[k];
+    }
+#pragma unroll
+    for (int e = 0; e < DPL; ++e) s_acc[k][warp][e * 32 + lane] = acc[k][e];
+  }
+  __syncthreads();
+  float M[2], L[2], wgt[2][kWarps];
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    M[k] = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) M[k] = fmaxf(M[k], s_m[k][w]);
+    L[k] = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      wgt[k][w] = s_m[k][w] == -INFINITY ? 0.0f : expf(s_m[k][w] - M[k]);
+      L[k] += s_l[k][w] * wgt[k][w];
+    }
+  }
+  float* part = partial + (th * splits + split) * pstride;  // used only with a split
+  float w_c = 0.0f, w_o = 0.0f;
+  if (splits == 1) two_part_weights(c, M[1], L[1], M[0], L[0], &w_c, &w_o);
+  for (int64_t i = threadIdx.x; i < d; i += kThreads) {
+    float o[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
+      for (int w = 0; w < kWarps; ++w) o[k] += s_acc[k][w][i] * wgt[k][w];
+    if (splits == 1) {
+      store_f32(a.out, a.out_dtype, th * d + i, o[1] * w_c + o[0] * w_o);
+    } else {
+      part[2 + i] = o[0];
+      part[d + 4 + i] = o[1];
+    }
+  }
+  if (threadIdx.x == 0 && splits > 1) {
+    part[0] = M[0];
+    part[1] = L[0];
+    part[d + 2] = M[1];
+    part[d + 3] = L[1];
+  }
+}
+
+// Decode split of two-part attention: merges the splits of one (row, head) per block, each part
+// on its own, then the parts.
+__global__ void __launch_bounds__(kThreads) two_part_combine_kernel(PagedAttentionArgs a, int splits, int64_t pstride,
+                                                                    const float* __restrict__ partial) {
+  const int64_t th = blockIdx.x;
+  const int64_t d = a.head_dim;
+  const float* p = partial + th * splits * pstride;
+  const Row row = find_row(a, th / a.heads);
+  const ContextSplit c = row.seq >= 0 ? a.ctx_split[row.seq] : ContextSplit{};
+  __shared__ float s_w[2][kMaxSplits];
+  float M[2], L[2];
+  for (int k = 0; k < 2; ++k) {
+    const float* pk = p + k * (d + 2);
+    M[k] = -INFINITY;
+    for (int s = 0; s < splits; ++s) M[k] = fmaxf(M[k], pk[s * pstride]);
+    for (int s = threadIdx.x; s < splits; s += kThreads) {
+      const float ms = pk[s * pstride];
+      s_w[k][s] = ms == -INFINITY ? 0.0f : expf(ms - M[k]);
+    }
+  }
+  __syncthreads();
+  for (int k = 0; k < 2; ++k) {
+    L[k] = 0.0f;
+    for (int s = 0; s < splits; ++s) L[k] += p[k * (d + 2) + s * pstride + 1] * s_w[k][s];
+  }
+  float w_c, w_o;
+  two_part_weights(c, M[1], L[1], M[0], L[0], &w_c, &w_o);
+  for (int64_t i = threadIdx.x; i < d; i += kThreads) {
+    float o[2] = {0.0f, 0.0f};
+    for (int k = 0; k < 2; ++k)
+      for (int s = 0; s < splits; ++s) o[k] += p[k * (d + 2) + s * pstride + 2 + i] * s_w[k][s];
+    store_f32(a.out, a.out_dtype, th * d + i, o[1] * w_c + o[0] * w_o);
+  }
+}
+
 template <typename KV, int DPL>
 void launch(const PagedAttentionArgs& a, int splits, int ranges, int64_t pstride, float* partial, float2* stats, cudaStream_t stream) {
   const int64_t rows = a.total_q * a.heads;
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
+  if (a.ctx_split != nullptr) {  // two-part attention: no scores (refused by the caller)
+    two_part_kernel<KV, DPL><<<grid, kThreads, 0, stream>>>(a, splits, pstride, partial);
+    if (splits > 1) two_part_combine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(a, splits, pstride, partial);
+    return;
+  }
   const size_t mass_smem = static_cast<size_t>(kWarps) * ranges * sizeof(float);
   attention_kernel<KV, DPL><<<grid, kThreads, mass_smem, stream>>>(a, splits, ranges, pstride, partial, stats);
   if (splits > 1) combine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(a, splits, ranges, pstride, partial, stats);
@@ -461,10 +648,12 @@ Status paged_attention_cuda(const PagedAttentionArgs& a, void* stream) {
   if (ranges > kMaxRanges)
     return unsupported(op + std::to_string(ranges) + " ranges for range_mass; CUDA takes at most " + std::to_string(kMaxRanges));
   if (ranges > 0 && a.mass_ranges == nullptr) return invalid_argument(op + "range_mass needs mass_ranges");
+  if (a.ctx_split != nullptr && (col_sums || ranges > 0))
+    return unsupported(op + "scores (attn_sum, kv_attn_sum, range_mass) are not defined for two-part (ctx_split) attention");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
 
   const int splits = choose_splits(a);
-  const int64_t pstride = a.head_dim + 2 + ranges;
+  const int64_t pstride = a.ctx_split != nullptr ? 2 * (a.head_dim + 2) : a.head_dim + 2 + ranges;
   const size_t stats_bytes = col_sums ? static_cast<size_t>(rows) * sizeof(float2) : 0;
   const size_t partial_bytes = splits > 1 ? static_cast<size_t>(rows) * splits * pstride * sizeof(float) : 0;
   char* workspace = nullptr;

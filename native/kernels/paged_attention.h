@@ -52,11 +52,35 @@
 // L. The column sums need every row of a sequence per column, so a second pass recomputes s_j
 // with the first pass's arithmetic (bitwise the same score) and adds exp(s_j - M) / L with the
 // row's final (M, L) taken from the first pass: the same probability, not an estimate.
-#pragma once
+//
+// Two-part attention (APE, Yang et al., ICLR 2025, arXiv 2502.05431; "adaptive parallel
+// encoding"), when ctx_split is not null: sequence s's slots [ctx_split[s].begin,
+// ctx_split[s].end) (slot order, i.e. page-table order) are its context (the stored documents,
+// encoded in parallel), every other visible slot is "other" (the shared prefix, the query, what
+// is generated). Each query row t, head h then runs two online softmaxes over what it sees:
+//   context: s_j = scale * q . k_j / T            -> o_c = sum p_j v_j,  lse_c = log sum exp(s_j)
+//   other:   s_j = scale * q . k_j                -> o_o,                lse_o
+//   out = w_c o_c + w_o o_o,   [w_c, w_o] = softmax([S * T * lse_c, lse_o])
+// with T = ctx_split[s].temperature, S = ctx_split[s].scale. The S * T factor is the authors'
+// code (Infini-AI-Lab/APE, ape/ape_llama.py, llama_attention_prefill_query: flash-attention's
+// lse with softmax_scale 1 / (sqrt(d) T), multiplied by `scale * temperature` before the softmax
+// that merges the two parts). A part the row does not see (no visible slot in it) weighs 0; a row
+// that sees neither gets zeros. T = S = 1 is plain attention over both parts. A sequence with
+// begin >= end has no context and runs plain attention. Off (null): costs nothing. The score
+// outputs (attn_sum, kv_attn_sum, range_mass) are not defined for the two-part mixture and are
+// refused with it (unsupported).
 #pragma once
 #include "common.h"
 
 namespace kvf {
+
+// One sequence's context part for two-part (APE) attention: 16 bytes, so the engine packs a
+// table of them into its i32 upload (8-byte aligned).
+struct ContextSplit {
+  int32_t begin = 0, end = 0;  // [begin, end) slots of the context (documents)
+  float temperature = 1.0f;    // T: the context's logits are divided by it
+  float scale = 1.0f;          // S: the context's log-sum-exp is multiplied by S * T
+};
 
 struct PagedAttentionArgs {
   const void* q = nullptr;
@@ -89,6 +113,8 @@ struct PagedAttentionArgs {
   const int32_t* mass_ranges = nullptr;  // (seqs, num_ranges, 2): [begin, end) slot ranges
   int64_t num_ranges = 0;
   float* range_mass = nullptr;           // optional (total_q, heads, num_ranges), written
+  // Two-part (APE) attention (see above); null: off.
+  const ContextSplit* ctx_split = nullptr;  // optional (seqs)
 };
 
 Status paged_attention_cpu(const PagedAttentionArgs& args);

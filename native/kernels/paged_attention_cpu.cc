@@ -25,6 +25,12 @@
 // one fixed order) and adds exp(s - max) / sum with the row's final (max, sum), rows in order:
 // deterministic for any thread count.
 //
+// Two-part (APE) attention (ctx_split): per work item, attend_range runs once over the row's
+// context slots (scores scaled by 1 / T) into a second state, then over the other slots (before
+// and after the context) into the first; store_two_part merges the two normalised outputs with
+// the weights softmax([S T lse_c, lse_o]). The decode split keeps both states per chunk and merges
+// each part over the chunks first. Sequences without a context run the one-part path.
+//
 // Vector code: GCC vector extensions (8 x f32) inside always-inline helpers, compiled into the
 // KVF_CPU_CLONES functions for baseline x86-64, AVX2+FMA and AVX-512. Each dot product is one
 // 8-lane FMA chain over head_dim reduced in a fixed pairwise order, then the head_dim % 8 tail;
@@ -246,6 +252,7 @@ inline int64_t first_visible(const PagedAttentionArgs& a, int64_t t) { return a.
 // Per-thread scratch for one parallel_for chunk.
 struct Scratch {
   std::vector<float> q, acc, m, l, mass, scores, kbuf, vbuf;
+  std::vector<float> acc_c, m_c, l_c, out_row;  // two-part attention: the context part's state
   std::vector<const float*> krows, vrows;
   std::vector<int64_t> offs, voffs, next_offs;
   std::vector<float> zeros;  // the value row a hole reads (its weight is 0; pool rows may hold NaN)
@@ -264,6 +271,10 @@ struct Scratch {
     vrows.resize(block);
     offs.resize(block);
     next_offs.resize(block);
+    acc_c.resize(group * d);
+    m_c.resize(group);
+    l_c.resize(group);
+    out_row.resize(d);
   }
 };
 
@@ -300,17 +311,22 @@ KVF_ALWAYS_INLINE void prefetch_rows(const KV* pool, const int64_t* offs, int64_
 
 // Slots [j_begin, j_end) of row t for the heads of kv head g: leaves (m, l, acc) per head in
 // the scratch (m = -inf, l = 0, acc = 0 for an empty range), and with range_mass, the unscaled
-// mass of every range per head (l's share of each range). The q rows are in scratch.q.
+// mass of every range per head (l's share of each range). The q rows are in scratch.q. Scores
+// are `scale` * q . k; with fresh = false the state already in the scratch is carried on (one
+// softmax over two disjoint ranges).
 template <typename KV>
-KVF_ALWAYS_INLINE void attend_range(const Layout& L, int64_t s, int64_t g, int64_t j_begin, int64_t j_end, Scratch& w) {
+KVF_ALWAYS_INLINE void attend_range(const Layout& L, int64_t s, int64_t g, int64_t j_begin, int64_t j_end, Scratch& w,
+                                    float scale, bool fresh = true) {
   const PagedAttentionArgs& a = L.a;
   const int64_t d = a.head_dim, G = L.group;
   const KV* kp = static_cast<const KV*>(a.k_pool);
   const KV* vp = static_cast<const KV*>(a.v_pool);
-  std::fill(w.acc.begin(), w.acc.end(), 0.0f);
-  std::fill(w.m.begin(), w.m.end(), -INFINITY);
-  std::fill(w.l.begin(), w.l.end(), 0.0f);
-  std::fill(w.mass.begin(), w.mass.end(), 0.0f);
+  if (fresh) {
+    std::fill(w.acc.begin(), w.acc.end(), 0.0f);
+    std::fill(w.m.begin(), w.m.end(), -INFINITY);
+    std::fill(w.l.begin(), w.l.end(), 0.0f);
+    std::fill(w.mass.begin(), w.mass.end(), 0.0f);
+  }
   const int64_t R = L.ranges;
   const int32_t* ranges = R > 0 ? a.mass_ranges + s * R * 2 : nullptr;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBlock) {
@@ -327,7 +343,7 @@ KVF_ALWAYS_INLINE void attend_range(const Layout& L, int64_t s, int64_t g, int64
       prefetch_rows(kp, w.next_offs.data(), next_n, d);
     }
     gather_rows(kp, w.offs.data(), n, d, w.kbuf.data(), w.krows.data());
-    for (int64_t hh = 0; hh < G; ++hh) block_scores(&w.q[hh * d], w.krows.data(), n, d, a.scale, &w.scores[hh * kBlock]);
+    for (int64_t hh = 0; hh < G; ++hh) block_scores(&w.q[hh * d], w.krows.data(), n, d, scale, &w.scores[hh * kBlock]);
     if (!paged_values) {
       gather_rows(vp, w.offs.data(), n, d, w.vbuf.data(), w.vrows.data());
     } else {
@@ -367,11 +383,52 @@ KVF_ALWAYS_INLINE void attend_range(const Layout& L, int64_t s, int64_t g, int64
   }
 }
 
+// Sequence s's context for two-part attention, or null when it has none (or the mode is off).
+inline const ContextSplit* context_of(const PagedAttentionArgs& a, int64_t s) {
+  if (a.ctx_split == nullptr) return nullptr;
+  const ContextSplit* c = a.ctx_split + s;
+  return c->begin < c->end ? c : nullptr;
+}
+
+// Two-part attention over slots [jb, je): the context's share of them into (m_c, l_c, acc_c),
+// scores scaled by 1 / T; the rest (before and after it) into (m, l, acc), one softmax.
+template <typename KV>
+KVF_ALWAYS_INLINE void attend_two_part(const Layout& L, int64_t s, int64_t g, int64_t jb, int64_t je, const ContextSplit& c,
+                                       Scratch& w) {
+  const int64_t cb = std::min<int64_t>(std::max<int64_t>(c.begin, jb), je);
+  const int64_t ce = std::min<int64_t>(std::max<int64_t>(c.end, cb), je);
+  attend_range<KV>(L, s, g, cb, ce, w, L.a.scale / c.temperature);
+  std::swap(w.m, w.m_c);
+  std::swap(w.l, w.l_c);
+  std::swap(w.acc, w.acc_c);
+  attend_range<KV>(L, s, g, jb, cb, w, L.a.scale);
+  attend_range<KV>(L, s, g, ce, je, w, L.a.scale, false);
+}
+
+// Row t, head h of out from the two parts' states: o = w_c acc_c / l_c + w_o acc_o / l_o with
+// [w_c, w_o] = softmax([S T lse_c, lse_o]), lse = m + log l (paged_attention.h). A part with
+// l = 0 (no visible slot) weighs 0; a row that sees nothing gets zeros.
+inline void store_two_part(const PagedAttentionArgs& a, int64_t t, int64_t h, const ContextSplit& c, float m_c, float l_c,
+                           const float* acc_c, float m_o, float l_o, const float* acc_o, float* row) {
+  const int64_t d = a.head_dim;
+  const float x_c = l_c > 0.0f ? c.scale * c.temperature * (m_c + std::log(l_c)) : -INFINITY;
+  const float x_o = l_o > 0.0f ? m_o + std::log(l_o) : -INFINITY;
+  const float x = std::max(x_c, x_o);
+  float w_c = 0.0f, w_o = 0.0f;
+  if (x != -INFINITY) {
+    const float e_c = x_c == -INFINITY ? 0.0f : std::exp(x_c - x), e_o = x_o == -INFINITY ? 0.0f : std::exp(x_o - x);
+    if (l_c > 0.0f) w_c = e_c / (e_c + e_o) / l_c;
+    if (l_o > 0.0f) w_o = e_o / (e_c + e_o) / l_o;
+  }
+  for (int64_t i = 0; i < d; ++i) row[i] = w_c * acc_c[i] + w_o * acc_o[i];
+  store_row(a.out, a.out_dtype, (t * a.heads + h) * d, d, row, 1.0f);
+}
+
 // Per (row, kv head, chunk) partial state in the decode split: per head [m, l, acc[d], mass[R]].
 struct Split {
   int64_t chunks = 1;
   int64_t chunk_len = 0;
-  int64_t stride = 0;          // d + 2 + R: one head's partial state
+  int64_t stride = 0;          // d + 2 + R: one head's partial state; two-part: 2 (d + 2), other then context
   std::vector<float> partial;  // (total_q, kv_heads, chunks, group, stride)
 };
 
@@ -400,7 +457,24 @@ KVF_CPU_CLONES void attend_items(const Layout& L, Split& sp, float* stats, int64
     const int64_t je = sp.chunks == 1 ? vis : std::min(vis, jb + sp.chunk_len);
     const int64_t h0 = g * G;
     load_row(a.q, a.q_dtype, (t * a.heads + h0) * d, G * d, w.q.data());
-    attend_range<KV>(L, s, g, jb, je, w);
+    if (const ContextSplit* ctx = context_of(a, s)) {
+      attend_two_part<KV>(L, s, g, jb, je, *ctx, w);
+      for (int64_t hh = 0; hh < G; ++hh) {
+        if (sp.chunks == 1) {
+          store_two_part(a, t, h0 + hh, *ctx, w.m_c[hh], w.l_c[hh], &w.acc_c[hh * d], w.m[hh], w.l[hh], &w.acc[hh * d], w.out_row.data());
+          continue;
+        }
+        float* part = &sp.partial[u * G * sp.stride] + hh * sp.stride;
+        part[0] = w.m[hh];
+        part[1] = w.l[hh];
+        std::copy(&w.acc[hh * d], &w.acc[hh * d] + d, part + 2);
+        part[d + 2] = w.m_c[hh];
+        part[d + 3] = w.l_c[hh];
+        std::copy(&w.acc_c[hh * d], &w.acc_c[hh * d] + d, part + d + 4);
+      }
+      continue;
+    }
+    attend_range<KV>(L, s, g, jb, je, w, a.scale);
     if (sp.chunks == 1) {
       for (int64_t hh = 0; hh < G; ++hh) {
         const float l = w.l[hh];
@@ -428,12 +502,34 @@ KVF_CPU_CLONES void attend_items(const Layout& L, Split& sp, float* stats, int64
 KVF_CPU_CLONES void merge_chunks(const Layout& L, const Split& sp, float* stats, int64_t v0, int64_t v1) {
   const PagedAttentionArgs& a = L.a;
   const int64_t d = a.head_dim, G = L.group, R = L.ranges;
-  std::vector<float> acc(d), mass(R);
+  std::vector<float> acc(d), mass(R), acc_c(d), row(d);
   for (int64_t v = v0; v < v1; ++v) {
     const int64_t g = v % a.kv_heads, t = v / a.kv_heads;
+    const ContextSplit* ctx = context_of(a, L.row_seq[t]);
     for (int64_t hh = 0; hh < G; ++hh) {
       const float* part = &sp.partial[(v * sp.chunks) * G * sp.stride + hh * sp.stride];
       const int64_t stride = G * sp.stride;  // from one chunk to the next
+      if (ctx != nullptr) {
+        // Each part merged over the chunks on its own, then the two parts.
+        float m[2], l[2];
+        for (int k = 0; k < 2; ++k) {
+          const float* pk = part + k * (d + 2);
+          float* dst = k == 0 ? acc.data() : acc_c.data();
+          m[k] = -INFINITY;
+          for (int64_t c = 0; c < sp.chunks; ++c) m[k] = std::max(m[k], pk[c * stride]);
+          l[k] = 0.0f;
+          std::fill(dst, dst + d, 0.0f);
+          if (m[k] == -INFINITY) continue;
+          for (int64_t c = 0; c < sp.chunks; ++c) {
+            const float* p = pk + c * stride;
+            const float wgt = exp_f32(p[0] - m[k]);
+            l[k] += p[1] * wgt;
+            for (int64_t i = 0; i < d; ++i) dst[i] += p[2 + i] * wgt;
+          }
+        }
+        store_two_part(a, t, g * G + hh, *ctx, m[1], l[1], acc_c.data(), m[0], l[0], acc.data(), row.data());
+        continue;
+      }
       float m = -INFINITY;
       for (int64_t c = 0; c < sp.chunks; ++c) m = std::max(m, part[c * stride]);
       float l = 0.0f;
@@ -533,6 +629,8 @@ Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_span) {
   if (a.head_dim < 0 || a.num_pages < 0 || a.seqs < 0 || a.total_q < 0 || a.max_kv < 0 || a.num_ranges < 0)
     return invalid_argument(op + "negative size");
   if (L.ranges > 0 && a.mass_ranges == nullptr) return invalid_argument(op + "range_mass needs mass_ranges");
+  if (a.ctx_split != nullptr && (a.attn_sum != nullptr || a.kv_attn_sum != nullptr || L.ranges > 0))
+    return unsupported(op + "scores (attn_sum, kv_attn_sum, range_mass) are not defined for two-part (ctx_split) attention");
   if (a.q_start[0] != 0) return invalid_argument(op + "q_start[0] must be 0, got " + std::to_string(a.q_start[0]));
   if (a.table_start[0] < 0) return invalid_argument(op + "table_start[0] is negative");
   L.row_seq.assign(a.total_q, 0);
@@ -560,6 +658,12 @@ Status validate(const PagedAttentionArgs& a, Layout& L, int64_t* max_span) {
       if (b < 0 || e < b)
         return invalid_argument(op + "sequence " + std::to_string(s) + ": range " + std::to_string(r) + " [" + std::to_string(b) +
                                 ", " + std::to_string(e) + ") of mass_ranges is not a range of slots (0 <= begin <= end)");
+    }
+    if (a.ctx_split != nullptr) {
+      const ContextSplit& c = a.ctx_split[s];
+      if (!(c.temperature > 0.0f) || !std::isfinite(c.temperature) || !std::isfinite(c.scale))
+        return invalid_argument(op + "sequence " + std::to_string(s) + ": ctx_split temperature must be positive and finite, scale finite (got " +
+                                std::to_string(c.temperature) + ", " + std::to_string(c.scale) + ")");
     }
     const int64_t used_pages = (kv + a.page_size - 1) / a.page_size;
     for (int64_t i = 0; i < used_pages; ++i) {
@@ -610,7 +714,7 @@ Status run(const PagedAttentionArgs& a) {
     sp.chunks = std::min((threads + items - 1) / items, max_span / kMinChunk);
   }
   sp.chunk_len = (max_span + sp.chunks - 1) / sp.chunks;
-  sp.stride = a.head_dim + 2 + L.ranges;
+  sp.stride = a.ctx_split != nullptr ? 2 * (a.head_dim + 2) : a.head_dim + 2 + L.ranges;  // no ranges with ctx_split
   if (sp.chunks > 1) sp.partial.resize(items * sp.chunks * L.group * sp.stride);
 
   const bool col_sums = a.attn_sum != nullptr || a.kv_attn_sum != nullptr;

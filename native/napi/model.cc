@@ -640,6 +640,23 @@ Napi::Value NativeModel::step(const Napi::CallbackInfo& info) {
         if (!(rows >= 1 && rows < 2147483648.0 && rows == std::floor(rows))) throw_invalid(env, "step: scoreRows must be a positive integer");
         sr.score_rows = static_cast<int64_t>(rows);
       }
+      Napi::Value cv = r.Get("context");
+      if (!cv.IsUndefined() && !cv.IsNull()) {
+        // Two-part (APE) attention: { ranges: Int32Array (layers x [begin, end)), temperature, scale }.
+        if (!cv.IsObject()) throw_invalid(env, "step: context must be { ranges, temperature, scale }");
+        Napi::Object c = cv.As<Napi::Object>();
+        sr.ctx_ranges = int_array(env, c.Get("ranges"), "step: context.ranges");
+        if (static_cast<int64_t>(sr.ctx_ranges.size()) != 2 * m.spec().layers)
+          throw_invalid(env, "step: context.ranges needs one [begin, end) pair per layer (" + std::to_string(m.spec().layers) + ")");
+        for (size_t k = 0; k < sr.ctx_ranges.size(); k += 2)
+          if (sr.ctx_ranges[k] < 0 || sr.ctx_ranges[k + 1] < sr.ctx_ranges[k]) throw_invalid(env, "step: context.ranges holds a pair that is not a range of slots");
+        Napi::Value tv = c.Get("temperature"), scv = c.Get("scale");
+        if (!tv.IsNumber() || !scv.IsNumber()) throw_invalid(env, "step: context.temperature and context.scale must be numbers");
+        sr.ctx_temperature = tv.As<Napi::Number>().FloatValue();
+        sr.ctx_scale = scv.As<Napi::Number>().FloatValue();
+        if (!(sr.ctx_temperature > 0.0f) || !std::isfinite(sr.ctx_temperature) || !std::isfinite(sr.ctx_scale))
+          throw_invalid(env, "step: context.temperature must be positive and finite, context.scale finite");
+      }
       Napi::Value lv = r.Get("layers");
       if (!lv.IsUndefined() && !lv.IsNull()) {
         if (!lv.IsArray() || lv.As<Napi::Array>().Length() != 2 || !lv.As<Napi::Array>().Get(0u).IsNumber() || !lv.As<Napi::Array>().Get(1u).IsNumber())

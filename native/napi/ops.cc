@@ -437,9 +437,10 @@ Napi::Value kv_write(const Napi::CallbackInfo& info) {
 }
 
 // pagedAttention(q, kPool, vPool, out, qStart, kvLen, tableStart, pageTable, visible, attnSum | null, params,
-//                firstVisible?, vPageTable?, pageRows?, kvAttnSum?, massRanges?, rangeMass?)
+//                firstVisible?, vPageTable?, pageRows?, kvAttnSum?, massRanges?, rangeMass?, ctxSplit?)
 // params.numRanges: ranges per sequence in massRanges (seqs x numRanges x 2 i32) and rangeMass
-// (totalQ x heads x numRanges f32); both or neither.
+// (totalQ x heads x numRanges f32); both or neither. ctxSplit: two-part (APE) attention, one
+// ContextSplit per sequence packed as 4 i32 (begin, end, then temperature and scale's f32 bits).
 Napi::Value paged_attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "pagedAttention";
@@ -546,6 +547,14 @@ Napi::Value paged_attention(const Napi::CallbackInfo& info) {
     if (t->device() != d) throw_invalid(env, "pagedAttention: colLastRows must be on the same device");
     a.col_last_rows = static_cast<const int32_t*>(t->buffer()->data());
     inputs.push_back(t->buffer());
+  }
+  if (info.Length() > 19 && !info[19].IsNull() && !info[19].IsUndefined()) {
+    static_assert(sizeof(ContextSplit) == 4 * sizeof(int32_t), "ContextSplit packs as 4 i32");
+    NativeTensor* tc = arg(info, 19, op, "ctxSplit", a.seqs * 4);
+    require_dtype(env, tc, DType::i32, op, "ctxSplit");
+    if (tc->device() != d) throw_invalid(env, "pagedAttention: ctxSplit must be on the same device");
+    a.ctx_split = static_cast<const ContextSplit*>(tc->buffer()->data());
+    inputs.push_back(tc->buffer());
   }
   enqueue_op(d, std::move(inputs), std::move(outputs), [a](Backend& be) { return be.paged_attention(a); });
   return env.Undefined();

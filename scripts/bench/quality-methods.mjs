@@ -14,6 +14,7 @@ export const STORE_METHODS = {
   'cf-no-allocation': { label: "CacheFocus without re-allocation (allocation 'none')", policy: { name: 'cacheFocus', allocation: 'none' } },
   'cf-no-accumulate': { label: 'CacheFocus scoring at the pruning layer only (accumulate false)', policy: { name: 'cacheFocus', accumulate: false } },
   parallelWindows: { label: 'parallel windows (every document at |P|)', policy: { name: 'parallelWindows' } },
+  ape: { label: 'APE (parallel windows; documents at temperature 0.9, scale 0.9)', policy: { name: 'ape' } },
   'stored-full': { label: 'stored documents at consecutive positions, no pruning', policy: { name: 'full' } },
 };
 

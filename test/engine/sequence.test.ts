@@ -297,7 +297,7 @@ describe('dispose', () => {
 
 describe('bad input gives typed errors naming the argument', () => {
   const cases: [string, (m: Model) => unknown, string, RegExp][] = [
-    ['an unknown policy', (m) => m.sequence({ policy: { name: 'snapkv' } as never }), 'policy', /policy\.name: unknown policy 'snapkv'; known policies: 'full', 'cacheFocus', 'concat', 'parallelWindows', 'cascading', 'lacache', 'streaming', 'h2o'/],
+    ['an unknown policy', (m) => m.sequence({ policy: { name: 'quest' } as never }), 'policy', /policy\.name: unknown policy 'quest'; known policies: 'full', 'cacheFocus', 'concat', 'parallelWindows', 'ape', 'cascading', 'lacache', 'streaming', 'h2o', 'snapkv'/],
     ['a bad lacache option', (m) => m.sequence({ policy: { name: 'lacache', budget: 256, span: 16, overlap: 16 } }), 'policy', /policy\.overlap: expected an integer in \[0, span - 1\]/],
     ['a policy that is not an object', (m) => m.sequence({ policy: 'full' as never }), 'policy', /policy: expected a policy object/],
     ['an unknown policy option', (m) => m.sequence({ policy: { name: 'full', budget: 3 } as never }), 'policy', /unknown option 'budget' for policy 'full'/],
@@ -339,9 +339,11 @@ describe('bad input gives typed errors naming the argument', () => {
     });
   }
 
-  it('a valid policy that sequences do not run yet is refused with an UnsupportedError', () => {
-    expect(() => model.sequence({ policy: { name: 'cascading' } })).toThrow(UnsupportedError);
-    expect(() => model.sequence({ policy: { name: 'cascading' } })).toThrow(/policy: 'cascading' is not run by the engine yet/);
+  it('a valid policy that cannot run where it is asked for is refused with an UnsupportedError', async () => {
+    // Bounded policies run on sequences without stored documents.
+    using store = await model.openStore({ prefix: 'P.' });
+    expect(() => model.sequence({ store, documents: ['a'], policy: { name: 'cascading' } })).toThrow(UnsupportedError);
+    expect(() => model.sequence({ store, documents: ['a'], policy: { name: 'snapkv', budget: 8 } })).toThrow(/policy: 'snapkv' runs on sequences without stored documents/);
   });
 
   it("a LaCache ladder that does not fit the model's layers is refused by name", () => {

@@ -403,6 +403,12 @@ export class ReferenceLlama {
    *
    * `attention`, when given, sees every layer's softmax probabilities: for token t and query
    * head `head`, p[s] for the keys s = 0..t (0 where masked).
+   *
+   * `ape` (APE's two-part attention, with `blocks`): a token after the blocks attends to the
+   * documents' keys (blocks 1..) and to the rest (prefix, itself and the tokens before it after
+   * the blocks) as two softmaxes, the documents' logits divided by T = `temperature`, and mixes
+   * the two outputs with weights softmax([S T lse_documents, lse_rest]) (S = `scale`).
+   * `attention` then sees the mixture's weights (w_part * p within its part).
    */
   forward(
     tokens: readonly number[],
@@ -416,6 +422,7 @@ export class ReferenceLlama {
        * rotated at `position` (the layer's coordinate frame).
        */
       frames?: (layer: number) => { held: (s: number) => boolean; position: (s: number) => number } | undefined;
+      ape?: { temperature: number; scale: number };
     } = {},
   ): Float64Array[] {
     const { hiddenSize: H, numHeads, numKvHeads, headDim, rmsNormEps: eps, vocabSize } = this.config;
@@ -492,9 +499,32 @@ export class ReferenceLlama {
             for (let d = 0; d < headDim; d++) dot += qt[qOffset + d]! * ks[kvOffset + d]!;
             scores.push(dot * scale);
           }
-          const max = Math.max(...scores);
-          const weights = scores.map((score) => Math.exp(score - max));
-          const total = weights.reduce((a, b) => a + b, 0);
+          let weights: number[];
+          let total = 1;
+          if (options.ape && blockOf[t] === -1) {
+            // Two softmaxes: the documents' (logits / T) and the rest's, mixed by their lse.
+            const { temperature: T, scale: S } = options.ape;
+            const isDoc = (s: number) => blockOf[s]! > 0;
+            const part = (doc: boolean) => {
+              const xs = scores.map((x, i) => (isDoc(first + i) === doc ? (doc ? x / T : x) : -Infinity));
+              const m = Math.max(...xs);
+              const e = xs.map((x) => (m === -Infinity ? 0 : Math.exp(x - m)));
+              const sum = e.reduce((a, b) => a + b, 0);
+              return { e, sum, lse: m === -Infinity ? -Infinity : m + Math.log(sum) };
+            };
+            const doc = part(true);
+            const rest = part(false);
+            const xd = S * T * doc.lse;
+            const top = Math.max(xd, rest.lse);
+            const wd = xd === -Infinity ? 0 : Math.exp(xd - top);
+            const wr = rest.lse === -Infinity ? 0 : Math.exp(rest.lse - top);
+            weights = scores.map((_, i) =>
+              isDoc(first + i) ? (doc.sum > 0 ? (wd / (wd + wr)) * (doc.e[i]! / doc.sum) : 0) : rest.sum > 0 ? (wr / (wd + wr)) * (rest.e[i]! / rest.sum) : 0);
+          } else {
+            const max = Math.max(...scores);
+            weights = scores.map((score) => Math.exp(score - max));
+            total = weights.reduce((a, b) => a + b, 0);
+          }
           const probabilities = options.attention ? new Float64Array(t + 1) : undefined;
           for (let s = first; s <= t; s++) {
             const p = weights[s - first]! / total;
