@@ -290,92 +290,6 @@ Status Sequence::move_blocks(int64_t from_layer, const std::vector<std::pair<int
   return Status::Ok();
 }
 
-Status Sequence::compact(int64_t layer, const std::vector<int32_t>& keep, const std::vector<int32_t>& new_positions,
-                         std::vector<int32_t>* new_slots, std::vector<RerotateRun>* key_moves, std::vector<RerotateRun>* value_moves,
-                         std::vector<int32_t>* positions) {
-  if (layer < 0 || layer >= static_cast<int64_t>(layers_.size())) return invalid_argument("compact: layer out of range");
-  LayerKv& l = layers_[static_cast<size_t>(layer)];
-  if (l.attached > 0 || l.holes > 0) return unsupported("compact: a layer holding attached blocks is not compacted");
-  if (keep.size() != new_positions.size()) return invalid_argument("compact: one position per kept slot");
-  const int64_t ps = pool_->spec().page_size;
-  const int64_t n = static_cast<int64_t>(keep.size());
-  std::vector<char> kept(static_cast<size_t>(l.slots()), 0);
-  for (int32_t s : keep) {
-    if (s < 0 || s >= l.slots()) return invalid_argument("compact: slot " + std::to_string(s) + " out of range");
-    if (kept[static_cast<size_t>(s)]) return invalid_argument("compact: slot " + std::to_string(s) + " kept twice");
-    kept[static_cast<size_t>(s)] = 1;
-  }
-  for (int32_t p : new_positions)
-    if (p < 0) return invalid_argument("compact: positions are non-negative");
-  // Freed slots below the new length, ascending: kept slots from the tail fill them in order.
-  std::vector<int32_t> holes;
-  for (int64_t s = 0; s < n; ++s)
-    if (!kept[static_cast<size_t>(s)]) holes.push_back(static_cast<int32_t>(s));
-  size_t next_hole = 0;
-  new_slots->assign(keep.size(), 0);
-  std::vector<int32_t> pos(static_cast<size_t>(n));
-  // Kept slots in ascending order; consecutive rows of one page pair form one run.
-  std::vector<size_t> order(keep.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return keep[a] < keep[b]; });
-  const size_t first_run = key_moves->size();  // runs of this call may join; earlier ones are other layers'
-  bool last_moves_row = false;
-  for (size_t i : order) {
-    const int32_t src = keep[i];
-    const int32_t dst = src < n ? src : holes[next_hole++];
-    (*new_slots)[i] = dst;
-    pos[static_cast<size_t>(dst)] = new_positions[i];
-    const int32_t from_pos = l.positions[static_cast<size_t>(src)];
-    if (src == dst && from_pos == new_positions[i]) continue;
-    // Rows that continue the previous run (next row of the same source and destination pages)
-    // join it: its positions are per row, so only the row count grows.
-    const int32_t src_page = l.pages[static_cast<size_t>(src / ps)], dst_page = l.pages[static_cast<size_t>(dst / ps)];
-    const int32_t src_row = static_cast<int32_t>(src % ps), dst_row = static_cast<int32_t>(dst % ps);
-    const bool moves_row = src != dst;
-    std::vector<RerotateRun>& runs = *key_moves;
-    RerotateRun* last = runs.size() > first_run ? &runs.back() : nullptr;
-    const bool joins = last != nullptr && last->src_page == src_page && last->dst_page == dst_page &&
-                       last->src_row + last->rows == src_row && last->dst_row + last->rows == dst_row &&
-                       last->to == static_cast<int32_t>(positions->size()) - last->rows && last_moves_row == moves_row;
-    if (joins) {
-      // Positions of a run are [from, from + rows) and [to, to + rows): append both, in place.
-      positions->insert(positions->begin() + last->to, from_pos);
-      last->to += 1;
-      positions->push_back(new_positions[i]);
-      last->rows += 1;
-      if (moves_row) {
-        RerotateRun& v = value_moves->back();
-        v.rows += 1;
-        v.from = last->to;
-        v.to = last->to;
-      }
-      continue;
-    }
-    RerotateRun r;
-    r.src_page = src_page;
-    r.src_row = src_row;
-    r.dst_page = dst_page;
-    r.dst_row = dst_row;
-    r.rows = 1;
-    r.from = static_cast<int32_t>(positions->size());
-    positions->push_back(from_pos);
-    r.to = static_cast<int32_t>(positions->size());
-    positions->push_back(new_positions[i]);
-    runs.push_back(r);
-    last_moves_row = moves_row;
-    if (moves_row) {
-      RerotateRun v = r;
-      v.from = v.to;  // values: the same position on both sides, a copy
-      value_moves->push_back(v);
-    }
-  }
-  // The queued moves read the tail's pages: they stay referenced by the job (released here,
-  // handed out again only after it, on the same queue).
-  l.positions.assign(pos.begin(), pos.end());
-  release_tail(l, static_cast<size_t>((n + ps - 1) / ps));
-  return Status::Ok();
-}
-
 namespace {
 
 // Runs with separate from/to position lists (joined at the end): a row that continues the last
@@ -423,6 +337,58 @@ struct RunBuilder {
 };
 
 }  // namespace
+
+Status Sequence::compact(int64_t layer, const std::vector<int32_t>& keep, const std::vector<int32_t>& new_positions,
+                         std::vector<int32_t>* new_slots, std::vector<RerotateRun>* key_moves, std::vector<RerotateRun>* value_moves,
+                         std::vector<int32_t>* positions) {
+  if (layer < 0 || layer >= static_cast<int64_t>(layers_.size())) return invalid_argument("compact: layer out of range");
+  LayerKv& l = layers_[static_cast<size_t>(layer)];
+  if (l.attached > 0 || l.holes > 0) return unsupported("compact: a layer holding attached blocks is not compacted");
+  if (keep.size() != new_positions.size()) return invalid_argument("compact: one position per kept slot");
+  const int64_t ps = pool_->spec().page_size;
+  const int64_t n = static_cast<int64_t>(keep.size());
+  std::vector<char> kept(static_cast<size_t>(l.slots()), 0);
+  for (int32_t s : keep) {
+    if (s < 0 || s >= l.slots()) return invalid_argument("compact: slot " + std::to_string(s) + " out of range");
+    if (kept[static_cast<size_t>(s)]) return invalid_argument("compact: slot " + std::to_string(s) + " kept twice");
+    kept[static_cast<size_t>(s)] = 1;
+  }
+  for (int32_t p : new_positions)
+    if (p < 0) return invalid_argument("compact: positions are non-negative");
+  // Freed slots below the new length, ascending: kept slots from the tail fill them in order.
+  std::vector<int32_t> holes;
+  for (int64_t s = 0; s < n; ++s)
+    if (!kept[static_cast<size_t>(s)]) holes.push_back(static_cast<int32_t>(s));
+  size_t next_hole = 0;
+  new_slots->assign(keep.size(), 0);
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  // Kept slots in ascending order: consecutive rows of one page pair join one run.
+  std::vector<size_t> order(keep.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return keep[a] < keep[b]; });
+  RunBuilder keys(key_moves), values(value_moves);
+  for (size_t i : order) {
+    const int32_t src = keep[i];
+    const int32_t dst = src < n ? src : holes[next_hole++];
+    (*new_slots)[i] = dst;
+    pos[static_cast<size_t>(dst)] = new_positions[i];
+    const int32_t from_pos = l.positions[static_cast<size_t>(src)];
+    if (src == dst && from_pos == new_positions[i]) continue;
+    const int32_t src_page = l.pages[static_cast<size_t>(src / ps)], dst_page = l.pages[static_cast<size_t>(dst / ps)];
+    const int32_t src_row = static_cast<int32_t>(src % ps), dst_row = static_cast<int32_t>(dst % ps);
+    keys.add(src_page, src_row, dst_page, dst_row, 0, from_pos, new_positions[i]);
+    // Values move by copying (the same position on both sides).
+    if (src != dst) values.add(src_page, src_row, dst_page, dst_row, 0, new_positions[i], new_positions[i]);
+  }
+  keys.finish(positions);
+  values.finish(positions);
+  // The queued moves read the tail's pages: they stay referenced by the job (released here,
+  // handed out again only after it, on the same queue).
+  l.positions.assign(pos.begin(), pos.end());
+  release_tail(l, static_cast<size_t>((n + ps - 1) / ps));
+  return Status::Ok();
+}
+
 
 Status Sequence::gather_heads(int64_t layer, const std::vector<int32_t>& sources, const std::vector<int32_t>& new_positions, HeadGather* out) {
   if (layer < 0 || layer >= static_cast<int64_t>(layers_.size())) return invalid_argument("gather_heads: layer out of range");

@@ -382,6 +382,17 @@ export class ReferenceLlama {
   }
 
   /** Loads config.json and the safetensors weights of an HF model directory. */
+  // The rest of a decoder layer after attention: the output projection into the residual
+  // stream, then the MLP block (in place on x).
+  #residual(x: Float64Array, attended: Float64Array, layer: LayerWeights): void {
+    const eps = this.config.rmsNormEps;
+    addInPlace(x, linear(attended, layer.oProj, layer.oBias));
+    const normed = rmsNorm(x, layer.postAttentionNorm, eps);
+    const gate = linear(normed, layer.gateProj, layer.gateBias);
+    const up = linear(normed, layer.upProj, layer.upBias);
+    addInPlace(x, linear(gate.map((g, i) => silu(g) * up[i]!), layer.downProj, layer.downBias));
+  }
+
   static load(dir: string): ReferenceLlama {
     const config = parseConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
     return new ReferenceLlama(config, readCheckpoint(dir));
@@ -533,12 +544,7 @@ export class ReferenceLlama {
           }
           if (probabilities) options.attention!(l, t, head, probabilities);
         }
-        addInPlace(x[t]!, linear(attended, layer.oProj, layer.oBias));
-
-        const normed = rmsNorm(x[t]!, layer.postAttentionNorm, eps);
-        const gate = linear(normed, layer.gateProj, layer.gateBias);
-        const up = linear(normed, layer.upProj, layer.upBias);
-        addInPlace(x[t]!, linear(gate.map((g, i) => silu(g) * up[i]!), layer.downProj, layer.downBias));
+        this.#residual(x[t]!, attended, layer);
       }
     }
     return x.map((row) => linear(rmsNorm(row, this.finalNorm, eps), this.lmHead));
@@ -593,11 +599,7 @@ export class ReferenceLlama {
             for (let d = 0; d < headDim; d++) attended[head * headDim + d] = attended[head * headDim + d]! + p * v[g * headDim + d]!;
           });
         }
-        addInPlace(x, linear(attended, layer.oProj, layer.oBias));
-        const normed = rmsNorm(x, layer.postAttentionNorm, eps);
-        const gate = linear(normed, layer.gateProj, layer.gateBias);
-        const up = linear(normed, layer.upProj, layer.upBias);
-        addInPlace(x, linear(gate.map((gv, i) => silu(gv) * up[i]!), layer.downProj, layer.downBias));
+        this.#residual(x, attended, layer);
         c.held = [...keep(l, ordered, c.score, t)].sort((a, b) => a - b);
       }
       out.push(linear(rmsNorm(x, this.finalNorm, eps), this.lmHead));
@@ -674,11 +676,7 @@ export class ReferenceLlama {
           held[l]![g] = evict(l, g, list, scores, q);
         }
         xs.forEach((x, j) => {
-          addInPlace(x, linear(attended[j]!, layer.oProj, layer.oBias));
-          const normed = rmsNorm(x, layer.postAttentionNorm, eps);
-          const gate = linear(normed, layer.gateProj, layer.gateBias);
-          const up = linear(normed, layer.upProj, layer.upBias);
-          addInPlace(x, linear(gate.map((gv, i) => silu(gv) * up[i]!), layer.downProj, layer.downBias));
+          this.#residual(x, attended[j]!, layer);
         });
       }
       out.push(linear(rmsNorm(xs[q - 1]!, this.finalNorm, eps), this.lmHead));
@@ -763,11 +761,7 @@ export class ReferenceLlama {
           cache.insert({ tokens: ids.map((_, k) => start + k), slotScores, chunkScores });
         }
         xs.forEach((x, j) => {
-          addInPlace(x, linear(attended[j]!, layer.oProj, layer.oBias));
-          const normed = rmsNorm(x, layer.postAttentionNorm, eps);
-          const gate = linear(normed, layer.gateProj, layer.gateBias);
-          const up = linear(normed, layer.upProj, layer.upBias);
-          addInPlace(x, linear(gate.map((gv, i) => silu(gv) * up[i]!), layer.downProj, layer.downBias));
+          this.#residual(x, attended[j]!, layer);
         });
       }
       out.push(linear(rmsNorm(xs[q - 1]!, this.finalNorm, eps), this.lmHead));
