@@ -318,7 +318,23 @@ export class CascadeModel {
     }
     const slotScores = checkRows(chunk.slotScores, this.groupSize, this.capacity, 'chunk.slotScores');
     const chunkScores = checkRows(chunk.chunkScores, this.groupSize, q, 'chunk.chunkScores');
+    this.insertTrusted(tokens as ArrayLike<number>, slotScores, chunkScores);
+    const writes: number[] = [];
+    for (let s = this.capacity - 1; s >= 0; s--) {
+      const from = this.#from[s]!;
+      if (from >= 0 && from !== s) writes.push(s);
+    }
+    return { ...this.state(), gather: this.#from.slice(), writes: Int32Array.from(writes), dropped: Int32Array.from(this.#dropped) };
+  }
 
+  /**
+   * @internal insert() without the checks of its arguments and without building its result,
+   * for the engine's runtime (its scores come from the attention kernels in the shapes insert()
+   * checks). Returns the gather (CascadeStep.gather): this model's own buffer, valid until the
+   * next insert; `length` and slotPositions() give the rest.
+   */
+  insertTrusted(tokens: ArrayLike<number>, slotScores: readonly ArrayLike<number>[], chunkScores: readonly ArrayLike<number>[]): Int32Array {
+    const q = tokens.length;
     const before = this.#tokens;
     for (let s = 0; s < this.capacity; s++) this.#from[s] = before[s]! >= 0 ? s : -1;
     this.#dropped = [];
@@ -327,14 +343,13 @@ export class CascadeModel {
     for (let s = this.sinks; s < this.capacity; s++) {
       if (before[s]! >= 0) this.#scores[s] = decay * this.#scores[s]! + this.#reduce(slotScores, s);
     }
-    for (let k = 0; k < q; k++) this.#place(tokens[k] as number, this.#reduce(chunkScores, k), this.capacity + k);
+    for (let k = 0; k < q; k++) this.#place(tokens[k]!, this.#reduce(chunkScores, k), this.capacity + k);
+    return this.#from;
+  }
 
-    const writes: number[] = [];
-    for (let s = this.capacity - 1; s >= 0; s--) {
-      const from = this.#from[s]!;
-      if (from >= 0 && from !== s) writes.push(s);
-    }
-    return { ...this.state(), gather: this.#from.slice(), writes: Int32Array.from(writes), dropped: Int32Array.from(this.#dropped) };
+  /** The RoPE position each slot's key is read at now (-1 where empty), as state().positions. */
+  slotPositions(): Int32Array {
+    return this.#positions();
   }
 
   // The GQA group's scores for one column, combined.

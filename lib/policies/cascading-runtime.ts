@@ -10,7 +10,7 @@
 //   2. each model inserts its chunk and says where every slot's content comes from;
 //   3. one native gatherHeads moves each head's rows there (staged through scratch pages) and
 //      re-rotates every key to its slot's new rank.
-import { CascadeModel, type CascadeStep } from './cascade-model.js';
+import { CascadeModel } from './cascade-model.js';
 import type { ResolvedCascadingPolicy } from './cascading.js';
 import { type PendingChunk, PerHeadRuntime, type RuntimeSetup } from './per-head-runtime.js';
 
@@ -55,6 +55,10 @@ export class CascadingRuntime extends PerHeadRuntime {
     this.resetPending();
   }
 
+  protected heldCount(): number {
+    return this.#models[0]!.length;
+  }
+
   protected heldTokens(layer: number, head: number): readonly number[] {
     const state = this.#models[layer * this.kvHeads + head]!.state();
     return Array.from(state.tokens.subarray(0, state.length));
@@ -65,36 +69,38 @@ export class CascadingRuntime extends PerHeadRuntime {
     const cap = this.capacity;
     const scale = 1 - this.#policy.beta;
     const tokens = Int32Array.from({ length: count }, (_, k) => first + k);
+    // Score rows, one per query head of a group, reused for every layer and head (slots past
+    // the cache's length are never read: the model reads occupied slots only).
+    const slotScores = Array.from({ length: this.group }, () => new Float64Array(cap));
+    const chunkScores = Array.from({ length: this.group }, () => new Float64Array(count));
     const plans: { layer: number; sources: Int32Array; positions: Int32Array }[] = [];
     let at = 0;
     for (let l = 0; l < this.layers; l++) {
       const held = this.#models[l * this.kvHeads]!.length;
       const slots = held + count; // the layer's rows in the step: the cache, then the chunk
-      const steps: CascadeStep[] = [];
+      let sources = new Int32Array(0);
+      let n = 0;
       for (let g = 0; g < this.kvHeads; g++) {
-        const slotScores: Float64Array[] = [];
-        const chunkScores: Float64Array[] = [];
         for (let hh = 0; hh < this.group; hh++) {
           const row = at + (g * this.group + hh) * slots;
-          const s = new Float64Array(cap);
+          const s = slotScores[hh]!;
           for (let j = 0; j < held; j++) s[j] = scale * sums[row + j]!;
-          const c = new Float64Array(count);
+          const c = chunkScores[hh]!;
           for (let k = 0; k < count; k++) c[k] = scale * sums[row + held + k]!;
-          slotScores.push(s);
-          chunkScores.push(c);
         }
-        steps.push(this.#models[l * this.kvHeads + g]!.insert({ tokens, slotScores, chunkScores }));
-      }
-      at += H * slots;
-      const n = steps[0]!.length;
-      const sources = new Int32Array(this.kvHeads * n);
-      steps.forEach((step, g) => {
+        const model = this.#models[l * this.kvHeads + g]!;
+        const gather = model.insertTrusted(tokens, slotScores, chunkScores);
+        if (g === 0) {
+          n = model.length; // every head of the layer holds as many
+          sources = new Int32Array(this.kvHeads * n);
+        }
         for (let s = 0; s < n; s++) {
-          const from = step.gather[s]!;
+          const from = gather[s]!;
           sources[g * n + s] = from < cap ? from : held + (from - cap);
         }
-      });
-      plans.push({ layer: l, sources, positions: steps[0]!.positions.slice(0, n) });
+      }
+      at += H * slots;
+      plans.push({ layer: l, sources, positions: this.#models[l * this.kvHeads]!.slotPositions().subarray(0, n) });
     }
     this.model.gatherHeads(this.native(), plans);
   }

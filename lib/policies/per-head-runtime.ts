@@ -43,9 +43,11 @@ export abstract class PerHeadRuntime implements BoundedPolicyRuntime {
   protected abstract apply(chunk: PendingChunk): void;
   /** The stream indices KV head `head` of layer `layer` holds (applied chunks only), in slot order. */
   protected abstract heldTokens(layer: number, head: number): readonly number[];
+  /** How many tokens every layer and head holds (applied chunks only). */
+  protected abstract heldCount(): number;
 
   get held(): number {
-    return this.heldTokens(0, 0).length + (this.pending?.count ?? 0);
+    return this.heldCount() + (this.pending?.count ?? 0);
   }
 
   // The next token's stream index minus its position: positions go by slot.

@@ -52,6 +52,10 @@ export class SnapKVRuntime extends PerHeadRuntime {
     this.resetPending();
   }
 
+  protected heldCount(): number {
+    return this.#tokens[0]!.length;
+  }
+
   protected heldTokens(layer: number, head: number): readonly number[] {
     return this.#tokens[layer * this.kvHeads + head]!;
   }

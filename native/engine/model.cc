@@ -727,9 +727,8 @@ Status Model::gather_heads(Sequence& seq, const std::vector<LayerGather>& layers
     place->insert(place->end(), one.place.begin(), one.place.end());
     scratch.insert(scratch.end(), one.scratch.begin(), one.scratch.end());
   }
-  // Stage, then place: two jobs in queue order (a placement reads what its stage wrote).
-  queue_rerotation(stage_k, positions, stage_v);
-  queue_rerotation(place, std::move(positions), std::make_shared<std::vector<RerotateRun>>(*place));
+  // Stage, then place, in one job (a placement reads what its stage wrote).
+  queue_moves({{stage_k, stage_v}, {place, place}}, std::move(positions));
   for (int32_t p : scratch) pool_->release(p);  // later jobs only: this one's reads come first
   return status;
 }
@@ -739,39 +738,50 @@ Status Model::gather_heads(Sequence& seq, const std::vector<LayerGather>& layers
 // key of every layer (one more for values); the positions and the runs go up in one upload.
 void Model::queue_rerotation(std::shared_ptr<std::vector<RerotateRun>> moves, std::vector<int32_t> positions,
                              std::shared_ptr<std::vector<RerotateRun>> value_moves) {
-  if (moves->empty() && (!value_moves || value_moves->empty())) return;
   if (!value_moves) value_moves = std::make_shared<std::vector<RerotateRun>>();
+  queue_moves({{std::move(moves), std::move(value_moves)}}, std::move(positions));
+}
+
+// Phases of moves in one job: each phase's key launch, then its value launch, in order (a
+// later phase may read what an earlier one wrote); one upload for every phase's runs.
+void Model::queue_moves(std::vector<MovePhase> phases, std::vector<int32_t> positions) {
+  bool any = false;
+  for (const MovePhase& p : phases) any |= !p.keys->empty() || !p.values->empty();
+  if (!any) return;
   auto ints = std::make_shared<std::vector<int32_t>>(std::move(positions));
-  const size_t runs_at = push_structs(*ints, *moves);
-  const size_t value_runs_at = push_structs(*ints, *value_moves);
-  device_->queue.push([self = shared_from_this(), moves, value_moves, ints, runs_at, value_runs_at]() {
+  std::vector<std::pair<size_t, size_t>> at;  // per phase: offsets of its key and value runs
+  for (const MovePhase& p : phases) {
+    const size_t k = push_structs(*ints, *p.keys);
+    at.emplace_back(k, push_structs(*ints, *p.values));
+  }
+  device_->queue.push([self = shared_from_this(), phases = std::move(phases), ints, at = std::move(at)]() {
     Backend& be = *self->device_->backend;
     const KvPool& pool = *self->pool_;
     const KvPoolSpec& ps = pool.spec();
     Status st;
     BufferRef upload = Buffer::create(self->device_, ints->size() * sizeof(int32_t), &st);
     if (upload) st = be.copy_from_host_async(upload->data(), ints->data(), ints->size() * sizeof(int32_t));
-    if (st.ok()) {
+    const int32_t* base = upload ? static_cast<const int32_t*>(upload->data()) : nullptr;
+    for (size_t i = 0; i < phases.size() && st.ok(); ++i) {
       RerotatePagesArgs a;
-      a.src_pool = pool.k()->data();
-      a.dst_pool = pool.k()->data();
       a.dtype = ps.dtype;
       a.num_pages = ps.num_pages;
       a.page_size = ps.page_size;
       a.kv_heads = ps.kv_heads;
       a.head_dim = ps.head_dim;
-      a.runs = reinterpret_cast<const RerotateRun*>(static_cast<const int32_t*>(upload->data()) + runs_at);
-      a.num_runs = static_cast<int64_t>(moves->size());
-      a.positions = static_cast<const int32_t*>(upload->data());
+      a.positions = base;
       a.inv_freq = static_cast<const float*>(self->w_.inv_freq->data());
       a.layout = self->spec_.rope_layout;
-      if (a.num_runs > 0) st = be.rerotate_pages(a);
-      // Values move by copying: the same launch with equal positions (a move by 0 is bit exact).
-      if (st.ok() && !value_moves->empty()) {
-        a.src_pool = pool.v()->data();
-        a.dst_pool = pool.v()->data();
-        a.runs = reinterpret_cast<const RerotateRun*>(static_cast<const int32_t*>(upload->data()) + value_runs_at);
-        a.num_runs = static_cast<int64_t>(value_moves->size());
+      // Keys re-rotate; values move by copying: the same launch with equal positions (a move by 0
+      // is bit exact).
+      for (const bool keys : {true, false}) {
+        const std::vector<RerotateRun>& runs = keys ? *phases[i].keys : *phases[i].values;
+        if (runs.empty() || !st.ok()) continue;
+        void* data = keys ? pool.k()->data() : pool.v()->data();
+        a.src_pool = data;
+        a.dst_pool = data;
+        a.runs = reinterpret_cast<const RerotateRun*>(base + (keys ? at[i].first : at[i].second));
+        a.num_runs = static_cast<int64_t>(runs.size());
         st = be.rerotate_pages(a);
       }
     }

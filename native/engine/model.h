@@ -141,6 +141,10 @@ class Model : public std::enable_shared_from_this<Model> {
                       std::function<bool()> cancelled = {});
 
  private:
+  struct MovePhase {
+    std::shared_ptr<std::vector<RerotateRun>> keys, values;
+  };
+  void queue_moves(std::vector<MovePhase> phases, std::vector<int32_t> positions);
   void queue_rerotation(std::shared_ptr<std::vector<RerotateRun>> moves, std::vector<int32_t> positions,
                         std::shared_ptr<std::vector<RerotateRun>> value_moves = nullptr);
   Device* device_;
