@@ -415,8 +415,8 @@ Status Sequence::gather_heads(int64_t layer, const std::vector<int32_t>& sources
     }
     staged = std::max(staged, moved);
   }
-  out->scratch.clear();
-  if (staged > 0) KVF_RETURN_IF_ERROR(pool_->acquire((staged + ps - 1) / ps, &out->scratch));
+  std::vector<int32_t> scratch;
+  if (staged > 0) KVF_RETURN_IF_ERROR(pool_->acquire((staged + ps - 1) / ps, &scratch));
   RunBuilder stage_k(&out->stage_k), stage_v(&out->stage_v), place(&out->place);
   auto page_of = [&](int64_t slot) { return l.pages[static_cast<size_t>(slot / ps)]; };
   auto row_of = [&](int64_t slot) { return static_cast<int32_t>(slot % ps); };
@@ -440,7 +440,7 @@ Status Sequence::gather_heads(int64_t layer, const std::vector<int32_t>& sources
         continue;
       }
       const int64_t r = next[static_cast<size_t>(h)]++;
-      const int32_t sp = out->scratch[static_cast<size_t>(r / ps)], sr = static_cast<int32_t>(r % ps);
+      const int32_t sp = scratch[static_cast<size_t>(r / ps)], sr = static_cast<int32_t>(r % ps);
       stage_k.add(page_of(src), row_of(src), sp, sr, head, from_pos, to_pos);
       stage_v.add(page_of(src), row_of(src), sp, sr, head, to_pos, to_pos);
       place.add(sp, sr, page_of(s), row_of(s), head, to_pos, to_pos);
@@ -450,9 +450,15 @@ Status Sequence::gather_heads(int64_t layer, const std::vector<int32_t>& sources
   stage_k.finish(&out->positions);
   stage_v.finish(&out->positions);
   place.finish(&out->positions);
-  // The queued moves read pages released here: they are handed out again only to later jobs.
   l.positions.assign(new_positions.begin(), new_positions.end());
-  release_tail(l, static_cast<size_t>((n + ps - 1) / ps));
+  out->released = std::move(scratch);
+  const size_t keep = static_cast<size_t>((n + ps - 1) / ps);
+  while (l.pages.size() > keep) {
+    out->released.push_back(l.pages.back());
+    if (l.v_pages.back() != l.pages.back()) out->released.push_back(l.v_pages.back());
+    l.pages.pop_back();
+    l.v_pages.pop_back();
+  }
   return Status::Ok();
 }
 

@@ -150,11 +150,15 @@ class Sequence {
   // are staged: *stage (keys and values, to `scratch` pages acquired here, all or nothing) and
   // then *place (from them to the slots), two launches in that order; slots whose content stays
   // are re-rotated in place in the first. Pages past n are released. Runs' positions go to
-  // *positions. The layer must hold no attached block.
+  // *positions. The layer must hold no attached block. Pages past n leave the layer's tables
+  // but are not released: they go to `released` with the scratch pages, for the caller to
+  // release once every layer's moves are queued (moves of several layers share one launch, and
+  // a page released early could come back as another layer's scratch while this layer's moves
+  // still read it).
   struct HeadGather {
     std::vector<RerotateRun> stage_k, stage_v, place;  // place: keys and values alike (copies)
     std::vector<int32_t> positions;
-    std::vector<int32_t> scratch;  // pages to release once the moves are queued
+    std::vector<int32_t> released;  // pages (scratch, the layer's old tail) to release after queuing
   };
   Status gather_heads(int64_t layer, const std::vector<int32_t>& sources, const std::vector<int32_t>& new_positions, HeadGather* out);
 

@@ -707,7 +707,7 @@ Status Model::gather_heads(Sequence& seq, const std::vector<LayerGather>& layers
   auto stage_k = std::make_shared<std::vector<RerotateRun>>();
   auto stage_v = std::make_shared<std::vector<RerotateRun>>();
   auto place = std::make_shared<std::vector<RerotateRun>>();
-  std::vector<int32_t> positions, scratch;
+  std::vector<int32_t> positions, released;
   Status status;
   for (const LayerGather& g : layers) {
     Sequence::HeadGather one;
@@ -725,11 +725,12 @@ Status Model::gather_heads(Sequence& seq, const std::vector<LayerGather>& layers
     stage_k->insert(stage_k->end(), one.stage_k.begin(), one.stage_k.end());
     stage_v->insert(stage_v->end(), one.stage_v.begin(), one.stage_v.end());
     place->insert(place->end(), one.place.begin(), one.place.end());
-    scratch.insert(scratch.end(), one.scratch.begin(), one.scratch.end());
+    released.insert(released.end(), one.released.begin(), one.released.end());
   }
   // Stage, then place, in one job (a placement reads what its stage wrote).
   queue_moves({{stage_k, stage_v}, {place, place}}, std::move(positions));
-  for (int32_t p : scratch) pool_->release(p);  // later jobs only: this one's reads come first
+  // Released only now that every layer's moves are queued: handed out again to later jobs only.
+  for (int32_t p : released) pool_->release(p);
   return status;
 }
 
