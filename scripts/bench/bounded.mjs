@@ -8,7 +8,7 @@
 //        [--policies full,streaming,lacache,h2o,cascading,snapkv]
 //        [--span N] [--stream-tokens 8000] [--stream-docs 5] [--ppl-chunk 1]
 //        [--speed-prompt 100] [--speed-tokens 400] [--speed-rounds 7]
-//        [--parts retrieval,ppl,speed] [--device cpu] [--start 0]
+//        [--parts retrieval,ppl,speed] [--device cpu] [--start 0] [--threads N]
 //        [--json bench/bounded.json] [--svg bench/bounded.svg] [--readme [README.md]]
 //        [--render bench/bounded.json]   (chart and tables again from a report, nothing measured)
 //
@@ -84,8 +84,9 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { encodeExample, task, Tokenizer } from '../train/common.mjs';
-import { flag, opt, positiveInt } from './args.mjs';
+import { flag, opt, positiveInt, threadsOption } from './args.mjs';
 
+threadsOption(); // --threads N: before the addon loads (below)
 const require = createRequire(import.meta.url);
 const { loadModel, buildInfo, policies } = require('../../dist/cjs/index.js');
 const { LaCachePlanner, resolveLaCache } = require('../../dist/cjs/policies/lacache.js');

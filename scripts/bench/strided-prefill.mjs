@@ -7,7 +7,7 @@
 //
 //   npm run bench:prefill -- [--sizes 8192,32768,131072] [--full-max 32768]
 //        [--sinks 64] [--cascades 4] [--window 1024] [--stride 1024] [--reps 1] [--threads N]
-//        [--json bench/strided-prefill.json] [--readme [README.md]]
+//        [--mark 4096] [--json bench/strided-prefill.json] [--readme [README.md]]
 //        [--render bench/strided-prefill.json]   (tables again from a report, nothing measured)
 //
 // Cascading configuration (default): policies.cascading({ sinks: 64, cascades: 4, window: 1024,
@@ -24,23 +24,26 @@
 // model's context: the fixture's max_position_embeddings is 16384, so for sizes above it the
 // script makes a variant folder next to the checkpoint (bench/tmp/store-llama-100m-ctxM: its
 // config.json with max_position_embeddings M = the largest size full attention runs at, the
-// other files linked to the checkpoint's). The weights are random, so only timings mean
+// other files hard links to the checkpoint's). The weights are random, so only timings mean
 // anything here. Full attention is skipped above --full-max tokens (the reason is recorded in
 // the JSON): on a CPU its quadratic cost at 128K takes far longer than the strided prefill.
 //
 // Each measurement: a new sequence, the prompt (BOS and N - 1 deterministic random regular
-// tokens, the same for both) appended in one append({ logits: 'last' }) and awaited; the wall
-// time of that call is the prefill time (the chunks are the scheduler's, as in any append).
-// After it the tokens each layer holds (layout()) and the KV pages in use (model.stats()) are
-// read, then the sequence is disposed of. One warm-up of each policy on 2 strides of tokens
+// tokens, the same for both) appended one stride of tokens at a time (the chunks the scheduler
+// would cut one whole append into; the last with logits 'last'), each append awaited; the wall
+// time from the first append to the last one's end is the prefill time, and the time elapsed at
+// every --mark tokens (default 4096) is kept in the JSON (cumulativeMs), so one long run shows how
+// the time grows along it. After it the tokens each layer holds (layout()) and the KV pages in
+// use (model.stats()) are read, then the sequence is disposed of. One warm-up of each policy on 2 strides of tokens
 // first; then --reps rounds per size, the two policies alternating (the order rotating between
 // rounds); medians are reported.
 //
 // Reported per N: strided ms and tokens/s, full ms and tokens/s, full / strided, and the growth
 // per 4x tokens from the previous size ((ms(N) / ms(N')) ^ (ln 4 / ln(N / N')): ~4 is linear,
-// ~16 quadratic). Writes the JSON (every run, the machine, the command), prints a markdown table
-// and with --readme replaces the block between the `prefill-table` markers there.
-import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+// ~16 quadratic). Writes the JSON (every run, the machine, the command; rewritten after each size
+// with complete: false until the last, so an interrupted run keeps what it measured), prints a
+// markdown table and with --readme replaces the block between the `prefill-table` markers there.
+import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -65,6 +68,7 @@ const cascadeOptions = {
 };
 if (!Number.isInteger(cascadeOptions.sinks) || cascadeOptions.sinks < 0) throw new Error(`--sinks: expected an integer >= 0 but received ${opt('--sinks')}`);
 const reps = positiveInt('--reps', 1);
+const mark = positiveInt('--mark', 4096);
 const jsonPath = resolve(opt('--json', join(root, 'bench/strided-prefill.json')));
 const readmeArg = opt('--readme', undefined);
 const readmePath = flag('--readme') ? resolve(readmeArg && !readmeArg.startsWith('--') ? readmeArg : join(root, 'README.md')) : null;
@@ -78,7 +82,13 @@ function checkpointWithContext(dir, context) {
   mkdirSync(variant, { recursive: true });
   for (const f of readdirSync(dir)) {
     if (f === 'config.json') continue;
-    if (!existsSync(join(variant, f))) symlinkSync(join(dir, f), join(variant, f));
+    if (existsSync(join(variant, f))) continue;
+    // Hard links (loadModel refuses symbolic links that resolve outside the folder); a copy across file systems.
+    try {
+      linkSync(join(dir, f), join(variant, f));
+    } catch {
+      copyFileSync(join(dir, f), join(variant, f));
+    }
   }
   const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
   config.max_position_embeddings = context;
@@ -87,15 +97,20 @@ function checkpointWithContext(dir, context) {
 }
 
 /** One prefill: a new sequence, the prompt appended at once, timed; what it holds after. */
-async function prefill(model, policy, tokens) {
+async function prefill(model, policy, tokens, piece) {
   const seq = model.sequence({ policy });
   try {
+    const cumulativeMs = [];
     const t0 = now();
-    await seq.append(tokens, { logits: 'last' });
+    for (let a = 0; a < tokens.length; a += piece) {
+      const end = Math.min(tokens.length, a + piece);
+      await seq.append(tokens.subarray(a, end), { logits: end === tokens.length ? 'last' : 'none' });
+      if (Math.floor(end / mark) > Math.floor(a / mark) || end === tokens.length) cumulativeMs.push([end, +((now() - t0) * 1000).toFixed(1)]);
+    }
     const ms = (now() - t0) * 1000;
     const held = seq.layout().layers.map((l) => l.source.length);
     const stats = model.stats();
-    return { ms, heldMax: Math.max(...held), kvTokensPerLayer: (stats.usedPages / model.config.numLayers) * stats.pageSize };
+    return { ms, heldMax: Math.max(...held), kvTokensPerLayer: (stats.usedPages / model.config.numLayers) * stats.pageSize, cumulativeMs };
   } finally {
     seq.dispose();
   }
@@ -127,8 +142,8 @@ async function measure() {
   try {
     // Warm-up: two strides of tokens each, not counted.
     const warm = prompt(2 * cascading.stride);
-    await prefill(model, cascading, warm);
-    await prefill(model, full, warm);
+    await prefill(model, cascading, warm, cascading.stride);
+    await prefill(model, full, warm, cascading.stride);
     let prev = null;
     for (const n of sizes) {
       const tokens = prompt(n);
@@ -137,14 +152,14 @@ async function measure() {
       for (let r = 0; r < reps; r++) {
         const order = runFull ? (r % 2 === 0 ? ['strided', 'full'] : ['full', 'strided']) : ['strided'];
         for (const k of order) {
-          const res = await prefill(model, k === 'strided' ? cascading : full, tokens);
+          const res = await prefill(model, k === 'strided' ? cascading : full, tokens, cascading.stride);
           runs[k].push(res);
           console.error(`${n} tokens, ${k}: ${res.ms.toFixed(0)} ms (${((n * 1000) / res.ms).toFixed(0)} tokens/s; a layer holds ${res.heldMax} tokens, KV ${res.kvTokensPerLayer} token slots a layer)`);
         }
       }
       const summary = (rs) => {
         const ms = median(rs.map((x) => x.ms));
-        return { ms: +ms.toFixed(1), tokensPerSecond: +((n * 1000) / ms).toFixed(1), heldMax: rs[0].heldMax, kvTokensPerLayer: rs[0].kvTokensPerLayer, runsMs: rs.map((x) => +x.ms.toFixed(1)) };
+        return { ms: +ms.toFixed(1), tokensPerSecond: +((n * 1000) / ms).toFixed(1), heldMax: rs[0].heldMax, kvTokensPerLayer: rs[0].kvTokensPerLayer, runsMs: rs.map((x) => +x.ms.toFixed(1)), cumulativeMs: rs.map((x) => x.cumulativeMs) };
       };
       const row = { tokens: n, strided: summary(runs.strided) };
       row.full = runFull ? summary(runs.full) : { skipped: `above --full-max ${fullMax} tokens: full attention's prefill grows quadratically and at this size takes far longer than this CPU run allows` };
@@ -160,10 +175,14 @@ async function measure() {
       rows.push(row);
       console.log(JSON.stringify(row));
       prev = row;
+      save(makeReport(rows, false));
     }
   } finally {
     model.dispose();
   }
+  return makeReport(rows, true);
+
+  function makeReport(results, complete) {
   const c = SIZES;
   const bi = buildInfo();
   return {
@@ -190,16 +209,20 @@ async function measure() {
     reps,
     sizes,
     seconds: +(now() - t0).toFixed(1),
-    results: rows,
+    complete,
+    results,
   };
+  }
+}
+
+function save(rep) {
+  mkdirSync(dirname(jsonPath), { recursive: true });
+  writeFileSync(jsonPath, `${JSON.stringify(rep, null, 2)}\n`);
 }
 
 const renderFrom = opt('--render', undefined);
 const report = renderFrom ? JSON.parse(readFileSync(resolve(renderFrom), 'utf8')) : await measure();
-if (!renderFrom) {
-  mkdirSync(dirname(jsonPath), { recursive: true });
-  writeFileSync(jsonPath, `${JSON.stringify(report, null, 2)}\n`);
-}
+if (!renderFrom) save(report);
 const table = prefillTable(report);
 console.log(`\n${table}\n`);
 if (readmePath) updateReadme(readmePath, table);
@@ -227,6 +250,8 @@ function prefillTable(rep) {
     );
   }
   lines.push('');
+  const missing = rep.sizes.filter((n) => !rep.results.some((r) => r.tokens === n));
+  if (rep.complete === false) lines.push(`Interrupted: ${missing.map(k).join(', ')} not measured.`, '');
   lines.push(`Produced by \`${rep.command}\` (${rep.date.slice(0, 10)}, ${rep.seconds} s); JSON in bench/strided-prefill.json.`);
   return lines.join('\n');
 }
