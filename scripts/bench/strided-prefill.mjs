@@ -7,7 +7,7 @@
 //
 //   npm run bench:prefill -- [--sizes 8192,32768,131072] [--full-max 32768]
 //        [--sinks 64] [--cascades 4] [--window 1024] [--stride 1024] [--reps 1] [--threads N]
-//        [--mark 4096] [--json bench/strided-prefill.json] [--readme [README.md]]
+//        [--mark 4096] [--model DIR] [--json bench/strided-prefill.json] [--readme [README.md]]
 //        [--render bench/strided-prefill.json]   (tables again from a report, nothing measured)
 //
 // Cascading configuration (default): policies.cascading({ sinks: 64, cascades: 4, window: 1024,
@@ -27,6 +27,8 @@
 // other files hard links to the checkpoint's). The weights are random, so only timings mean
 // anything here. Full attention is skipped above --full-max tokens (the reason is recorded in
 // the JSON): on a CPU its quadratic cost at 128K takes far longer than the strided prefill.
+// --model DIR runs another checkpoint instead of the fixture (a variant of it, when needed, goes
+// to bench/tmp/<name>-ctxM); the tests run the script so on the embedded model at small sizes.
 //
 // Each measurement: a new sequence, the prompt (BOS and N - 1 deterministic random regular
 // tokens, the same for both) appended one stride of tokens at a time (the chunks the scheduler
@@ -46,11 +48,11 @@
 import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { flag, intList, opt, positiveInt, threadsOption } from './args.mjs';
-import { ensureCheckpoint, median, now, parameterCount, randomTokens, SIZES } from './store-fixture.mjs';
+import { ensureCheckpoint, median, now, parameterCount, randomTokens } from './store-fixture.mjs';
 
 threadsOption(); // before the addon loads (below)
 const require = createRequire(import.meta.url);
@@ -69,6 +71,7 @@ const cascadeOptions = {
 if (!Number.isInteger(cascadeOptions.sinks) || cascadeOptions.sinks < 0) throw new Error(`--sinks: expected an integer >= 0 but received ${opt('--sinks')}`);
 const reps = positiveInt('--reps', 1);
 const mark = positiveInt('--mark', 4096);
+const modelArg = opt('--model', undefined);
 const jsonPath = resolve(opt('--json', join(root, 'bench/strided-prefill.json')));
 const readmeArg = opt('--readme', undefined);
 const readmePath = flag('--readme') ? resolve(readmeArg && !readmeArg.startsWith('--') ? readmeArg : join(root, 'README.md')) : null;
@@ -77,11 +80,12 @@ const roundUp = (n, k) => Math.ceil(n / k) * k;
 
 /** The checkpoint, or a variant of it whose context is `context` (config.json edited, the rest linked). */
 function checkpointWithContext(dir, context) {
-  if (context <= SIZES.maxPositionEmbeddings) return dir;
-  const variant = `${dir}-ctx${context}`;
+  if (context <= readConfig(dir).max_position_embeddings) return dir;
+  const variant = join(benchDir, `${basename(dir)}-ctx${context}`);
   mkdirSync(variant, { recursive: true });
-  for (const f of readdirSync(dir)) {
-    if (f === 'config.json') continue;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const f = e.name;
+    if (f === 'config.json' || !e.isFile()) continue;
     if (existsSync(join(variant, f))) continue;
     // Hard links (loadModel refuses symbolic links that resolve outside the folder); a copy across file systems.
     try {
@@ -94,6 +98,10 @@ function checkpointWithContext(dir, context) {
   config.max_position_embeddings = context;
   writeFileSync(join(variant, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
   return variant;
+}
+
+function readConfig(dir) {
+  return JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
 }
 
 /** One prefill: a new sequence, the prompt appended at once, timed; what it holds after. */
@@ -119,9 +127,10 @@ async function prefill(model, policy, tokens, piece) {
 async function measure() {
   const t0 = now();
   const load0 = loadavg()[0];
-  const base = await ensureCheckpoint(benchDir);
+  const base = modelArg ? resolve(modelArg) : await ensureCheckpoint(benchDir);
+  const baseConfig = readConfig(base);
   const fullSizes = sizes.filter((n) => n <= fullMax);
-  const context = Math.max(SIZES.maxPositionEmbeddings, ...fullSizes);
+  const context = Math.max(baseConfig.max_position_embeddings, ...fullSizes);
   const dir = checkpointWithContext(base, context);
   const cascading = policies.cascading(cascadeOptions);
   const capacity = cascading.sinks + cascading.cascades * cascading.window;
@@ -183,7 +192,17 @@ async function measure() {
   return makeReport(rows, true);
 
   function makeReport(results, complete) {
-  const c = SIZES;
+  const cfg = baseConfig;
+  const c = {
+    hiddenSize: cfg.hidden_size,
+    numLayers: cfg.num_hidden_layers,
+    numHeads: cfg.num_attention_heads,
+    numKvHeads: cfg.num_key_value_heads ?? cfg.num_attention_heads,
+    headDim: cfg.head_dim ?? cfg.hidden_size / cfg.num_attention_heads,
+    intermediateSize: cfg.intermediate_size,
+    vocabSize: cfg.vocab_size,
+    tieWordEmbeddings: !!cfg.tie_word_embeddings,
+  };
   const bi = buildInfo();
   return {
     benchmark: 'strided-prefill',
@@ -192,7 +211,7 @@ async function measure() {
     device: 'cpu',
     machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, threads: bi.cpuThreads, backend: bi.backend, loadAverageAtStart: +load0.toFixed(2) },
     model: {
-      checkpoint: 'bench/tmp/store-llama-100m (scripts/bench/store-fixture.mjs; random f32 weights)',
+      checkpoint: modelArg ? base : 'bench/tmp/store-llama-100m (scripts/bench/store-fixture.mjs; random f32 weights)',
       dir,
       parameters: parameterCount(c),
       layers: c.numLayers,
@@ -235,7 +254,7 @@ function prefillTable(rep) {
   const k = (n) => (n % 1024 === 0 ? `${n / 1024}K` : String(n));
   const lines = [];
   lines.push(
-    `Prefill of N tokens on the ${(m.parameters / 1e6).toFixed(0)}M-parameter fixture (${m.layers} layers, ${m.heads} query / ${m.kvHeads} KV heads; random f32 weights; ${rep.device}, ${rep.machine.cpus} cores, load average ${rep.machine.loadAverageAtStart} at start): ` +
+    `Prefill of N tokens on the ${(m.parameters / 1e6).toFixed(m.parameters < 1e7 ? 1 : 0)}M-parameter ${m.checkpoint.startsWith('bench/tmp/store-llama-100m') ? 'fixture' : `model ${m.checkpoint}`} (${m.layers} layers, ${m.heads} query / ${m.kvHeads} KV heads${m.checkpoint.startsWith('bench/tmp/store-llama-100m') ? '; random f32 weights' : ''}; ${rep.device}, ${rep.machine.cpus} cores, load average ${rep.machine.loadAverageAtStart} at start): ` +
       `Cascading, strided (sinks ${c.sinks}, ${c.cascades} cascades of ${c.window}: ${c.capacity} tokens a layer and KV head; stride ${c.stride}), against full attention in the same ${m.prefillChunk}-token chunks. ` +
       `Median of ${rep.reps} run${rep.reps > 1 ? 's' : ''}; growth: time per 4x tokens from the size before (linear ~4x, quadratic ~16x).`,
   );
