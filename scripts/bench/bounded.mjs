@@ -27,9 +27,10 @@
 //              BookSum scripts, so the last cascade keeps one token in 8 and reaches back about
 //              31 * (1 + 2 + 4 + 8) = 465 tokens. The stride (prompt chunk) is the capacity, as
 //              the other policies' prompts go in chunks of their capacity (the authors' default
-//              is 1024, with caches of thousands of slots).
+//              is 1024, with caches of thousands of slots). Between steps it holds the B slots
+//              and the newest token, which is inserted just before the next step (B + 1).
 //   snapkv     policies.snapkv({ budget: B - 32, window: 32, kernel: 5 }) (the authors' window
-//              and kernel): it compresses to budget tokens each time the window's 32 newer tokens
+//              and kernel; the window is B / 4 below B = 128): it compresses to budget tokens each time the window's 32 newer tokens
 //              have come in, so a layer holds up to budget + window = B tokens, like the others.
 //   full       full attention: the reference, only where prompt and answer fit the model's
 //              context T (512 positions); `full-unbounded` (not run by default) goes past T.
