@@ -30,8 +30,9 @@
 //              is 1024, with caches of thousands of slots). Between steps it holds the B slots
 //              and the newest token, which is inserted just before the next step (B + 1).
 //   snapkv     policies.snapkv({ budget: B - 32, window: 32, kernel: 5 }) (the authors' window
-//              and kernel; the window is B / 4 below B = 128): it compresses to budget tokens each time the window's 32 newer tokens
-//              have come in, so a layer holds up to budget + window = B tokens, like the others.
+//              and kernel; the window is B / 4 below B = 128): it compresses to budget tokens
+//              each time the window's 32 newer tokens have come in, so a layer holds up to
+//              budget + window = B tokens, like the others.
 //   full       full attention: the reference, only where prompt and answer fit the model's
 //              context T (512 positions); `full-unbounded` (not run by default) goes past T.
 //   Each row reports the most tokens a layer held between steps (measured on the stream).
