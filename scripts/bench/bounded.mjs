@@ -1,13 +1,14 @@
 // npm run bench:bounded — quality and speed of the bounded KV-cache policies (StreamingLLM,
-// LaCache, H2O) at one equal budget, with full attention as the reference, on the embedded
-// models: retrieval accuracy against the distance of the asked fact, perplexity on a long
-// held-out stream, and decode speed.
+// LaCache, H2O, Cascading, SnapKV) at one equal budget, with full attention as the reference, on
+// the embedded models: retrieval accuracy against the distance of the asked fact, perplexity on a
+// long held-out stream, and decode speed.
 //
 //   npm run bench:bounded -- [--model models,models/deep] [--budget 128] [--count 50]
-//        [--distances 0.25,0.5,0.75,1,2,4,8] [--prefill-chunks capacity,16] [--policies full,streaming,lacache,h2o]
+//        [--distances 0.25,0.5,0.75,1,2,4,8] [--prefill-chunks capacity,16]
+//        [--policies full,streaming,lacache,h2o,cascading,snapkv]
 //        [--span N] [--stream-tokens 8000] [--stream-docs 5] [--ppl-chunk 1]
 //        [--speed-prompt 100] [--speed-tokens 400] [--speed-rounds 7]
-//        [--parts retrieval,ppl,speed] [--device cpu] [--start 0]
+//        [--parts retrieval,ppl,speed] [--device cpu] [--start 0] [--threads N]
 //        [--json bench/bounded.json] [--svg bench/bounded.svg] [--readme [README.md]]
 //        [--render bench/bounded.json]   (chart and tables again from a report, nothing measured)
 //
@@ -18,6 +19,20 @@
 //              model (--span overrides). Between steps a layer holds up to B + floor(R / 2)
 //              (R: the slots a ladder block frees; 129 on the 6-layer model, 128 on the 2-layer).
 //   h2o        policies.h2o({ budget: B, recent: B / 2 })
+//   cascading  policies.cascading({ sinks: 4, cascades: 4, window: floor((B - 4) / 4), stride:
+//              sinks + 4 * window }), beta and headReduction the defaults (0.9999, 'max'): a
+//              capacity of sinks + cascades * window = B slots per layer and KV head (124 / 4 =
+//              31 a cascade at B = 128). Sinks 4 as for streaming and LaCache (the authors use
+//              64, far too many of a 128-token budget); 4 cascades as in the authors' PG19 and
+//              BookSum scripts, so the last cascade keeps one token in 8 and reaches back about
+//              31 * (1 + 2 + 4 + 8) = 465 tokens. The stride (prompt chunk) is the capacity, as
+//              the other policies' prompts go in chunks of their capacity (the authors' default
+//              is 1024, with caches of thousands of slots). Between steps it holds the B slots
+//              and the newest token, which is inserted just before the next step (B + 1).
+//   snapkv     policies.snapkv({ budget: B - 32, window: 32, kernel: 5 }) (the authors' window
+//              and kernel; the window is B / 4 below B = 128): it compresses to budget tokens
+//              each time the window's 32 newer tokens have come in, so a layer holds up to
+//              budget + window = B tokens, like the others.
 //   full       full attention: the reference, only where prompt and answer fit the model's
 //              context T (512 positions); `full-unbounded` (not run by default) goes past T.
 //   Each row reports the most tokens a layer held between steps (measured on the stream).
@@ -31,11 +46,15 @@
 // close as the sentence grain allows to each multiple of B in --distances (the mean and range
 // of the real d are reported). Every policy answers the same prompts through
 // model.generate(prompt, { policy, maxTokens: 16, temperature: 0 }), scored by exactMatch.
-// How the prompt is fed matters: by default (`capacity`) the engine feeds a bounded policy's
-// prompt in chunks of its capacity, each chunk attending to what the layers kept and to itself,
-// so the last chunk (up to B tokens) sees itself whole whatever the policy; with `16` the model
-// is loaded with prefillChunk 16, closer to reading the prompt one token at a time. Both are
-// measured by default (--prefill-chunks).
+// How the prompt is fed matters: by default (`capacity`) a bounded policy's prompt goes in
+// chunks of its capacity, each chunk attending to what the layers kept and to itself, so the
+// last chunk (up to B tokens) sees itself whole whatever the policy. The engine does this itself
+// for streaming, LaCache and H2O; for cascading the chunk is its stride, set to its capacity
+// (above); SnapKV takes chunks as large as the model's prefillChunk, so for it the model is
+// loaded with prefillChunk = budget + window (B). With `16` the model is loaded with
+// prefillChunk 16, closer to reading the prompt one token at a time (cascading's stride and
+// SnapKV's compressions then go 16 tokens at a time too). Both are measured by default
+// (--prefill-chunks).
 //
 // (2) Perplexity on a long held-out stream: held-out examples (seeds from --start + 100000,
 // --stream-docs documents each so that every example fits T alone), each [BOS prefix documents
@@ -67,8 +86,9 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { encodeExample, task, Tokenizer } from '../train/common.mjs';
-import { flag, opt, positiveInt } from './args.mjs';
+import { flag, opt, positiveInt, threadsOption } from './args.mjs';
 
+threadsOption(); // --threads N: before the addon loads (below)
 const require = createRequire(import.meta.url);
 const { loadModel, buildInfo, policies } = require('../../dist/cjs/index.js');
 const { LaCachePlanner, resolveLaCache } = require('../../dist/cjs/policies/lacache.js');
@@ -90,8 +110,8 @@ const prefillChunks = String(opt('--prefill-chunks', 'capacity,16')).split(',').
   if (!Number.isInteger(v) || v < 1) throw new Error(`--prefill-chunks: expected 'capacity' or positive integers but received ${s}`);
   return v;
 });
-const KNOWN = ['full', 'streaming', 'lacache', 'h2o', 'full-unbounded'];
-const policyNames = String(opt('--policies', 'full,streaming,lacache,h2o')).split(',');
+const KNOWN = ['full', 'streaming', 'lacache', 'h2o', 'cascading', 'snapkv', 'full-unbounded'];
+const policyNames = String(opt('--policies', 'full,streaming,lacache,h2o,cascading,snapkv')).split(',');
 for (const p of policyNames) if (!KNOWN.includes(p)) throw new Error(`--policies: unknown policy ${p} (known: ${KNOWN.join(', ')})`);
 const spanOverride = opt('--span', undefined);
 const streamTokens = positiveInt('--stream-tokens', 8000);
@@ -120,16 +140,41 @@ for (const m of models.slice(1)) {
   if (readFileSync(join(m.dir, 'tokenizer.json'), 'utf8') !== readFileSync(join(modelDirs[0], 'tokenizer.json'), 'utf8')) throw new Error(`--model: ${m.dir} has another tokenizer than ${modelDirs[0]}`);
 }
 
-/** The policies of one model at budget B: name -> { policy, label, held (most tokens a layer holds between steps) }. */
+// Cascading at budget B: 4 sinks and 4 cascades sharing the rest; the stride is the capacity.
+const CASCADES = 4;
+const cascadeWindow = Math.floor((budget - 4) / CASCADES);
+const cascadingOptions = { sinks: 4, cascades: CASCADES, window: cascadeWindow, stride: 4 + CASCADES * cascadeWindow };
+// SnapKV at budget B: the authors' 32-token observation window (less on a small budget), the rest selected.
+const snapWindow = Math.min(32, budget >> 2);
+const snapkvOptions = { budget: budget - snapWindow, window: snapWindow, kernel: 5 };
+
+/**
+ * The policies of one model at budget B: name -> { policy, label, held (most tokens a layer
+ * holds between steps), loadChunk (the model's prefillChunk for the 'capacity' prompt feeding,
+ * where the engine does not chunk the policy's prompt by its capacity itself) }.
+ */
 function policySet(m) {
   const span = spanOverride !== undefined ? Number(spanOverride) : Math.min(2, m.layers - 1);
   const lacache = { name: 'lacache', budget, span, overlap: 0 };
+  const c = cascadingOptions;
+  const sk = snapkvOptions;
   const all = {
     full: { policy: policies.full(), label: 'full attention (reference; only where it fits T)', held: null },
     'full-unbounded': { policy: policies.full(), label: 'full attention past T', held: null },
     streaming: { policy: policies.streaming({ sinks: 4, window: budget - 4 }), label: `StreamingLLM (sinks 4, window ${budget - 4})`, held: budget - 1 },
     lacache: { policy: policies.lacache(lacache), label: `LaCache (budget ${budget}, span ${span}, overlap 0, sinks 4)`, held: new LaCachePlanner(resolveLaCache(lacache), m.layers).maxLength },
     h2o: { policy: policies.h2o({ budget, recent: budget >> 1 }), label: `H2O (budget ${budget}, recent ${budget >> 1})`, held: budget - 1 },
+    cascading: {
+      policy: policies.cascading(c),
+      label: `Cascading (sinks ${c.sinks}, ${c.cascades} cascades of ${c.window}, stride ${c.stride}, beta 0.9999, max over heads)`,
+      held: c.sinks + c.cascades * c.window,
+    },
+    snapkv: {
+      policy: policies.snapkv(sk),
+      label: `SnapKV (budget ${sk.budget}, window ${sk.window}, kernel ${sk.kernel})`,
+      held: sk.budget + sk.window,
+      loadChunk: sk.budget + sk.window,
+    },
   };
   return Object.fromEntries(policyNames.map((n) => [n, all[n]]));
 }
@@ -219,11 +264,11 @@ function retrievalPrompts(i) {
   });
 }
 
-/** Retrieval accuracy of every policy at every distance, for one model and one prefill chunking. */
-async function retrieval(m, model, prompts, chunk) {
+/** Retrieval accuracy of the policies `names` at every distance, for one model and one prefill chunking. */
+async function retrieval(m, model, prompts, chunk, names) {
   const set = policySet(m);
   const rows = [];
-  for (const [name, p] of Object.entries(set)) {
+  for (const [name, p] of Object.entries(set).filter(([n]) => names.includes(n))) {
     for (let di = 0; di < distances.length; di++) {
       let correct = 0;
       let run = 0;
@@ -465,16 +510,27 @@ async function measure() {
   const info = [];
   for (const m of models) {
     const set = policySet(m);
-    info.push({ ...m, policies: Object.fromEntries(Object.entries(set).map(([n, p]) => [n, { policy: p.policy, label: p.label, heldBetweenSteps: p.held }])) });
+    info.push({ ...m, policies: Object.fromEntries(Object.entries(set).map(([n, p]) => [n, { policy: p.policy, label: p.label, heldBetweenSteps: p.held, ...(p.loadChunk ? { capacityPrefillChunk: p.loadChunk } : {}) }])) });
     const unbounded = policyNames.includes('full-unbounded') ? { maxSequenceTokens: longest + MAX_NEW_TOKENS, kvCacheTokens: Math.ceil((longest + MAX_NEW_TOKENS) / 16) * 16 + 512 } : {};
     if (parts.has('retrieval')) {
       for (const chunk of prefillChunks) {
-        const model = await loadModel(m.dir, { device, ...unbounded, ...(chunk === 'capacity' ? {} : { prefillChunk: chunk }) });
-        try {
-          results.retrieval.push(...(await retrieval(m, model, prompts, chunk)));
-        } finally {
-          model.dispose();
+        // The policies by the prefillChunk their model is loaded with (none: the default).
+        const groups = new Map();
+        for (const [name, p] of Object.entries(set)) {
+          const load = chunk === 'capacity' ? p.loadChunk : chunk;
+          groups.set(load, [...(groups.get(load) ?? []), name]);
         }
+        const rows = [];
+        for (const [load, names] of groups) {
+          const model = await loadModel(m.dir, { device, ...unbounded, ...(load === undefined ? {} : { prefillChunk: load }) });
+          try {
+            rows.push(...(await retrieval(m, model, prompts, chunk, names)));
+          } finally {
+            model.dispose();
+          }
+        }
+        const order = Object.keys(set);
+        results.retrieval.push(...rows.sort((a, b) => order.indexOf(a.policy) - order.indexOf(b.policy)));
       }
     }
     if (parts.has('ppl') || parts.has('speed')) {
@@ -534,7 +590,7 @@ function chart(rep) {
   const W = PW * panels.length;
   const H = PH + 24 + 18 * Math.max(Object.keys(rep.models[0].policies).length, rep.retrieval.prefillChunks.length);
   const m = { l: 56, r: 16, t: 52, b: 56 };
-  const colors = { full: '#333333', 'full-unbounded': '#999999', streaming: '#1f77b4', lacache: '#d62728', h2o: '#2ca02c' };
+  const colors = { full: '#333333', 'full-unbounded': '#999999', streaming: '#1f77b4', lacache: '#d62728', h2o: '#2ca02c', cascading: '#9467bd', snapkv: '#ff7f0e' };
   const dashes = ['', '6 4', '2 3', '8 3 2 3'];
   const chunks = rep.retrieval.prefillChunks;
   const ds = rep.retrieval.distances.map((d) => d * rep.budget);
