@@ -87,6 +87,7 @@ import { fileURLToPath } from 'node:url';
 
 import { encodeExample, task, Tokenizer } from '../train/common.mjs';
 import { flag, opt, positiveInt, threadsOption } from './args.mjs';
+import { writeReadmeBlock } from './readme-block.mjs';
 
 threadsOption(); // --threads N: before the addon loads (below)
 const require = createRequire(import.meta.url);
@@ -702,14 +703,5 @@ function boundedTable(rep) {
 }
 
 function updateReadme(path, table) {
-  const text = readFileSync(path, 'utf8');
-  const begin = '<!-- bounded-table:begin -->';
-  const end = '<!-- bounded-table:end -->';
-  const a = text.indexOf(begin);
-  const b = text.indexOf(end);
-  if (a < 0 || b < a) {
-    console.warn(`${path}: no ${begin} ... ${end} markers; table not written`);
-    return;
-  }
-  writeFileSync(path, `${text.slice(0, a + begin.length)}\n${table}\n${text.slice(b)}`);
+  writeReadmeBlock(path, 'bounded-table', table);
 }

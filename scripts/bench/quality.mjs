@@ -31,6 +31,7 @@ import { fileURLToPath } from 'node:url';
 import { encodeExample, task, Tokenizer } from '../train/common.mjs';
 import { flag, intList, opt, positiveInt } from './args.mjs';
 import { MAX_NEW_TOKENS, METHODS } from './quality-methods.mjs';
+import { writeReadmeBlock } from './readme-block.mjs';
 
 const require = createRequire(import.meta.url);
 const { loadModel, buildInfo } = require('../../dist/cjs/index.js');
@@ -262,14 +263,5 @@ export function qualityTable(rep) {
 }
 
 function updateReadme(path, rep) {
-  const text = readFileSync(path, 'utf8');
-  const begin = '<!-- quality-table:begin -->';
-  const end = '<!-- quality-table:end -->';
-  const a = text.indexOf(begin);
-  const b = text.indexOf(end);
-  if (a < 0 || b < a) {
-    console.warn(`${path}: no ${begin} ... ${end} markers; table not written`);
-    return;
-  }
-  writeFileSync(path, `${text.slice(0, a + begin.length)}\n${qualityTable(rep)}\n${text.slice(b)}`);
+  writeReadmeBlock(path, 'quality-table', qualityTable(rep));
 }

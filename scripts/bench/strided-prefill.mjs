@@ -53,6 +53,7 @@ import { fileURLToPath } from 'node:url';
 
 import { flag, intList, opt, positiveInt, threadsOption } from './args.mjs';
 import { ensureCheckpoint, median, now, parameterCount, randomTokens } from './store-fixture.mjs';
+import { writeReadmeBlock } from './readme-block.mjs';
 
 threadsOption(); // before the addon loads (below)
 const require = createRequire(import.meta.url);
@@ -276,14 +277,5 @@ function prefillTable(rep) {
 }
 
 function updateReadme(path, table) {
-  const text = readFileSync(path, 'utf8');
-  const begin = '<!-- prefill-table:begin -->';
-  const end = '<!-- prefill-table:end -->';
-  const a = text.indexOf(begin);
-  const b = text.indexOf(end);
-  if (a < 0 || b < a) {
-    console.warn(`${path}: no ${begin} ... ${end} markers; table not written`);
-    return;
-  }
-  writeFileSync(path, `${text.slice(0, a + begin.length)}\n${table}\n${text.slice(b)}`);
+  writeReadmeBlock(path, 'prefill-table', table);
 }
