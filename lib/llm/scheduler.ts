@@ -126,14 +126,19 @@ export class SequenceState {
   }
 
   // Cuts the stream back to `length` tokens, and the KV with it.
+  // Drops the KV of a bounded policy's sequence: its stream is fed again from the start.
+  recompute(): void {
+    this.native?.clear();
+    this.cached = 0;
+    this.bounded?.reset();
+  }
+
   rollback(length: number): void {
     this.length = Math.min(this.length, length);
     this.placed = Math.min(this.placed, length);
     if (this.cached > length && this.bounded) {
       // What a bounded policy evicted is gone: its KV is recomputed from the stream instead.
-      this.native?.clear();
-      this.cached = 0;
-      this.bounded.reset();
+      this.recompute();
     } else if (this.cached > length) {
       this.native?.truncate(this.cached - length);
       this.cached = length;
@@ -611,7 +616,7 @@ export class Scheduler {
             try {
               seq.bounded.after(at, fed, out.columnSums?.[i] ?? null);
             } catch (e) {
-              this.#recompute(seq);
+              seq.recompute(); // its plan and the KV may disagree: fed again from the start
               this.#guard(req, () => this.#end(req, asKvfocusError(e)));
               return;
             }
@@ -657,14 +662,6 @@ export class Scheduler {
         req.stream?.fail(asKvfocusError(again));
       }
     }
-  }
-
-  // A bounded policy that failed part way (its plan and the KV may disagree): the KV goes, and
-  // the stream is fed again from its start by the sequence's next request.
-  #recompute(seq: SequenceState): void {
-    seq.native?.clear();
-    seq.cached = 0;
-    seq.bounded?.reset();
   }
 
   // The next step's batch. When its new tokens need more pages than are free, idle sequences
@@ -770,7 +767,7 @@ export class Scheduler {
       try {
         seq.bounded?.prepare?.(); // what the policy deferred from the last step, before this one's positions
       } catch (e) {
-        this.#recompute(seq);
+        seq.recompute(); // its plan and the KV may disagree: fed again from the start
         this.#guard(req, () => this.#end(req, asKvfocusError(e)));
         continue;
       }

@@ -62,8 +62,7 @@ export class SnapKVRuntime extends PerHeadRuntime {
 
   protected apply({ first, count, sums }: PendingChunk): void {
     const { budget, window } = this.#policy;
-    const held = this.#tokens[0]!.length + count;
-    const slots = held; // the layer's rows in the step: the cache, then the chunk
+    const held = this.#tokens[0]!.length + count; // the layer's rows in the step: the cache, then the chunk
     // Rows scored: a step of `window` rows or more starts afresh with its last `window` (the
     // kernel's limit); below the budget nothing counts yet; else the step's rows add up.
     let fresh: boolean;
@@ -73,11 +72,11 @@ export class SnapKVRuntime extends PerHeadRuntime {
     for (let i = 0; i < this.#tokens.length; i++) {
       const tokens = this.#tokens[i]!;
       for (let k = 0; k < count; k++) tokens.push(first + k);
-      const at = i * slots; // (layer, head) rows of the packed (layers, kvHeads, slots) sums
+      const at = i * held; // (layer, head) rows of the packed (layers, kvHeads, slots) sums
       const prev = fresh ? null : this.#scores[i]!;
-      const next = new Float64Array(slots);
+      const next = new Float64Array(held);
       if (prev) next.set(prev);
-      for (let s = 0; s < slots; s++) next[s]! += sums[at + s]!;
+      for (let s = 0; s < held; s++) next[s]! += sums[at + s]!;
       this.#scores[i] = next;
     }
     if (held <= budget || this.#rows < window) return;

@@ -382,6 +382,16 @@ export class ReferenceLlama {
   }
 
   /** Loads config.json and the safetensors weights of an HF model directory. */
+  // A chunk's queries at one layer (unrotated), its raw keys and values recorded by stream index.
+  #project(layer: LayerWeights, xs: Float64Array[], start: number, raw: { k: Map<number, Float64Array>; v: Map<number, Float64Array> }): Float64Array[] {
+    const hs = xs.map((x) => rmsNorm(x, layer.inputNorm, this.config.rmsNormEps));
+    hs.forEach((h, j) => {
+      raw.k.set(start + j, linear(h, layer.kProj, layer.kBias));
+      raw.v.set(start + j, linear(h, layer.vProj, layer.vBias));
+    });
+    return hs.map((h) => linear(h, layer.qProj, layer.qBias));
+  }
+
   // The rest of a decoder layer after attention: the output projection into the residual
   // stream, then the MLP block (in place on x).
   #residual(x: Float64Array, attended: Float64Array, layer: LayerWeights): void {
@@ -635,12 +645,7 @@ export class ReferenceLlama {
       const q = ids.length;
       const xs = ids.map((token) => this.embedTokens.data.slice(token * H, (token + 1) * H));
       for (const [l, layer] of this.layers.entries()) {
-        const hs = xs.map((x) => rmsNorm(x, layer.inputNorm, eps));
-        const qs = hs.map((h) => linear(h, layer.qProj, layer.qBias));
-        hs.forEach((h, j) => {
-          raw[l]!.k.set(start + j, linear(h, layer.kProj, layer.kBias));
-          raw[l]!.v.set(start + j, linear(h, layer.vProj, layer.vBias));
-        });
+        const qs = this.#project(layer, xs, start, raw[l]!);
         const attended = ids.map(() => new Float64Array(numHeads * headDim));
         for (let g = 0; g < numKvHeads; g++) {
           const list = [...held[l]![g]!, ...ids.map((_, k) => start + k)];
@@ -712,12 +717,7 @@ export class ReferenceLlama {
       const q = ids.length;
       const xs = ids.map((token) => this.embedTokens.data.slice(token * H, (token + 1) * H));
       for (const [l, layer] of this.layers.entries()) {
-        const hs = xs.map((x) => rmsNorm(x, layer.inputNorm, eps));
-        const qs = hs.map((h) => linear(h, layer.qProj, layer.qBias));
-        hs.forEach((h, j) => {
-          raw[l]!.k.set(start + j, linear(h, layer.kProj, layer.kBias));
-          raw[l]!.v.set(start + j, linear(h, layer.vProj, layer.vBias));
-        });
+        const qs = this.#project(layer, xs, start, raw[l]!);
         const attended = ids.map(() => new Float64Array(numHeads * headDim));
         for (let g = 0; g < numKvHeads; g++) {
           const cache = caches[l]![g]!;
